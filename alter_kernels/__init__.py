@@ -1,0 +1,31 @@
+"""alter_kernels: ALTER (Asymmetric LoRA for Token-Entropy-Guided Unlearning) with custom kernels.
+
+    import alter_kernels as ak
+    model = ak.patch(model, ak.AlterConfig(num_forget_experts=2))
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import _backend
+from ._backend import backends, use_backend
+from .adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
+from .config import AlterConfig
+from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
+from .patch import (AlterLinear, LayerRouter, PatchError, adapter_parameters, adapter_state_dict,
+                    clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction, is_patched,
+                    last_plans, patch, router_loss, routing_inputs, set_routing_inputs, token_entropy, unpatch)
+from .reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
+from .reference.routing import RoutingPlan
+
+_backend.warn_if_extension_missing()
+
+__all__ = [
+    "AlterConfig", "AlterLinear", "LayerRouter", "RoutingPlan", "PatchError", "AdapterError",
+    "patch", "unpatch", "save_adapter", "load_adapter", "read_adapter_config",
+    "tsallis_entropy", "lm_head_entropy", "asym_lora", "route",
+    "inverted_hinge_loss", "npo_loss", "sequence_logprob", "token_nll",
+    "set_routing_inputs", "routing_inputs", "clear_routing_inputs", "disable_adapters", "token_entropy",
+    "last_plans", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
+    "get_state", "is_patched", "backends", "use_backend",
+]

@@ -1,0 +1,93 @@
+"""ALTER adapter configuration (ALTER_SPEC section 9)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass
+class AlterConfig:
+    """Hyper-parameters of an ALTER adapter.
+
+    ``num_experts`` (derived) is ``num_forget_experts + 1``: expert 0 is the retain expert
+    ``B_r``, experts ``1..N`` are the forget experts ``B_f^1..B_f^N``.
+    """
+
+    rank: int = 8
+    alpha: float = 16
+    num_forget_experts: int = 2
+    q_route: float = 1.5
+    threshold: float = 1.2
+    top_k: int = 3
+    tau_high: float = 0.8
+    tau_low: float = 0.01
+    target_modules: tuple = DEFAULT_TARGETS
+    # Additions around the contract (documented in README / docs/DESIGN.md).
+    adapter_dtype: str = "float32"  # A, B and the router are kept in this dtype (fp32 by default)
+    router_grad_from_task: bool = False  # spec 4: W_g learns from the router loss only
+    init_seed: int | None = None  # seed for A's Kaiming init (None: torch's global RNG)
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        self.validate()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_experts(self) -> int:
+        return self.num_forget_experts + 1
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / float(self.rank)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> None:
+        def bad(name, got, want):
+            raise ValueError(f"AlterConfig.{name}: got {got!r}, expected {want}")
+
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            bad("rank", self.rank, "an int >= 1")
+        if not _finite_number(self.alpha) or self.alpha <= 0:
+            bad("alpha", self.alpha, "a finite number > 0")
+        if (not isinstance(self.num_forget_experts, int) or isinstance(self.num_forget_experts, bool)
+                or self.num_forget_experts < 0):
+            bad("num_forget_experts", self.num_forget_experts, "an int >= 0")
+        if not _finite_number(self.q_route) or self.q_route <= 0:
+            bad("q_route", self.q_route, "a finite number > 0 (1 means Shannon)")
+        if not (_finite_number(self.threshold) or self.threshold in (math.inf, -math.inf)):
+            bad("threshold", self.threshold, "a number")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            bad("top_k", self.top_k, "an int >= 0")
+        for name in ("tau_high", "tau_low"):
+            v = getattr(self, name)
+            if not _finite_number(v) or v <= 0:
+                bad(name, v, "a finite number > 0")
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            bad("target_modules", self.target_modules, "a non-empty sequence of module names")
+        if self.adapter_dtype not in ("float32", "float64", "bfloat16", "float16"):
+            bad("adapter_dtype", self.adapter_dtype, "one of float32, float64, bfloat16, float16")
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AlterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"AlterConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,38 @@
+"""Dispatch point of the routing plan ``route`` (ALTER_SPEC section 3)."""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from ..reference.routing import RoutingPlan, route_ref
+from ._checks import check_shape, check_tensor
+
+_backend.register("route", "reference", route_ref, priority=0)
+
+OP = "route"
+
+
+def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tensor,
+          threshold: float = 1.2, tau_high: float = 0.8, tau_low: float = 0.01, top_k: int = 3,
+          labels: torch.Tensor | None = None) -> RoutingPlan:
+    """Routing plan for N tokens: hidden [N, d], router_weight [d, E], entropy [N],
+    labels [N] (expert id per token, negative for none) or None. See RoutingPlan."""
+    check_tensor(hidden, "hidden", OP, ndim=2)
+    check_tensor(router_weight, "router_weight", OP, ndim=2)
+    n, d = hidden.shape
+    if router_weight.shape[0] != d:
+        raise ValueError(f"{OP}: router_weight must be [d, E] with d = hidden.shape[1] = {d}, "
+                         f"got {tuple(router_weight.shape)}")
+    if router_weight.shape[1] < 1:
+        raise ValueError(f"{OP}: router_weight must have at least one expert column, got {tuple(router_weight.shape)}")
+    check_tensor(entropy, "entropy", OP)
+    check_shape(entropy, "entropy", OP, (n,), " ([N])")
+    if labels is not None:
+        check_tensor(labels, "labels", OP, float_only=False)
+        check_shape(labels, "labels", OP, (n,), " ([N])")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"{OP}: labels must be an integer tensor, got {labels.dtype}")
+    if tau_high <= 0 or tau_low <= 0:
+        raise ValueError(f"{OP}: temperatures must be > 0, got tau_high={tau_high}, tau_low={tau_low}")
+    return _backend.pick(OP, hidden.device).fn(hidden, router_weight, entropy, threshold, tau_high,
+                                               tau_low, top_k, labels)

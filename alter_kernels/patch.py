@@ -1,0 +1,422 @@
+"""Patch layer: turns a Hugging Face Llama-family model into an ALTER model, and back.
+
+Module instances are swapped, no HF forward is copied:
+
+- every target ``nn.Linear`` is replaced by an :class:`AlterLinear` that keeps the original
+  instance as ``base_layer`` and adds the shared ``lora_A`` [r, d_in] and the experts
+  ``lora_B`` [E, d_out, r] (expert 0 = retain, 1..N = forget);
+- every decoder layer that holds a target gets a :class:`LayerRouter` child ``alter_router``
+  (W_g, [d_model, E]) and a forward pre-hook that makes that layer's routing plan once per
+  forward from the layer's input hidden states; the layer's AlterLinears all read that plan.
+
+Routing inputs (token entropies, and domain labels while unlearning) come in through
+:func:`set_routing_inputs` / :func:`routing_inputs`. Without entropies, every token counts as
+high-entropy (e = +inf): the retain expert is on and the router mixes in its top-k forget
+experts. :func:`token_entropy` computes the spec's entropies with a base-model pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .config import AlterConfig
+from .ops.asym_lora import asym_lora
+from .ops.entropy import lm_head_entropy
+from .ops.routing import route
+from .reference.routing import RoutingPlan
+
+STATE_ATTR = "_alter_state"
+ROUTER_ATTR = "alter_router"
+
+
+class PatchError(ValueError):
+    """The model cannot be patched (or unpatched) as asked."""
+
+
+class AlterState:
+    """Model-level ALTER state: the routing inputs of the next forward and the last plans."""
+
+    def __init__(self, config: AlterConfig):
+        self.config = config
+        self.entropy: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.enabled = True
+        self.plans: dict[str, RoutingPlan] = {}
+        self.hooks: list = []
+        self.replaced: list[tuple[str, nn.Module]] = []      # (path, AlterLinear)
+        self.routers: list[str] = []                         # decoder-layer paths
+        self.requires_grad: dict[str, bool] = {}             # original flags of base params
+
+
+class LayerRouter(nn.Module):
+    """W_g of one decoder layer, and that layer's current routing plan."""
+
+    def __init__(self, hidden_size: int, num_experts: int, dtype: torch.dtype, device=None):
+        super().__init__()
+        # zeros: every expert ties, so low-entropy tokens go to the retain expert (argmax picks
+        # the first) until the router is initialised from centroids or trained (spec 6).
+        self.weight = nn.Parameter(torch.zeros(hidden_size, num_experts, dtype=dtype, device=device))
+        self.plan: RoutingPlan | None = None
+        self.layer_name = ""
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.weight.shape[0]}, num_experts={self.weight.shape[1]}"
+
+
+class AlterLinear(nn.Module):
+    """y = W0 x (+ b) + s * sum_e w_{t,e} B_e (A x) with the layer's routing plan (spec 1)."""
+
+    def __init__(self, base_layer: nn.Linear, config: AlterConfig, router: LayerRouter | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise PatchError(f"AlterLinear wraps nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.config = config
+        self.rank = config.rank
+        self.scale = config.scale
+        self.num_experts = config.num_experts
+        dtype = getattr(torch, config.adapter_dtype)
+        dev = base_layer.weight.device
+        # LoRA's init: Kaiming-uniform A (as nn.Linear), zero B, so a fresh patch changes nothing.
+        # A is drawn on the CPU so that a seeded generator gives the same A on every device.
+        a = torch.empty(config.rank, base_layer.in_features, dtype=dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        self.lora_A = nn.Parameter(a.to(dev))
+        self.lora_B = nn.Parameter(torch.zeros(config.num_experts, base_layer.out_features, config.rank,
+                                               dtype=dtype, device=dev))
+        object.__setattr__(self, "_router", router)  # a reference, not a child module
+
+    # nn.Linear look-alike, for code that inspects the projection
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, experts={self.num_experts}, scale={self.scale:g}"
+
+    def forward(self, x: torch.Tensor, plan: RoutingPlan | None = None) -> torch.Tensor:
+        router = self._router
+        state = getattr(router, "_state", None) if router is not None else None
+        if state is not None and not state.enabled:
+            return self.base_layer(x)
+        if plan is None:
+            plan = router.plan if router is not None else None
+        if plan is None:
+            raise RuntimeError(
+                "AlterLinear: no routing plan. It is made by the decoder layer's pre-hook; call the "
+                "patched model (or its decoder layer), or pass plan= explicitly.")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] != plan.num_tokens:
+            raise RuntimeError(f"AlterLinear {getattr(router, 'layer_name', '')}: input has {x2.shape[0]} tokens "
+                               f"but the layer's routing plan has {plan.num_tokens}")
+        y = asym_lora(x2, self.base_layer.weight, self.lora_A, self.lora_B, plan.expert_weights, self.scale,
+                      plan.a_grad_mask, plan.b_grad_mask, self.base_layer.bias)
+        return y.reshape(*lead, y.shape[-1])
+
+
+# --------------------------------------------------------------------------- routing hook
+def _layer_pre_hook(router: LayerRouter):
+    def hook(module, args, kwargs):
+        state: AlterState = router._state
+        if not state.enabled:
+            router.plan = None
+            return None
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if hidden is None:
+            raise RuntimeError(f"ALTER: cannot find the hidden states of decoder layer {router.layer_name}")
+        router.plan = make_plan(state, router, hidden)
+        state.plans[router.layer_name] = router.plan
+        return None
+    return hook
+
+
+def _expand_tokens(t: torch.Tensor | None, shape: torch.Size, what: str, fill) -> torch.Tensor | None:
+    """Bring a per-sample [B] or per-token [B, T] tensor to the hidden states' token shape [B, T]."""
+    if t is None:
+        return None
+    lead = tuple(shape)
+    if tuple(t.shape) == lead:
+        return t
+    if len(lead) >= 1 and t.dim() == 1 and t.shape[0] == lead[0]:
+        return t.view(-1, *([1] * (len(lead) - 1))).expand(lead)
+    raise RuntimeError(f"ALTER: routing input {what} has shape {tuple(t.shape)}, but this forward's tokens are "
+                       f"{lead}; expected {lead} (per token) or ({lead[0]},) (per sample)")
+
+
+def make_plan(state: AlterState, router: LayerRouter, hidden: torch.Tensor) -> RoutingPlan:
+    cfg = state.config
+    lead = hidden.shape[:-1]
+    h = hidden.reshape(-1, hidden.shape[-1]).detach()          # the router learns from its own loss only
+    n = h.shape[0]
+    ent = _expand_tokens(state.entropy, lead, "entropy", math.inf)
+    if ent is None:
+        ent = torch.full((n,), math.inf, device=h.device)
+    ent = ent.reshape(-1).to(device=h.device, dtype=torch.float32)
+    labels = _expand_tokens(state.labels, lead, "labels", -1)
+    if labels is not None:
+        labels = labels.reshape(-1).to(h.device)
+    plan = route(h, router.weight, ent, cfg.threshold, cfg.tau_high, cfg.tau_low, cfg.top_k, labels)
+    if not cfg.router_grad_from_task:
+        plan.expert_weights = plan.expert_weights.detach()
+    return plan
+
+
+# --------------------------------------------------------------------------- patch / unpatch
+def _find_layer_path(path: str, modules: dict[str, nn.Module]) -> str | None:
+    """Nearest ancestor of ``path`` whose parent is an nn.ModuleList: the decoder layer."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:i - 1])
+        if parts[i - 1].isdigit() and isinstance(modules.get(parent, None), nn.ModuleList):
+            return ".".join(parts[:i])
+    return None
+
+
+def _set_child(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def is_patched(model: nn.Module) -> bool:
+    return getattr(model, STATE_ATTR, None) is not None
+
+
+def get_state(model: nn.Module) -> AlterState:
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise PatchError("this model is not patched with ALTER; call alter_kernels.patch(model, config) first")
+    return state
+
+
+def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
+    """Patch ``model`` in place (every target linear becomes an AlterLinear) and return it.
+
+    All base parameters are frozen; only adapters (A, B) and routers (W_g) require grad.
+    """
+    config = config or AlterConfig()
+    if not isinstance(config, AlterConfig):
+        raise TypeError(f"patch: config must be an AlterConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch: model must be a torch.nn.Module, got {type(model).__name__}")
+    if is_patched(model) or any(isinstance(m, AlterLinear) for m in model.modules()):
+        raise PatchError("patch: this model is already patched with ALTER; call alter_kernels.unpatch(model) "
+                         "before patching it again")
+    modules = dict(model.named_modules())
+    targets = [(p, m) for p, m in modules.items()
+               if p.rpartition(".")[2] in config.target_modules and isinstance(m, nn.Linear)]
+    if not targets:
+        found = sorted({p.rpartition(".")[2] for p, m in modules.items() if isinstance(m, nn.Linear)})
+        raise PatchError(f"patch: none of the target modules {list(config.target_modules)} is an nn.Linear in "
+                         f"{type(model).__name__}; its linear layers are named {found}")
+    misses = [p for p, m in modules.items() if p.rpartition(".")[2] in config.target_modules
+              and not isinstance(m, nn.Linear)]
+    if misses:
+        raise PatchError(f"patch: target module(s) {misses[:4]} are {type(modules[misses[0]]).__name__}, "
+                         "expected nn.Linear (quantised or fused layers are not supported)")
+    hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
+
+    state = AlterState(config)
+    state.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    gen = None
+    if config.init_seed is not None:
+        gen = torch.Generator(device="cpu").manual_seed(config.init_seed)
+    dtype = getattr(torch, config.adapter_dtype)
+
+    routers: dict[str, LayerRouter] = {}
+    plan_targets = []
+    for path, lin in targets:
+        layer_path = _find_layer_path(path, modules)
+        if layer_path is None:
+            raise PatchError(f"patch: target {path!r} is not inside a decoder layer (a child of an "
+                             "nn.ModuleList); ALTER routes per decoder layer")
+        plan_targets.append((path, lin, layer_path))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for path, lin, layer_path in plan_targets:
+        if layer_path not in routers:
+            layer = modules[layer_path]
+            size = hidden_size or _guess_hidden_size(layer, lin)
+            r = LayerRouter(size, config.num_experts, dtype, device=lin.weight.device)
+            r.layer_name = layer_path
+            object.__setattr__(r, "_state", state)
+            routers[layer_path] = r
+        new = AlterLinear(lin, config, routers[layer_path], generator=gen)
+        _set_child(model, path, new)
+        state.replaced.append((path, new))
+    for layer_path, r in routers.items():
+        layer = modules[layer_path]
+        if hasattr(layer, ROUTER_ATTR):
+            raise PatchError(f"patch: decoder layer {layer_path} already has an attribute {ROUTER_ATTR!r}")
+        layer.add_module(ROUTER_ATTR, r)
+        state.hooks.append(layer.register_forward_pre_hook(_layer_pre_hook(r), with_kwargs=True))
+        state.routers.append(layer_path)
+    setattr(model, STATE_ATTR, state)
+    return model
+
+
+def _guess_hidden_size(layer: nn.Module, lin: nn.Linear) -> int:
+    for name in ("input_layernorm", "ln_1", "attention_norm"):
+        norm = getattr(layer, name, None)
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            return norm.weight.shape[0]
+    return lin.in_features
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo :func:`patch`: the original module instances, parameters and requires_grad flags."""
+    state = get_state(model)
+    for h in state.hooks:
+        h.remove()
+    for path, alin in state.replaced:
+        _set_child(model, path, alin.base_layer)
+    for layer_path in state.routers:
+        delattr(model.get_submodule(layer_path), ROUTER_ATTR)
+    delattr(model, STATE_ATTR)
+    for n, p in model.named_parameters():
+        if n in state.requires_grad:
+            p.requires_grad_(state.requires_grad[n])
+    return model
+
+
+# --------------------------------------------------------------------------- routing inputs
+def set_routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
+                       labels: torch.Tensor | None = None) -> None:
+    """Routing inputs for the following forwards of a patched model.
+
+    entropy: [B, T] per-token routing entropies e_t (spec 2: the entropy of the distribution
+        that predicted token t, +inf at the first position), or None: every token high.
+    labels: [B] per-sample or [B, T] per-token expert ids while unlearning (0 retain, d forget
+        domain d, negative: no label), or None at inference. With labels, low-entropy labelled
+        tokens are routed by label, the gradient masks of spec 4 apply and each layer's plan
+        carries a router loss (see :func:`router_loss`).
+    """
+    state = get_state(model)
+    for name, t in (("entropy", entropy), ("labels", labels)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"set_routing_inputs: {name} must be a tensor or None, got {type(t).__name__}")
+    if labels is not None and (labels.dtype.is_floating_point or labels.dtype == torch.bool):
+        raise TypeError(f"set_routing_inputs: labels must be an integer tensor, got {labels.dtype}")
+    if labels is not None and labels.numel() and int(labels.max()) >= state.config.num_experts:
+        raise ValueError(f"set_routing_inputs: label {int(labels.max())} out of range; this adapter has "
+                         f"{state.config.num_experts} experts (0 = retain, 1..{state.config.num_forget_experts} forget)")
+    state.entropy, state.labels = entropy, labels
+
+
+def clear_routing_inputs(model: nn.Module) -> None:
+    set_routing_inputs(model, None, None)
+
+
+@contextlib.contextmanager
+def routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None) -> Iterator[None]:
+    """Context-manager form of :func:`set_routing_inputs`; restores the previous inputs on exit."""
+    state = get_state(model)
+    prev = (state.entropy, state.labels)
+    set_routing_inputs(model, entropy, labels)
+    try:
+        yield
+    finally:
+        state.entropy, state.labels = prev
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[None]:
+    """Inside the block the patched model computes exactly the base model (no routing either)."""
+    state = get_state(model)
+    prev = state.enabled
+    state.enabled = False
+    try:
+        yield
+    finally:
+        state.enabled = prev
+
+
+def last_plans(model: nn.Module) -> dict[str, RoutingPlan]:
+    """The routing plan of each decoder layer from the last forward."""
+    return dict(get_state(model).plans)
+
+
+def router_loss(model: nn.Module) -> torch.Tensor | None:
+    """Mean over layers of the router cross-entropy of the last forward (None without labels)."""
+    losses = [p.router_loss for p in get_state(model).plans.values() if p.router_loss is not None]
+    return torch.stack(losses).mean() if losses else None
+
+
+def high_entropy_fraction(model: nn.Module) -> float:
+    """Share of high-entropy tokens in the last forward (spec 3: 0 or 1 means theta is off for q)."""
+    plans = list(get_state(model).plans.values())
+    return plans[0].high_fraction() if plans else float("nan")
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable ALTER parameters by group: "A", "B" (all experts) and "router"."""
+    state = get_state(model)
+    groups = {"A": [], "B": [], "router": []}
+    for _, alin in state.replaced:
+        groups["A"].append(alin.lora_A)
+        groups["B"].append(alin.lora_B)
+    for layer_path in state.routers:
+        groups["router"].append(model.get_submodule(layer_path).get_submodule(ROUTER_ATTR).weight)
+    return groups
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors by their path in the patched model (what save_adapter writes)."""
+    state = get_state(model)
+    out = {}
+    for path, alin in state.replaced:
+        out[f"{path}.lora_A"] = alin.lora_A
+        out[f"{path}.lora_B"] = alin.lora_B
+    for layer_path in state.routers:
+        out[f"{layer_path}.{ROUTER_ATTR}.weight"] = model.get_submodule(f"{layer_path}.{ROUTER_ATTR}").weight
+    return out
+
+
+# --------------------------------------------------------------------------- base-model entropies
+@torch.no_grad()
+def token_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  q: float | None = None) -> torch.Tensor:
+    """Routing entropies e [B, T] from the base model (adapters off), spec 2.
+
+    e[:, t] = S_q(softmax(z_{t-1})): the entropy of the distribution that predicted token t,
+    from the final hidden states and the LM head through ``lm_head_entropy`` (no [B, T, V]
+    logits kept). Positions with no real predecessor (the first, and left padding) get +inf.
+    """
+    q = get_state(model).config.q_route if (q is None and is_patched(model)) else (1.5 if q is None else q)
+    backbone = getattr(model, "model", None) or model.get_decoder()
+    head = model.get_output_embeddings()
+    if head is None:
+        raise PatchError("token_entropy: the model has no output embeddings (LM head)")
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(getattr(model, "config", None), attr, None) not in (None, 1.0):
+            raise NotImplementedError(f"token_entropy: models with config.{attr} are not supported yet")
+    ctx = disable_adapters(model) if is_patched(model) else contextlib.nullcontext()
+    with ctx:
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    ent = lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))   # [B, T]
+    routed = torch.full_like(ent, math.inf)
+    routed[:, 1:] = ent[:, :-1]
+    if attention_mask is not None:
+        prev_real = torch.zeros_like(attention_mask, dtype=torch.bool)
+        prev_real[:, 1:] = attention_mask[:, :-1].bool()
+        routed = torch.where(prev_real, routed, torch.full_like(routed, math.inf))
+    return routed
