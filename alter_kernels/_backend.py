@@ -81,7 +81,12 @@ class Impl:
     backend: str
     fn: Callable
     supports: Callable[[torch.device], bool]
-    priority: int
+    priority: int | dict
+
+    def priority_on(self, device: torch.device) -> int:
+        if isinstance(self.priority, dict):
+            return self.priority.get(device.type, self.priority.get("default", 0))
+        return self.priority
 
 
 _REGISTRY: dict[str, dict[str, Impl]] = {}
@@ -89,11 +94,13 @@ _local = threading.local()
 
 
 def register(op: str, backend: str, fn: Callable, supports: Callable[[torch.device], bool] | None = None,
-             priority: int = 0) -> None:
+             priority: int | dict = 0) -> None:
     """Register ``fn`` as the ``backend`` implementation of ``op``.
 
     supports(device) says whether it can run on that device (default: everywhere). Among the
-    implementations that support a device, the highest priority wins.
+    implementations that support a device, the highest priority wins; ``priority`` is an int or
+    a dict by device type, e.g. {"cuda": 20, "cpu": -10} for a Triton kernel that runs on the
+    CPU only under TRITON_INTERPRET=1 and should then be picked only when forced.
     """
     _REGISTRY.setdefault(op, {})[backend] = Impl(backend, fn, supports or (lambda d: True), priority)
 
@@ -126,9 +133,9 @@ def pick(op: str, device: torch.device | str) -> Impl:
         return impls[env]
     best = None
     for impl in impls.values():
-        if impl.supports(device) and (best is None or impl.priority > best.priority):
+        if impl.supports(device) and (best is None or impl.priority_on(device) > best.priority_on(device)):
             best = impl
-    if best is None:
+    if best is None or best.priority_on(device) < 0:
         raise RuntimeError(f"alter_kernels: no backend of {op!r} runs on {device}")
     return best
 
@@ -137,7 +144,7 @@ def available(op: str, device: torch.device | str) -> list[str]:
     """Backends of ``op`` that can run on ``device``, best first."""
     device = torch.device(device)
     impls = [i for i in _REGISTRY.get(op, {}).values() if i.supports(device)]
-    return [i.backend for i in sorted(impls, key=lambda i: -i.priority)]
+    return [i.backend for i in sorted(impls, key=lambda i: -i.priority_on(device))]
 
 
 @contextlib.contextmanager

@@ -1,9 +1,14 @@
 import os
 
-import pytest
 import torch
 
 os.environ.setdefault("ALTER_KERNELS_QUIET", "1")
+# Without a GPU, Triton kernels run in the interpreter (on CPU tensors). The switch must be set
+# before any Triton kernel is defined, so it is set here, before the tests import the package.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
