@@ -1,0 +1,110 @@
+"""Shared helpers of the benchmarks: timing, peak memory, machine description, JSON + markdown output.
+
+Timing: median of ``iters`` runs after ``warmup`` runs (CUDA: synchronised).
+Peak memory: on CUDA, torch.cuda.max_memory_allocated above the memory in use before the call;
+on CPU, the peak of the running sum of tensor allocations recorded by torch.profiler
+(profile_memory=True) during one call: the extra memory the call needs, O(N) vs O(N*V) shows.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Callable
+
+import torch
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable, device="cpu", warmup: int = 2, iters: int = 5, min_time: float = 0.0) -> float:
+    """Median seconds of fn() over ``iters`` runs (more while their sum is under min_time)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    while len(times) < iters or sum(times) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 1000:
+            break
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable, device="cpu") -> int:
+    """Bytes of extra memory at the peak of one fn() call (see module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del out
+        return int(peak)
+    from torch.profiler import ProfilerActivity, profile
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    # allocations are booked as the self memory of the op that made them, frees as "[memory]"
+    # events; walking them in time order gives the running total (an op's internal transient
+    # peak is seen only as its net self memory).
+    events = [e for e in prof.events() if e.self_cpu_memory_usage]
+    events.sort(key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return int(peak)
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_results(path_stem: str, results: dict, table_md: str) -> tuple[str, str]:
+    """Write ``<stem>.json`` and ``<stem>.md`` atomically; returns both paths."""
+    os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
+    out = []
+    for ext, text in ((".json", json.dumps(results, indent=2, sort_keys=True) + "\n"), (".md", table_md)):
+        path = path_stem + ext
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        out.append(path)
+    return tuple(out)
+
+
+def md_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
