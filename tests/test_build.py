@@ -1,0 +1,77 @@
+"""The build: the extension, the dispatch table, the warning without it, and the CMake library."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import alter_kernels as ak
+from alter_kernels import _backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRE_EXT = os.environ.get("ALTER_REQUIRE_EXTENSION", "") not in ("", "0")
+
+
+def test_extension_loads_and_registers_its_namespace():
+    if _backend.load_extension() is None:
+        if REQUIRE_EXT:
+            pytest.fail(f"the extension must be built here but did not load: {_backend.extension_error()}")
+        pytest.skip(f"extension not built: {_backend.extension_error()}")
+    flags = torch.ops.alter_kernels.build_info()
+    assert isinstance(flags, int) and (flags & 1) == (1 if torch.version.cuda else flags & 1)
+
+
+def test_backends_names_every_public_op():
+    table = ak.backends("cpu")
+    assert {"tsallis_entropy", "lm_head_entropy", "asym_lora", "route"} <= set(table)
+    assert all(v in ("reference", "torch", "cpp", "triton", "cuda") for v in table.values())
+    for op in table:
+        assert "reference" in _backend.available(op, "cpu")
+
+
+def test_use_backend_forces_and_refuses_clearly():
+    with ak.use_backend("reference"):
+        assert _backend.pick("asym_lora", "cpu").backend == "reference"
+    with ak.use_backend("no-such-backend"):
+        with pytest.raises(RuntimeError, match="backend 'no-such-backend' forced by use_backend"):
+            ak.tsallis_entropy(torch.randn(2, 3))
+
+
+def test_import_without_the_extension_warns_once_and_falls_back():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['alter_kernels._C'] = None\n"        # makes `import alter_kernels._C` fail
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import alter_kernels as ak, torch\n"
+        "    import importlib; importlib.reload(ak)\n"
+        "    y = ak.tsallis_entropy(torch.zeros(2, 4), 2.0)\n"
+        "msgs = [str(x.message) for x in w if 'could not be loaded' in str(x.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert 'tsallis_entropy' in msgs[0] and 'reference' in msgs[0], msgs[0]\n"
+        "assert abs(y[0].item() - 0.75) < 1e-6\n"
+        "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "ALTER_KERNELS_QUIET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_cmake_builds_the_ops_library_against_libtorch(tmp_path):
+    build = tmp_path / "build"
+    prefix = torch.utils.cmake_prefix_path
+    jobs = os.environ.get("MAX_JOBS", "2")
+    subprocess.run(["cmake", "-S", ROOT, "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}",
+                    "-DALTER_WITH_CUDA=OFF"], check=True, capture_output=True)
+    res = subprocess.run(["cmake", "--build", str(build), f"-j{jobs}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lib = build / "libalter_ops.so"
+    assert lib.exists()
+    # a fresh process (the Python extension must not be loaded too: same op names)
+    code = ("import torch; torch.ops.load_library(%r); "
+            "print(torch.ops.alter_kernels.build_info())" % str(lib))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().isdigit()
