@@ -11,6 +11,7 @@ from . import _backend
 from ._backend import backends, use_backend
 from .adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
 from .config import AlterConfig
+from .interop import init_from_peft
 from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
 from .patch import (AlterLinear, LayerRouter, PatchError, adapter_parameters, adapter_state_dict,
                     clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction, is_patched,
@@ -27,5 +28,5 @@ __all__ = [
     "inverted_hinge_loss", "npo_loss", "sequence_logprob", "token_nll",
     "set_routing_inputs", "routing_inputs", "clear_routing_inputs", "disable_adapters", "token_entropy",
     "last_plans", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
-    "get_state", "is_patched", "backends", "use_backend",
+    "get_state", "is_patched", "backends", "use_backend", "init_from_peft",
 ]
