@@ -6,8 +6,9 @@ Module instances are swapped, no HF forward is copied:
   instance as ``base_layer`` and adds the shared ``lora_A`` [r, d_in] and the experts
   ``lora_B`` [E, d_out, r] (expert 0 = retain, 1..N = forget);
 - every decoder layer that holds a target gets a :class:`LayerRouter` child ``alter_router``
-  (W_g, [d_model, E]) and a forward pre-hook that makes that layer's routing plan once per
-  forward from the layer's input hidden states; the layer's AlterLinears all read that plan.
+  (W_g, [d_model, E]) and a forward pre-hook that remembers the layer's input hidden states;
+  the layer's first AlterLinear makes the routing plan from them (once per forward) and all the
+  layer's AlterLinears read that plan.
 
 Routing inputs (token entropies, and domain labels while unlearning) come in through
 :func:`set_routing_inputs` / :func:`routing_inputs`. Without entropies, every token counts as
@@ -61,6 +62,7 @@ class LayerRouter(nn.Module):
         # the first) until the router is initialised from centroids or trained (spec 6).
         self.weight = nn.Parameter(torch.zeros(hidden_size, num_experts, dtype=dtype, device=device))
         self.plan: RoutingPlan | None = None
+        self.pending_hidden: torch.Tensor | None = None
         self.layer_name = ""
 
     def extra_repr(self) -> str:
@@ -117,7 +119,7 @@ class AlterLinear(nn.Module):
         if state is not None and not state.enabled:
             return self.base_layer(x)
         if plan is None:
-            plan = router.plan if router is not None else None
+            plan = current_plan(router) if router is not None else None
         if plan is None:
             raise RuntimeError(
                 "AlterLinear: no routing plan. It is made by the decoder layer's pre-hook; call the "
@@ -134,18 +136,33 @@ class AlterLinear(nn.Module):
 
 # --------------------------------------------------------------------------- routing hook
 def _layer_pre_hook(router: LayerRouter):
+    """Remember the layer's input hidden states; the plan is made on first use.
+
+    The plan is built lazily by the first AlterLinear of the layer, not in this hook, so that
+    wrappers whose own pre-hooks run later (FSDP2's unshard of the router weight, for one) have
+    run by then.
+    """
     def hook(module, args, kwargs):
-        state: AlterState = router._state
-        if not state.enabled:
-            router.plan = None
+        router.plan = None
+        router.pending_hidden = None
+        if not router._state.enabled:
             return None
         hidden = args[0] if args else kwargs.get("hidden_states")
         if hidden is None:
             raise RuntimeError(f"ALTER: cannot find the hidden states of decoder layer {router.layer_name}")
-        router.plan = make_plan(state, router, hidden)
-        state.plans[router.layer_name] = router.plan
+        router.pending_hidden = hidden
         return None
     return hook
+
+
+def current_plan(router: LayerRouter) -> RoutingPlan | None:
+    """The layer's plan for this forward, made from the remembered hidden states on first use."""
+    if router.plan is None and router.pending_hidden is not None:
+        state: AlterState = router._state
+        router.plan = make_plan(state, router, router.pending_hidden)
+        router.pending_hidden = None
+        state.plans[router.layer_name] = router.plan
+    return router.plan
 
 
 def _expand_tokens(t: torch.Tensor | None, shape: torch.Size, what: str, fill) -> torch.Tensor | None:
