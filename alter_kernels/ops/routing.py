@@ -32,6 +32,10 @@ def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tens
         check_shape(labels, "labels", OP, (n,), " ([N])")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"{OP}: labels must be an integer tensor, got {labels.dtype}")
+        e = router_weight.shape[1]
+        # a data-dependent check: skipped while torch.compile traces (set_routing_inputs checks too)
+        if not torch.compiler.is_compiling() and labels.numel() and int(labels.max()) >= e:
+            raise ValueError(f"{OP}: label {int(labels.max())} out of range for {e} experts (0..{e - 1})")
     if tau_high <= 0 or tau_low <= 0:
         raise ValueError(f"{OP}: temperatures must be > 0, got tau_high={tau_high}, tau_low={tau_low}")
     return _backend.pick(OP, hidden.device).fn(hidden, router_weight, entropy, threshold, tau_high,
