@@ -332,12 +332,12 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 loss, logs = M.full_loss(model, batch, hp, method, ref_model)
             bad = None
             if not torch.isfinite(loss):
-                bad = f"non-finite loss {float(loss)} ({logs})"
+                bad = f"non-finite loss {float(loss.detach())} ({logs})"
             else:
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(all_params, hp["grad_clip"] if hp["grad_clip"] > 0 else math.inf)
                 if not torch.isfinite(gn):
-                    bad = f"non-finite gradient norm {float(gn)} (loss {float(loss)}, {logs})"
+                    bad = f"non-finite gradient norm {float(gn)} (loss {float(loss.detach())}, {logs})"
             if bad:
                 optimizer.zero_grad(set_to_none=True)
                 where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt else
