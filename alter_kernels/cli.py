@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-router-init", action="store_true", help="do not start the router at the centroids")
     g.add_argument("--q-route", type=float, default=1.5, help="Tsallis q of the routing entropy")
     g.add_argument("--threshold", type=float, default=1.2, help="entropy threshold theta (high: e > theta)")
+    g.add_argument("--threshold-quantile", type=float, default=None,
+                   help="ALTER: set theta to this quantile (0..1) of the base model's answer-token entropies "
+                        "instead of --threshold (0.5: half the answer tokens high); stored in the adapter config")
     g.add_argument("--top-k", type=int, default=3, help="forget experts mixed into high-entropy tokens")
     g.add_argument("--tau-high", type=float, default=0.8, help="router temperature of high-entropy tokens")
     g.add_argument("--tau-low", type=float, default=0.01, help="router temperature of low-entropy tokens")
@@ -156,7 +159,7 @@ def main(argv=None) -> int:
                   kmeans_max_k=args.kmeans_max_k, router_init=not args.no_router_init,
                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, warmup_steps=args.warmup_steps,
                   checkpoint_every=args.checkpoint_every, resume=args.resume, eval_each_epoch=not args.no_eval,
-                  eval_max_examples=args.eval_max_examples)
+                  eval_max_examples=args.eval_max_examples, threshold_quantile=args.threshold_quantile)
         if alter_config is None and not args.adapter:
             hp["num_forget_experts"] = nfe
             hp["base_config"] = cfg

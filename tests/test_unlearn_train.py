@@ -153,7 +153,8 @@ def test_sequential_unlearning_keeps_earlier_experts():
         old = grown[k][:2] if "lora_B" in k else (grown[k][:, :2] if "router" in k else grown[k])
         assert torch.equal(old, v)
     second = ak.unlearn(m, toy_rows(4, seed=6, domain="authors-b", offset=4), RETAIN, method="alter",
-                        tokenizer=TOK, epochs=2, batch_size=2, threshold_quantile=0.5, lr_A=1e-2, lr_B=1e-2, **FAST)
+                        tokenizer=TOK, epochs=2, batch_size=2, lr_A=1e-2, lr_B=1e-2, **FAST)
+    assert second.config.threshold == first.config.threshold
     assert second.domain_map == {"authors-b": 2} and second.trained_experts == [2]
     after = snapshot(m)
     changed_new = False

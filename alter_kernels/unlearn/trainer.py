@@ -257,7 +257,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
         q_route = cfg.q_route
         f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"])
         r_cache = _entropy_cache(model, r_ex, pad_id, batch_size, dev, q_route, hp["struct_q"]) if r_ex else ([], [])
-        if hp["threshold_quantile"] is not None:
+        if hp["threshold_quantile"] is not None and frozen_experts(model):
+            warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
+                          f"unlearning) and keeps its threshold {cfg.threshold}")
+        elif hp["threshold_quantile"] is not None:
             st = _patch.get_state(model)
             st.config = dataclasses.replace(cfg, threshold=_quantile_threshold(f_ex + r_ex, f_cache[0] + r_cache[0],
                                                                                hp["threshold_quantile"]))
