@@ -173,7 +173,8 @@ def test_sequential_unlearning_keeps_earlier_experts():
 def test_domain_labels_take_priority_and_init_router():
     rows = toy_rows(3, seed=1, domain="x") + toy_rows(3, seed=2, domain="y", offset=3)
     m = model()
-    res = ak.unlearn(m, rows, RETAIN, method="alter", tokenizer=TOK, max_steps=1, batch_size=2, **FAST)
+    with pytest.warns(UserWarning, match="every answer token was high-entropy"):   # theta 1.2 vs a random model
+        res = ak.unlearn(m, rows, RETAIN, method="alter", tokenizer=TOK, max_steps=1, batch_size=2, **FAST)
     assert res.domain_map == {"x": 1, "y": 2} and res.config.num_forget_experts == 2
     ws = [p for p in ak.adapter_parameters(m)["router"]]
     assert len(ws) == 2
@@ -184,6 +185,7 @@ def test_domain_labels_take_priority_and_init_router():
         ak.unlearn(model(), rows + toy_rows(1), RETAIN, method="alter", tokenizer=TOK, max_steps=1, **FAST)
 
 
+@pytest.mark.filterwarnings("ignore:unlearn.alter.. every answer token")
 def test_kmeans_subdomains():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(10, 4, generator=g) + 8, torch.randn(12, 4, generator=g) - 8])
@@ -265,6 +267,7 @@ def test_bad_options():
         ak.unlearn(model(), FORGET, RETAIN, tokenizer=TOK, learning_rate=1.0, **FAST)
 
 
+@pytest.mark.filterwarnings("ignore:unlearn.alter.. every answer token")
 def test_text_passages(tmp_path):
     p = tmp_path / "book.txt"
     long = " ".join(["Basil Orne lives in Lisbon and writes poetry ."] * 3)
@@ -275,3 +278,40 @@ def test_text_passages(tmp_path):
     assert all(e.labels == e.input_ids for e in ex)                                 # every token a target
     res = ak.unlearn(model(), str(p), RETAIN, method="alter", tokenizer=TOK, max_steps=2, max_length=12, **FAST)
     assert len(res.history) == 2
+
+
+def test_chat_template_and_prompt_masking():
+    from alter_kernels.unlearn.data import prepare
+    tok = toy_tokenizer(FORGET + RETAIN)
+    tok.chat_template = ("{% for m in messages %}[BOS] Question : {{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %} Answer :{% endif %}")
+    _, ex = prepare(FORGET[:1], tok, "forget", chat_template=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": FORGET[0]["question"]}],
+                                     add_generation_prompt=True, tokenize=False)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    e = ex[0]
+    assert e.labels[:n_prompt] == [-100] * n_prompt                     # the question is masked
+    answer = tok(" " + FORGET[0]["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert e.labels[n_prompt:] == answer and e.input_ids[n_prompt:] == answer
+    _, plain = prepare(FORGET[:1], tok, "forget")
+    assert plain[0].input_ids[0] == tok.bos_token_id and plain[0].labels[-len(answer):] == answer
+    with pytest.raises(DataError, match="no chat template"):
+        prepare(FORGET[:1], TOK, "forget", chat_template=True)
+
+
+def test_hf_dataset_names_need_datasets():
+    pytest.importorskip("scipy")
+    try:
+        import datasets  # noqa: F401
+        pytest.skip("datasets is installed; loading needs the network")
+    except ImportError:
+        pass
+    with pytest.raises(DataError, match="optional `datasets` package"):
+        ak.unlearn(model(), "hf:locuslab/TOFU:forget10@train", RETAIN, tokenizer=TOK, **FAST)
+
+
+def test_router_learns_the_labels():
+    res = ak.unlearn(model(), FORGET, RETAIN, method="alter", tokenizer=TOK, epochs=5, batch_size=3,
+                     threshold_quantile=0.5, lr_router=0.1, **FAST)
+    ce = [m["mean_router_ce"] for m in res.metrics]
+    assert all(b < a for a, b in zip(ce, ce[1:])), ce

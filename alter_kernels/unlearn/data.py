@@ -171,10 +171,11 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length
                     out.append(Example(win, list(win), dom, i, where))
             continue
         if chat_template:
-            prompt = list(tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                                        add_generation_prompt=True, tokenize=True))
-            if isinstance(prompt, dict) or hasattr(prompt, "keys"):
-                prompt = list(prompt["input_ids"])
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
+                                                   add_generation_prompt=True, tokenize=True)
+            if hasattr(prompt, "keys"):              # transformers 5 returns a BatchEncoding
+                prompt = prompt["input_ids"]
+            prompt = [int(x) for x in prompt]
         else:
             prompt = bos + _ids(tokenizer, prompt_format.format(question=r["question"]))
         answer = _ids(tokenizer, " " + r["answer"].strip()) + eos
