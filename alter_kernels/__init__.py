@@ -18,6 +18,7 @@ from .patch import (AlterLinear, LayerRouter, PatchError, adapter_parameters, ad
                     last_plans, patch, router_loss, routing_inputs, set_routing_inputs, token_entropy, unpatch)
 from .reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
 from .reference.routing import RoutingPlan
+from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
 
 _backend.warn_if_extension_missing()
 
@@ -29,4 +30,5 @@ __all__ = [
     "set_routing_inputs", "routing_inputs", "clear_routing_inputs", "disable_adapters", "token_entropy",
     "last_plans", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
     "get_state", "is_patched", "backends", "use_backend", "init_from_peft",
+    "unlearn", "UnlearnResult", "add_forget_experts", "UnlearnError", "UnlearnDivergedError", "DataError",
 ]

@@ -1,0 +1,229 @@
+"""Data for unlearning: loading TOFU-style QA rows and plain-text passages, validation with
+errors that name the file and row, tokenisation with the question masked, and batching.
+
+Accepted inputs (``forget`` / ``retain`` of :func:`alter_kernels.unlearn`):
+
+- a list of dicts: TOFU rows (``question``, ``answer``; optional ``domain`` int or str; other
+  fields such as ``paraphrased_answer``, ``perturbed_answer``, ``paraphrased_question`` are
+  kept on the row but not used for training) or text rows (``text``; optional ``domain``);
+- a path to a JSON array (``.json``) or JSON lines (``.jsonl``) file of such rows;
+- a path to a ``.txt`` file: one passage per blank-line-separated block (book-style forgetting);
+- ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face dataset (needs the optional ``datasets`` package
+  and network access), e.g. ``hf:locuslab/TOFU:forget10@train``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """Bad unlearning data: the message names the source (file) and the row."""
+
+
+@dataclasses.dataclass
+class Example:
+    """One tokenised row: ``labels`` is -100 on prompt (question) tokens."""
+
+    input_ids: list[int]
+    labels: list[int]
+    domain: Any = None            # raw domain value from the data (None: none given)
+    index: int = 0                # position in its source (stable cache key)
+    source: str = ""
+
+    @property
+    def num_answer_tokens(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------------------- loading
+def _describe(src) -> str:
+    return src if isinstance(src, str) else "<in-memory rows>"
+
+
+def load_rows(src, name: str = "data") -> tuple[list[dict], str]:
+    """Rows and a description of where they came from (for error messages)."""
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        if path.startswith("hf:"):
+            return _load_hf(path), path
+        if not os.path.exists(path):
+            raise DataError(f"{name}: file {path} not found (expected a .json, .jsonl or .txt file, "
+                            "or hf:NAME[:CONFIG][@SPLIT])")
+        low = path.lower()
+        with open(path, encoding="utf-8") as f:
+            raw = f.read()
+        if low.endswith(".txt"):
+            blocks = [b.strip() for b in raw.replace("\r\n", "\n").split("\n\n")]
+            return [{"text": b} for b in blocks if b], path
+        if low.endswith(".jsonl"):
+            rows = []
+            for i, line in enumerate(raw.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{name}: {path} line {i + 1} is not valid JSON ({exc.msg})") from exc
+            return rows, path
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            # a .json file holding JSON lines is common enough to accept
+            try:
+                data = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            except json.JSONDecodeError:
+                raise DataError(f"{name}: {path} is neither a JSON array nor JSON lines ({exc})") from exc
+        if isinstance(data, dict):
+            for key in ("data", "rows", "train"):
+                if isinstance(data.get(key), list):
+                    data = data[key]
+                    break
+        if not isinstance(data, list):
+            raise DataError(f"{name}: {path} must hold a JSON array of rows, got a JSON {type(data).__name__}")
+        return data, path
+    if isinstance(src, dict):
+        raise DataError(f"{name}: expected a list of rows or a file path, got a single dict")
+    if isinstance(src, Sequence) or hasattr(src, "__iter__"):
+        return list(src), "<in-memory rows>"
+    raise DataError(f"{name}: expected a list of dict rows or a path, got {type(src).__name__}")
+
+
+def _load_hf(spec: str) -> list[dict]:
+    try:
+        import datasets  # optional dependency
+    except ImportError as exc:
+        raise DataError(f"{spec}: loading a Hugging Face dataset needs the optional `datasets` package "
+                        "(pip install datasets) and network access") from exc
+    body = spec[3:]
+    split = "train"
+    if "@" in body:
+        body, split = body.rsplit("@", 1)
+    name, _, config = body.partition(":")
+    ds = datasets.load_dataset(name, config or None, split=split)
+    return [dict(r) for r in ds]
+
+
+def validate_rows(rows: list, where: str, name: str, allow_empty: bool = False) -> list[dict]:
+    """Check every row; the error names the file and the (0-based) row."""
+    if not rows and not allow_empty:
+        raise DataError(f"{name}: {where} holds no rows; the {name} set must not be empty")
+    out = []
+    for i, r in enumerate(rows):
+        at = f"{name}: {where} row {i}"
+        if not isinstance(r, dict):
+            raise DataError(f"{at}: expected an object with 'question' and 'answer' (or 'text'), "
+                            f"got {type(r).__name__}")
+        if "text" in r and "question" not in r:
+            if not isinstance(r["text"], str):
+                raise DataError(f"{at}: field 'text' must be a string, got {type(r['text']).__name__}")
+            if not r["text"].strip():
+                raise DataError(f"{at}: field 'text' is empty")
+        else:
+            for key in ("question", "answer"):
+                if key not in r:
+                    raise DataError(f"{at}: missing field {key!r} (a TOFU row needs 'question' and 'answer'; "
+                                    "a passage row needs 'text'); it has fields "
+                                    f"{sorted(r)}")
+                if not isinstance(r[key], str):
+                    raise DataError(f"{at}: field {key!r} must be a string, got {type(r[key]).__name__}")
+            if not r["answer"].strip():
+                raise DataError(f"{at}: field 'answer' is empty")
+        d = r.get("domain")
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, str))):
+            raise DataError(f"{at}: field 'domain' must be an int or a string, got {type(d).__name__}")
+        out.append(r)
+    return out
+
+
+# ----------------------------------------------------------------------------- tokenisation
+def _ids(tok, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length: int = 512,
+                  chat_template: bool = False, prompt_format: str = "Question: {question}\nAnswer:",
+                  ) -> list[Example]:
+    """QA rows -> [BOS] prompt answer [EOS] with the prompt masked; text rows -> windows of
+    ``max_length`` tokens, every token a target."""
+    if tokenizer is None:
+        raise DataError(f"{name}: a tokenizer is needed (pass tokenizer=...)")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{name}: chat_template=True but the tokenizer has no chat template")
+    out: list[Example] = []
+    for i, r in enumerate(rows):
+        dom = r.get("domain")
+        if "text" in r and "question" not in r:
+            ids = bos + _ids(tokenizer, r["text"]) + eos
+            step = max(max_length, 2)
+            for s in range(0, len(ids), step):
+                win = ids[s:s + step]
+                if len(win) >= 2:
+                    out.append(Example(win, list(win), dom, i, where))
+            continue
+        if chat_template:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
+                                                   add_generation_prompt=True, tokenize=True)
+            if hasattr(prompt, "keys"):              # transformers 5 returns a BatchEncoding
+                prompt = prompt["input_ids"]
+            prompt = [int(x) for x in prompt]
+        else:
+            prompt = bos + _ids(tokenizer, prompt_format.format(question=r["question"]))
+        answer = _ids(tokenizer, " " + r["answer"].strip()) + eos
+        ids = (prompt + answer)[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+        ex = Example(ids, labels, dom, i, where)
+        if ex.num_answer_tokens == 0:
+            raise DataError(f"{name}: {where} row {i}: no answer token left after truncation to "
+                            f"max_length={max_length} (prompt has {len(prompt)} tokens); raise max_length")
+        out.append(ex)
+    return out
+
+
+def prepare(src, tokenizer, name: str, max_length: int = 512, chat_template: bool = False,
+            allow_empty: bool = False, **kw) -> tuple[list[dict], list[Example]]:
+    rows, where = load_rows(src, name)
+    rows = validate_rows(rows, where, name, allow_empty=allow_empty)
+    return rows, tokenize_rows(rows, tokenizer, where, name, max_length, chat_template, **kw)
+
+
+# --------------------------------------------------------------------------------- batching
+def collate(examples: list[Example], pad_id: int, extra: dict[str, list] | None = None):
+    """Right-padded batch: input_ids, attention_mask, labels (-100 on prompt and padding)."""
+    t = max(len(e.input_ids) for e in examples)
+    b = len(examples)
+    ids = torch.full((b, t), pad_id, dtype=torch.long)
+    att = torch.zeros((b, t), dtype=torch.long)
+    lab = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        att[i, :n] = 1
+        lab[i, :n] = torch.tensor(e.labels)
+    return ids, att, lab
+
+
+def pad_float(seqs: list[torch.Tensor], t: int, fill: float) -> torch.Tensor:
+    out = torch.full((len(seqs), t), fill, dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        out[i, :s.shape[0]] = s
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int, salt: int = 0) -> list[int]:
+    """The deterministic shuffle of epoch ``epoch`` (so resuming needs no data-loader state)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 7919 + salt)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def steps_per_epoch(n_forget: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_forget / batch_size))

@@ -1,0 +1,104 @@
+"""Loss terms of ALTER (spec 5) and of the baselines (spec 7), as functions of tensors.
+
+Conventions: ``logits`` [B, T, V] and ``labels`` [B, T] are already shifted (position t's
+logits predict labels[t]); -100 marks tokens without a target (prompt, padding). Everything
+accumulates in fp32. These functions call only the public ops of alter_kernels, so they get
+faster when a kernel backend registers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.entropy import tsallis_entropy
+from ..reference.losses import IGNORE_INDEX, inverted_hinge_loss, npo_loss, token_nll
+
+
+def shift(logits: torch.Tensor, labels: torch.Tensor, *per_token: torch.Tensor):
+    """HF convention: logits[:, t] predicts labels[:, t + 1]. Per-token tensors indexed by the
+    predicted token (entropies e_t, base S_qs) are shifted like the labels."""
+    return (logits[:, :-1], labels[:, 1:]) + tuple(x[:, 1:] for x in per_token)
+
+
+def tsallis_max(q: float, vocab: int) -> float:
+    """Largest S_q over V outcomes (the uniform distribution); log V for q = 1."""
+    if q == 1.0:
+        return math.log(vocab)
+    return (1.0 - vocab ** (1.0 - q)) / (q - 1.0)
+
+
+def domain_ihl(logits: torch.Tensor, labels: torch.Tensor, token_mask: torch.Tensor,
+               domains: torch.Tensor) -> tuple[torch.Tensor, dict[int, int]]:
+    """sum_d mean_{t in mask, domain d} IHL_t  (spec 5, first term, without beta).
+
+    token_mask [B, T] bool: forget answer tokens to count (ALTER: the low-entropy ones);
+    domains [B] long: each row's forget domain (expert id >= 1; rows with domain <= 0 are
+    ignored). Returns the loss and the number of counted tokens per domain.
+    """
+    ihl = inverted_hinge_loss(logits, labels, shift=False, reduction="none")        # [B, T], 0 at -100
+    valid = token_mask & (labels != IGNORE_INDEX)
+    total = ihl.sum() * 0.0
+    counts: dict[int, int] = {}
+    for d in sorted(set(int(x) for x in domains.tolist() if int(x) > 0)):
+        m = valid & (domains == d)[:, None]
+        n = int(m.sum())
+        counts[d] = n
+        if n:
+            total = total + (ihl * m).sum() / n
+    return total, counts
+
+
+def masked_nll(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean token NLL over the answer tokens of the selected rows (0 if there are none)."""
+    if rows is not None:
+        labels = torch.where(rows[:, None], labels, torch.full_like(labels, IGNORE_INDEX))
+    return token_nll(logits, labels, shift=False, reduction="mean")
+
+
+def struct_drift(logits: torch.Tensor, base_sq: torch.Tensor, mask: torch.Tensor, q: float = 0.5
+                 ) -> torch.Tensor:
+    """R_struct, "drift" form: mean over masked tokens of ((S_q(adapted) - S_q(base)) / S_max)^2.
+
+    logits [B, T, V] adapted (shifted), base_sq [B, T] the base model's S_q of the same
+    distributions, mask [B, T] bool (high-entropy answer tokens). 0 if the mask is empty.
+    """
+    s_max = tsallis_max(q, logits.shape[-1])
+    m = mask & torch.isfinite(base_sq)
+    if not bool(m.any()):
+        return logits.sum() * 0.0
+    s = tsallis_entropy(logits[m], q=q)                     # only the masked rows
+    return (((s - base_sq[m].to(s.dtype)) / s_max) ** 2).mean()
+
+
+def struct_entropy_mean(logits: torch.Tensor, mask: torch.Tensor, q: float = 0.5) -> torch.Tensor:
+    """mean_{t in mask} S_q(adapted) / S_max: the quantity whose A-gradient norm is the paper's
+    R_struct (see :func:`struct_grad_norm`)."""
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return tsallis_entropy(logits[mask], q=q).mean() / tsallis_max(q, logits.shape[-1])
+
+
+def struct_grad_norm(mean_entropy: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """R_struct, paper form: || grad_A mean_{t in H} S_q ||^2, differentiable (double backward)."""
+    params = [p for p in params if p.requires_grad]
+    if not params or not mean_entropy.requires_grad:
+        return mean_entropy.new_zeros(())
+    grads = torch.autograd.grad(mean_entropy, params, create_graph=True, allow_unused=True)
+    return sum((g.float() ** 2).sum() for g in grads if g is not None)
+
+
+def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(pi_ref || pi) per answer token, averaged over answer tokens (the KL baseline's retain term)."""
+    valid = labels != IGNORE_INDEX
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    lp = F.log_softmax(logits[valid].float(), -1)
+    lq = F.log_softmax(ref_logits[valid].float(), -1)
+    return (lq.exp() * (lq - lp)).sum(-1).mean()
+
+
+def npo_forget(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """NPO on forget sequences: mean of -(2/beta) log sigmoid(-beta (log pi - log pi_ref))."""
+    return npo_loss(logp, ref_logp, beta=beta, reduction="mean")

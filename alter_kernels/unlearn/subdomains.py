@@ -1,0 +1,155 @@
+"""Forget sub-domains (spec 6): labels from the data, or k-means over base-model features, and
+router initialisation at the normalised centroids.
+
+- Labels in the data (``domain`` field, int or str) take priority. Distinct values are sorted
+  and mapped to forget experts first_expert, first_expert + 1, ...
+- Otherwise the forget examples are clustered with k-means (k-means++ seeding, Lloyd steps,
+  plain torch, seeded) on the base model's mean-pooled last hidden state. N is given, or
+  chosen as the k in 2..max_k with the best silhouette score (``"auto"``).
+- Router init: in every decoder layer, column d of W_g is the normalised mean of that layer's
+  *input* hidden states (mean-pooled per example) over cluster d; column 0 is the same for the
+  retain examples. Each layer therefore gets centroids in its own feature space.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+import importlib
+
+_patch = importlib.import_module("alter_kernels.patch")  # the module (ak.patch is the function)
+from .data import Example, collate
+
+
+def map_domain_labels(values: list, first_expert: int, name: str = "forget") -> tuple[list[int], dict]:
+    """Raw domain values -> expert ids. All rows must have a label, or none."""
+    have = [v is not None for v in values]
+    if not any(have):
+        return [], {}
+    if not all(have):
+        missing = have.index(False)
+        raise ValueError(f"{name}: some rows have a 'domain' and some do not (row {missing} has none); "
+                         "label every row or none (then sub-domains are found by k-means)")
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1:
+        raise ValueError(f"{name}: 'domain' mixes types {sorted(k.__name__ for k in kinds)}; use all int or all str")
+    uniq = sorted(set(values))
+    mapping = {v: first_expert + i for i, v in enumerate(uniq)}
+    return [mapping[v] for v in values], mapping
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means on rows of x [n, d] (float64 inside): returns (assignments [n], centroids [k, d])."""
+    x = x.double()
+    n = x.shape[0]
+    if k < 1 or k > n:
+        raise ValueError(f"kmeans: k must be in 1..{n} (number of points), got {k}")
+    g = torch.Generator().manual_seed(seed)
+    idx = [int(torch.randint(n, (1,), generator=g))]
+    for _ in range(1, k):                               # k-means++ seeding
+        d2 = torch.cdist(x, x[idx]).min(1).values ** 2
+        if float(d2.sum()) <= 0:
+            rest = [i for i in range(n) if i not in idx]
+            idx.append(rest[0])
+            continue
+        idx.append(int(torch.multinomial(d2 / d2.sum(), 1, generator=g)))
+    cent = x[idx].clone()
+    assign = torch.full((n,), -1, dtype=torch.long)
+    for _ in range(iters):
+        new = torch.cdist(x, cent).argmin(1)
+        if torch.equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            m = assign == j
+            if m.any():
+                cent[j] = x[m].mean(0)
+            else:                                        # empty cluster: take the farthest point
+                far = torch.cdist(x, cent).min(1).values.argmax()
+                cent[j] = x[far]
+    return assign, cent
+
+
+def silhouette(x: torch.Tensor, assign: torch.Tensor) -> float:
+    x = x.double()
+    d = torch.cdist(x, x)
+    labels = assign.unique()
+    if len(labels) < 2:
+        return -1.0
+    s = []
+    for i in range(x.shape[0]):
+        own = assign == assign[i]
+        a = d[i, own].sum() / max(int(own.sum()) - 1, 1)
+        b = min(float(d[i, assign == c].mean()) for c in labels if c != assign[i])
+        s.append(0.0 if int(own.sum()) == 1 else (b - float(a)) / max(b, float(a), 1e-12))
+    return float(sum(s) / len(s))
+
+
+def choose_k(x: torch.Tensor, max_k: int = 8, seed: int = 0) -> int:
+    best, best_s = 1, -2.0
+    for k in range(2, min(max_k, x.shape[0] - 1) + 1):
+        s = silhouette(x, kmeans(x, k, seed)[0])
+        if s > best_s:
+            best, best_s = k, s
+    return best
+
+
+@torch.no_grad()
+def pooled_features(model, examples: list[Example], pad_id: int, batch_size: int = 8, device=None
+                    ) -> list[torch.Tensor]:
+    """Mean-pooled hidden states of the base model (adapters off), one [n, d] tensor per entry of
+    HF's ``hidden_states`` (entry i is the input of decoder layer i; the last is the final
+    normed state)."""
+    device = device or next(model.parameters()).device
+    ctx = _patch.disable_adapters(model) if _patch.is_patched(model) else _null()
+    feats: list[list[torch.Tensor]] = []
+    with ctx:
+        for s in range(0, len(examples), batch_size):
+            ids, att, _ = collate(examples[s:s + batch_size], pad_id)
+            ids, att = ids.to(device), att.to(device)
+            out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
+            m = att.unsqueeze(-1).float()
+            for j, h in enumerate(out.hidden_states):
+                if len(feats) <= j:
+                    feats.append([])
+                feats[j].append(((h.float() * m).sum(1) / m.sum(1).clamp(min=1)).cpu())
+    return [torch.cat(f) for f in feats]
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def _layer_index(path: str) -> int:
+    nums = re.findall(r"\d+", path)
+    if not nums:
+        raise ValueError(f"cannot find the layer index in decoder-layer path {path!r}")
+    return int(nums[-1])
+
+
+@torch.no_grad()
+def init_router(model, forget_feats: list[torch.Tensor], forget_assign: torch.Tensor,
+                retain_feats: list[torch.Tensor] | None, experts: list[int], init_retain: bool = True) -> None:
+    """Set W_g's columns (every layer) to the normalised centroids of that layer's inputs.
+
+    forget_assign [n] holds expert ids (values in ``experts``); retain features give column 0.
+    """
+    state = _patch.get_state(model)
+    for layer_path in state.routers:
+        w = model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}").weight
+        li = _layer_index(layer_path)
+        f = forget_feats[li]
+        cols = {}
+        for e in experts:
+            m = forget_assign == e
+            if m.any():
+                cols[e] = f[m].mean(0)
+        if init_retain and retain_feats is not None:
+            cols[0] = retain_feats[li].mean(0)
+        for e, c in cols.items():
+            w[:, e] = (c / c.norm().clamp(min=1e-12)).to(w.dtype)

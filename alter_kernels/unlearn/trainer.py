@@ -1,0 +1,597 @@
+"""``alter_kernels.unlearn``: one function that runs ALTER or a baseline on a HF causal LM.
+
+See docs/unlearning.md for the user guide. Design notes:
+
+- One optimisation step = one mixed batch: ``batch_size`` forget rows + ``batch_size`` retain
+  rows, one forward. An epoch is one pass over the forget set (retain rows cycle); the shuffle
+  of each epoch is a pure function of (seed, epoch), so a resumed run sees the same batches.
+- ALTER's base-model entropies (routing S_{q_route} and the R_struct reference S_{q_s}) are
+  computed once per example with ``token_entropy`` (adapters off) before training and cached.
+- Routing labels are per token: every real token of a forget row carries its domain's expert
+  id, of a retain row 0, padding -1. So the router learns to route questions too (at inference
+  only the question exists when the first answer token is routed).
+- Checkpoints (every ``checkpoint_every`` steps and at the end, when ``out_dir`` is set) hold
+  the trainable weights, optimizer, RNG states, step and history; ``resume=True`` continues.
+- A non-finite loss or gradient stops the run before the optimizer step (the model keeps the
+  last good weights) with :class:`UnlearnDivergedError`; the last checkpoint is kept.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import importlib
+
+_patch = importlib.import_module("alter_kernels.patch")  # the module (ak.patch is the function)
+from ..adapter_io import save_adapter
+from ..config import AlterConfig
+from ..reference.losses import sequence_logprob
+from . import checkpoint as ckpt
+from . import methods as M
+from .data import DataError, Example, collate, epoch_order, pad_float, prepare, steps_per_epoch
+from .experts import freeze_leading_experts, frozen_experts
+from .subdomains import choose_k, init_router, kmeans, map_domain_labels, pooled_features
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-5,              # full-parameter baselines
+    "lr_A": 1e-5,            # ALTER / AsymLoRA shared A (paper)
+    "lr_B": 1e-3,            # experts B (paper); plain LoRA uses it for A and B
+    "lr_router": 1e-3,       # router W_g
+    "beta": 1.0,             # forget term weight (paper)
+    "gamma": 1.0,            # retain term weight (paper)
+    "lam": 0.01,             # R_struct weight (paper lambda)
+    "rho": 1.0,              # router cross-entropy weight
+    "npo_beta": 0.1,         # NPO temperature
+    "struct_mode": "drift",  # "drift" (default) or "grad_norm" (paper form; reference backend)
+    "struct_q": 0.5,         # q_s of R_struct
+    "max_length": 512,
+    "chat_template": False,
+    "prompt_format": "Question: {question}\nAnswer:",
+    "num_forget_experts": None,  # int, "auto", or None (from labels / alter_config)
+    "kmeans_max_k": 8,
+    "router_init": True,     # router columns at normalised centroids
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,        # 0: no clipping (the norm is still checked for NaN)
+    "warmup_steps": 0,
+    "checkpoint_every": 0,   # steps; 0: only at the end (needs out_dir)
+    "resume": False,
+    "eval_each_epoch": True,
+    "eval_max_examples": 256,
+    "rank": None, "alpha": None,  # shortcuts for the AlterConfig when alter_config is None
+    "threshold_quantile": None,  # ALTER: set theta to this quantile of the base answer-token entropies
+    "base_config": None,     # AlterConfig template when alter_config is None (N still from labels/k-means)
+}
+
+
+class UnlearnError(RuntimeError):
+    """The run cannot proceed as asked."""
+
+
+class UnlearnDivergedError(UnlearnError):
+    """A non-finite loss or gradient stopped the run; ``checkpoint`` is the last good one."""
+
+    def __init__(self, msg: str, step: int, checkpoint: str | None, history: list):
+        super().__init__(msg)
+        self.step, self.checkpoint, self.history = step, checkpoint, history
+
+
+@dataclasses.dataclass
+class UnlearnResult:
+    model: Any
+    method: str
+    history: list
+    metrics: list
+    seconds: float
+    steps: int
+    config: AlterConfig | None = None
+    domain_map: dict = dataclasses.field(default_factory=dict)
+    out_dir: str | None = None
+    adapter_dir: str | None = None
+    model_dir: str | None = None
+    trained_experts: list = dataclasses.field(default_factory=list)
+
+    @property
+    def high_entropy_share(self) -> float:
+        vals = [h["high_entropy_share"] for h in self.history if "high_entropy_share" in h
+                and not math.isnan(h["high_entropy_share"])]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _fingerprint(method, forget: list[Example], retain: list[Example], hp, seed, batch_size) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([method, seed, batch_size, {k: v for k, v in sorted(hp.items())
+                                                     if k not in ("resume", "checkpoint_every")}],
+                        default=str).encode())
+    for ex in forget + retain:
+        h.update(np.asarray(ex.input_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(ex.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _device_of(model) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _batched(n: int, bs: int):
+    for s in range(0, n, bs):
+        yield list(range(s, min(n, s + bs)))
+
+
+@torch.no_grad()
+def _entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct):
+    """Per example: routing entropies e_t (q_route) and base S_{q_s} of the same distributions."""
+    ents, sqs = [], []
+    for idx in _batched(len(exs), bs):
+        ids, att, _ = collate([exs[i] for i in idx], pad_id)
+        ids, att = ids.to(dev), att.to(dev)
+        e = _patch.token_entropy(model, ids, att, q=q_route).float().cpu()
+        s = _patch.token_entropy(model, ids, att, q=q_struct).float().cpu()
+        for j, i in enumerate(idx):
+            n = len(exs[i].input_ids)
+            ents.append(e[j, :n].clone())
+            sqs.append(s[j, :n].clone())
+    return ents, sqs
+
+
+@torch.no_grad()
+def _ref_logps(model, exs: list[Example], pad_id, bs, dev) -> list[float]:
+    out = []
+    for idx in _batched(len(exs), bs):
+        ids, att, lab = collate([exs[i] for i in idx], pad_id)
+        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).logits
+        out += sequence_logprob(logits, lab.to(dev)).float().cpu().tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------------- main entry
+def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_config: AlterConfig | None = None,
+            epochs: int = 3, max_steps: int | None = None, batch_size: int = 4, seed: int = 0, device=None,
+            progress: bool = True, out_dir: str | None = None, callback: Callable | None = None,
+            **hparams) -> UnlearnResult:
+    """Unlearn ``forget`` from ``model`` while keeping ``retain``; see docs/unlearning.md.
+
+    method: "alter", "asymlora", "lora" (adapter methods: the model is patched in place and
+    returned patched), or "ga", "graddiff", "kl", "npo", "npo_retain" (full-parameter: the
+    weights are updated in place). forget / retain: list of dict rows or a file path (JSON,
+    JSONL, TXT) or "hf:NAME[:CONFIG][@SPLIT]". callback(record) is called after each step.
+    hparams: see ``alter_kernels.unlearn.trainer.DEFAULTS``.
+    """
+    t_start = time.perf_counter()
+    method = str(method).lower().replace("-", "_").replace("+", "_")
+    if method == "npo_rt":
+        method = "npo_retain"
+    if method not in M.METHODS:
+        raise ValueError(f"unlearn: unknown method {method!r}; choose one of {list(M.METHODS)}")
+    unknown = sorted(set(hparams) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unlearn: unknown option(s) {unknown}; known options are {sorted(DEFAULTS)}")
+    hp = {**DEFAULTS, **hparams}
+    if hp["struct_mode"] not in ("drift", "grad_norm"):
+        raise ValueError(f"unlearn: struct_mode must be 'drift' or 'grad_norm', got {hp['struct_mode']!r}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"unlearn: {name} must be an int >= 1, got {v!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"unlearn: max_steps must be None or an int >= 1, got {max_steps!r}")
+    if tokenizer is None:
+        raise ValueError("unlearn: tokenizer= is required (the rows are text)")
+    if device is not None:
+        model.to(device)
+    dev = _device_of(model)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+    # ---------------------------------------------------------------- data
+    dkw = dict(max_length=hp["max_length"], chat_template=hp["chat_template"], prompt_format=hp["prompt_format"])
+    f_rows, f_ex = prepare(forget, tokenizer, "forget", **dkw)
+    needs_retain = method in M.NEEDS_RETAIN
+    if retain is None and not needs_retain:
+        r_ex = []
+    else:
+        if retain is None:
+            raise DataError(f"retain: method {method!r} needs a retain set")
+        _, r_ex = prepare(retain, tokenizer, "retain", allow_empty=not needs_retain, **dkw)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    # ---------------------------------------------------------------- model set-up
+    cfg = None
+    domain_map: dict = {}
+    trained_experts: list[int] = []
+    hooks: list = []
+    ref_model = None
+    f_dom = [0] * len(f_ex)
+    orig_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    frozen_a: list = []
+    if method in M.ADAPTER_METHODS:
+        cfg, f_dom, domain_map, trained_experts = _setup_adapter(model, method, f_ex, r_ex, alter_config, hp,
+                                                                 pad_id, batch_size, seed, dev)
+        cfg = _patch.get_state(model).config
+        n_frozen = frozen_experts(model) if method != "lora" else 0
+        hooks += freeze_leading_experts(model, n_frozen)
+        groups = _patch.adapter_parameters(model)
+        if n_frozen:
+            for a in groups["A"]:
+                if a.requires_grad:
+                    a.requires_grad_(False)
+                    frozen_a.append(a)
+        if method == "lora":
+            params = [{"params": groups["A"] + groups["B"], "lr": hp["lr_B"]}]
+        else:
+            params = [{"params": [p for p in groups["A"] if p.requires_grad], "lr": hp["lr_A"]},
+                      {"params": groups["B"], "lr": hp["lr_B"]},
+                      {"params": groups["router"], "lr": hp["lr_router"]}]
+            params = [g for g in params if g["params"]]
+        if method == "asymlora":
+            hooks += _all_rows_update_a(model)
+    else:
+        if _patch.is_patched(model):
+            raise UnlearnError(f"unlearn: method {method!r} trains the full model; this model is patched with "
+                               "ALTER (call alter_kernels.unpatch(model) first)")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        params = [{"params": [p for p in model.parameters()], "lr": hp["lr"]}]
+        if method == "kl":
+            ref_model = copy.deepcopy(model).eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, weight_decay=hp["weight_decay"], betas=(0.9, 0.999), eps=1e-8)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    # ---------------------------------------------------------------- caches
+    f_cache = r_cache = None
+    if method == "alter":
+        q_route = cfg.q_route
+        f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"])
+        r_cache = _entropy_cache(model, r_ex, pad_id, batch_size, dev, q_route, hp["struct_q"]) if r_ex else ([], [])
+        if hp["threshold_quantile"] is not None and frozen_experts(model):
+            warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
+                          f"unlearning) and keeps its threshold {cfg.threshold}")
+        elif hp["threshold_quantile"] is not None:
+            st = _patch.get_state(model)
+            st.config = dataclasses.replace(cfg, threshold=_quantile_threshold(f_ex + r_ex, f_cache[0] + r_cache[0],
+                                                                               hp["threshold_quantile"]))
+            cfg = st.config
+    f_ref = _ref_logps(model, f_ex, pad_id, batch_size, dev) if method in ("npo", "npo_retain") else None
+
+    # ---------------------------------------------------------------- schedule, resume
+    spe = steps_per_epoch(len(f_ex), batch_size)
+    total = max_steps if max_steps is not None else epochs * spe
+    n_epochs = math.ceil(total / spe)
+    fp = _fingerprint(method, f_ex, r_ex, {k: v for k, v in hp.items()}, seed, batch_size)
+    history: list[dict] = []
+    metrics: list[dict] = []
+    start = 0
+    last_ckpt = None
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+    trainable = (lambda: _patch.adapter_state_dict(model)) if method in M.ADAPTER_METHODS else \
+        (lambda: dict(model.state_dict()))
+    if hp["resume"]:
+        if out_dir is None:
+            raise UnlearnError("unlearn: resume=True needs out_dir (where the checkpoint is)")
+        ck = ckpt.load_checkpoint(out_dir)
+        if ck is None:
+            warnings.warn(f"unlearn: resume requested but {out_dir} has no checkpoint; starting from step 0")
+        else:
+            if ck["method"] != method or ck["fingerprint"] != fp:
+                raise UnlearnError(f"resume: the checkpoint in {out_dir} was written by a different run (method "
+                                   f"{ck['method']!r}, data/options fingerprint {ck['fingerprint']}); this run is "
+                                   f"{method!r} with fingerprint {fp}")
+            own = trainable()
+            with torch.no_grad():
+                for k, v in ck["trainable"].items():
+                    if k not in own or tuple(own[k].shape) != tuple(v.shape):
+                        raise UnlearnError(f"resume: checkpoint tensor {k!r} does not match the model")
+                    own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
+            optimizer.load_state_dict(ck["optimizer"])
+            ckpt.set_rng_state(ck["rng"])
+            history = list(ck["history"])
+            start = int(ck["step"])
+            last_ckpt = os.path.join(out_dir, ckpt.CHECKPOINT_NAME)
+
+    def save_ck(step):
+        nonlocal last_ckpt
+        if out_dir is not None:
+            last_ckpt = ckpt.save_checkpoint(out_dir, method=method, step=step, trainable=trainable(),
+                                             optimizer=optimizer, history=history, fingerprint=fp,
+                                             extra={"domain_map": {str(k): v for k, v in domain_map.items()},
+                                                    "alter_config": cfg.to_dict() if cfg else None})
+
+    # ---------------------------------------------------------------- loop
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=start, desc=f"unlearn[{method}]", unit="step", dynamic_ncols=True)
+    all_params = [p for g in optimizer.param_groups for p in g["params"]]
+    model.train()
+    try:
+        for step in range(start, total):
+            epoch, k = divmod(step, spe)
+            t0 = time.perf_counter()
+            batch = _make_batch(step, epoch, k, batch_size, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref,
+                                pad_id, dev)
+            warm = hp["warmup_steps"]
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * min(1.0, (step + 1) / warm) if warm else lr
+            if method in ("alter", "asymlora"):
+                loss, logs = M.alter_loss(model, batch, hp, mode=method)
+            elif method == "lora":
+                loss, logs = M.lora_loss(model, batch, hp)
+            else:
+                loss, logs = M.full_loss(model, batch, hp, method, ref_model)
+            bad = None
+            if not torch.isfinite(loss):
+                bad = f"non-finite loss {float(loss.detach())} ({logs})"
+            else:
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(all_params, hp["grad_clip"] if hp["grad_clip"] > 0 else math.inf)
+                if not torch.isfinite(gn):
+                    bad = f"non-finite gradient norm {float(gn)} (loss {float(loss.detach())}, {logs})"
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt else
+                         "no checkpoint was written yet (set out_dir and checkpoint_every)")
+                if out_dir is not None:
+                    _write_json(os.path.join(out_dir, "history.json"), history)
+                raise UnlearnDivergedError(f"unlearn[{method}]: {bad} at step {step + 1}; stopping. The model keeps "
+                                           f"the weights of step {step}; {where}.", step, last_ckpt, history)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            ntok = int(batch["attention_mask"].sum())
+            rec = {"step": step + 1, "epoch": epoch + 1, "loss": float(loss.detach()), **logs,
+                   "tokens": ntok, "tokens_per_s": ntok / dt if dt > 0 else float("nan"), "seconds": dt}
+            history.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            end_epoch = k == spe - 1 or step == total - 1
+            if hp["checkpoint_every"] and (step + 1) % hp["checkpoint_every"] == 0 and step + 1 < total:
+                save_ck(step + 1)
+            if callback is not None:
+                callback(rec)
+            if end_epoch:
+                _epoch_metrics(metrics, history, epoch + 1, model, method, hp, f_ex, r_ex, f_cache, r_cache,
+                               pad_id, batch_size, dev)
+                if out_dir is not None:
+                    _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+        # metrics of epochs finished before a resume
+        done = {m["epoch"] for m in metrics}
+        for e in sorted({h["epoch"] for h in history} - done):
+            _epoch_metrics(metrics, history, e, None, method, hp, f_ex, r_ex, None, None, pad_id, batch_size, dev)
+        metrics.sort(key=lambda m: m["epoch"])
+    finally:
+        if bar is not None:
+            bar.close()
+        for h in hooks:
+            h.remove()
+        for a in frozen_a:
+            a.requires_grad_(True)
+        model.eval()
+        if method in M.FULL_METHODS:
+            for n, p in model.named_parameters():
+                p.requires_grad_(orig_flags.get(n, p.requires_grad))
+
+    if method == "alter":
+        share = [h["high_entropy_share"] for h in history if not math.isnan(h.get("high_entropy_share", math.nan))]
+        if share and (max(share) == 0.0 or min(share) == 1.0):
+            warnings.warn(f"unlearn[alter]: every answer token was {'high' if min(share) == 1.0 else 'low'}-entropy "
+                          f"(threshold {cfg.threshold} with q_route {cfg.q_route}); ALTER degrades into "
+                          f"{'plain multi-expert LoRA' if min(share) == 1.0 else 'AsymLoRA'}. Pick a threshold "
+                          "inside the range of the base model's entropies for this q (spec 3).")
+
+    # ---------------------------------------------------------------- outputs
+    adapter_dir = model_dir = None
+    if out_dir is not None:
+        save_ck(total)
+        _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+        _write_json(os.path.join(out_dir, "history.json"), history)
+        if method in M.ADAPTER_METHODS:
+            adapter_dir = save_adapter(model, os.path.join(out_dir, "adapter"),
+                                       extra={"method": method, "domain_map": {str(k): v for k, v in domain_map.items()},
+                                              "trained_experts": trained_experts, "steps": total})
+        else:
+            model_dir = os.path.join(out_dir, "model")
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+    return UnlearnResult(model=model, method=method, history=history, metrics=metrics,
+                         seconds=time.perf_counter() - t_start, steps=total, config=cfg, domain_map=domain_map,
+                         out_dir=out_dir, adapter_dir=adapter_dir, model_dir=model_dir,
+                         trained_experts=trained_experts)
+
+
+# ----------------------------------------------------------------------------------- pieces
+def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed, dev):
+    """Patch (if needed), assign forget rows to experts, initialise the router."""
+    if method == "lora":
+        base = alter_config or hp["base_config"] or AlterConfig()
+        if _patch.is_patched(model):
+            cfg = _patch.get_state(model).config
+            if cfg.num_forget_experts != 0:
+                raise UnlearnError("unlearn[lora]: the model is already patched with forget experts; plain LoRA "
+                                   "needs a fresh model (or one patched with num_forget_experts=0)")
+        else:
+            cfg = dataclasses.replace(base, num_forget_experts=0,
+                                      rank=hp["rank"] or base.rank, alpha=hp["alpha"] or base.alpha,
+                                      init_seed=base.init_seed if base.init_seed is not None else seed)
+            _patch.patch(model, cfg)
+        return cfg, [0] * len(f_ex), {}, [0]
+
+    patched = _patch.is_patched(model)
+    n_frozen = frozen_experts(model) if patched else 0
+    first = max(1, n_frozen)
+    labels, mapping = map_domain_labels([e.domain for e in f_ex], first_expert=first)
+    want = hp["num_forget_experts"]
+    feats_f = feats_r = None
+    if patched:
+        cfg = _patch.get_state(model).config
+        if alter_config is not None and alter_config.to_dict() != cfg.to_dict():
+            raise UnlearnError("unlearn: the model is already patched with a different AlterConfig than alter_config")
+        n_avail = cfg.num_experts - first
+        if n_avail < 1:
+            raise UnlearnError("unlearn: every forget expert of this patched model is frozen; call "
+                               "alter_kernels.add_forget_experts(model, n) to add experts for a new request")
+    else:
+        base = alter_config or hp["base_config"] or AlterConfig()
+        if alter_config is None:
+            if mapping:
+                n = len(mapping)
+            elif want is None:
+                n = base.num_forget_experts
+            elif want == "auto":
+                feats_f = pooled_features(model, f_ex, pad_id, bs, dev)
+                n = choose_k(feats_f[-1], hp["kmeans_max_k"], seed) if len(f_ex) > 2 else 1
+            else:
+                n = int(want)
+            if n < 1:
+                raise UnlearnError(f"unlearn[{method}]: needs at least one forget expert, got {n}")
+            base = dataclasses.replace(base, num_forget_experts=n, rank=hp["rank"] or base.rank,
+                                       alpha=hp["alpha"] or base.alpha,
+                                       init_seed=base.init_seed if base.init_seed is not None else seed)
+        cfg = base
+        if cfg.num_forget_experts < 1:
+            raise UnlearnError(f"unlearn[{method}]: alter_config.num_forget_experts must be >= 1")
+        _patch.patch(model, cfg)
+        n_avail = cfg.num_forget_experts
+    if mapping and len(mapping) > n_avail:
+        raise UnlearnError(f"unlearn: the forget data has {len(mapping)} domains {sorted(mapping)} but only "
+                           f"{n_avail} trainable forget expert(s); use a config with more experts")
+    experts = list(range(first, first + n_avail))
+    if mapping:
+        assign = labels
+    else:
+        k = min(n_avail if want in (None, "auto") or patched else int(want), len(f_ex))
+        if k <= 1:
+            assign = [first] * len(f_ex)
+        else:
+            if feats_f is None:
+                feats_f = pooled_features(model, f_ex, pad_id, bs, dev)
+            a, _ = kmeans(feats_f[-1], k, seed=seed)
+            assign = [first + int(x) for x in a]
+        mapping = {f"cluster{c - first}": c for c in sorted(set(assign))}
+    if hp["router_init"]:
+        if feats_f is None:
+            feats_f = pooled_features(model, f_ex, pad_id, bs, dev)
+        if r_ex and n_frozen == 0:
+            feats_r = pooled_features(model, r_ex, pad_id, bs, dev)
+        init_router(model, feats_f, torch.tensor(assign), feats_r, sorted(set(assign)), init_retain=n_frozen == 0)
+    return cfg, assign, mapping, sorted(set(assign))
+
+
+def _quantile_threshold(exs: list[Example], ents: list[torch.Tensor], q: float) -> float:
+    """theta = the q-quantile of the routing entropies of the answer tokens (finite ones)."""
+    if not 0.0 < float(q) < 1.0:
+        raise ValueError(f"unlearn: threshold_quantile must be in (0, 1), got {q!r}")
+    vals = torch.cat([e[torch.tensor(ex.labels) != -100] for ex, e in zip(exs, ents)])
+    vals = vals[torch.isfinite(vals)]
+    if vals.numel() == 0:
+        raise UnlearnError("unlearn: threshold_quantile: no answer token has a finite entropy")
+    return float(torch.quantile(vals.double(), float(q)))
+
+
+def _all_rows_update_a(model) -> list:
+    """AsymLoRA: every token takes the low path, yet A must learn (it is a LoRA A); open A's
+    gradient mask for all rows after the routing hook has made the plan."""
+    state = _patch.get_state(model)
+    handles = []
+    for layer_path in state.routers:
+        router = model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}")
+
+        def hook(module, args, kwargs, router=router):
+            if router.plan is not None:
+                router.plan.a_grad_mask = None
+            return None
+        handles.append(model.get_submodule(layer_path).register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+def _make_batch(step, epoch, k, bs, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref, pad_id, dev) -> dict:
+    order = epoch_order(len(f_ex), seed, epoch)
+    fi = order[k * bs:(k + 1) * bs]
+    ri = []
+    if r_ex:
+        rorder = epoch_order(len(r_ex), seed, epoch, salt=1)
+        ri = [rorder[(k * bs + j) % len(r_ex)] for j in range(bs)]
+    exs = [f_ex[i] for i in fi] + [r_ex[i] for i in ri]
+    ids, att, lab = collate(exs, pad_id)
+    t = ids.shape[1]
+    b = {"input_ids": ids, "attention_mask": att, "labels": lab,
+         "is_forget": torch.tensor([True] * len(fi) + [False] * len(ri)),
+         "domain": torch.tensor([f_dom[i] for i in fi] + [0] * len(ri), dtype=torch.long)}
+    if f_cache is not None:
+        b["entropy"] = pad_float([f_cache[0][i] for i in fi] + [r_cache[0][i] for i in ri], t, math.inf)
+        b["base_sq"] = pad_float([f_cache[1][i] for i in fi] + [r_cache[1][i] for i in ri], t, math.nan)
+    if f_ref is not None:
+        b["ref_logp"] = torch.tensor([f_ref[i] for i in fi] + [0.0] * len(ri), dtype=torch.float32)
+    return {k2: v.to(dev) for k2, v in b.items()}
+
+
+@torch.no_grad()
+def _eval_nll(model, method, exs, cache, pad_id, bs, dev, limit) -> float:
+    from . import objectives as obj
+    exs = exs[:limit]
+    tot, n = 0.0, 0
+    for idx in _batched(len(exs), bs):
+        ids, att, lab = collate([exs[i] for i in idx], pad_id)
+        ids, att, lab = ids.to(dev), att.to(dev), lab.to(dev)
+        ent = None
+        if method == "alter":
+            ent = pad_float([cache[0][i] for i in idx], ids.shape[1], math.inf).to(dev)
+        elif method == "asymlora":
+            ent = torch.zeros(ids.shape, device=dev)
+        if _patch.is_patched(model):
+            with _patch.routing_inputs(model, entropy=ent, labels=None):
+                logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
+        sl, sy = obj.shift(logits, lab)
+        cnt = int((sy != -100).sum())
+        tot += float(obj.masked_nll(sl, sy)) * cnt
+        n += cnt
+    return tot / n if n else float("nan")
+
+
+def _epoch_metrics(metrics, history, epoch, model, method, hp, f_ex, r_ex, f_cache, r_cache, pad_id, bs, dev):
+    recs = [h for h in history if h["epoch"] == epoch]
+    if not recs:
+        return
+    keys = [k for k in recs[0] if k not in ("step", "epoch") and isinstance(recs[0][k], (int, float))]
+    m = {"epoch": epoch, "steps": len(recs), "last_step": recs[-1]["step"]}
+    for k in keys:
+        vals = [r[k] for r in recs if k in r and not (isinstance(r[k], float) and math.isnan(r[k]))]
+        if vals:
+            m[k if k in ("tokens", "seconds") else f"mean_{k}"] = (sum(vals) if k in ("tokens", "seconds")
+                                                                    else sum(vals) / len(vals))
+    if m.get("seconds"):
+        m["tokens_per_s"] = m["tokens"] / m["seconds"]
+    if model is not None and hp["eval_each_epoch"]:
+        was = model.training
+        model.eval()
+        lim = hp["eval_max_examples"]
+        m["eval_forget_nll"] = _eval_nll(model, method, f_ex, f_cache, pad_id, bs, dev, lim)
+        if r_ex:
+            m["eval_retain_nll"] = _eval_nll(model, method, r_ex, r_cache, pad_id, bs, dev, lim)
+        model.train(was)
+    metrics.append(m)
+
+
+def _write_json(path, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.write("\n")
+    os.replace(tmp, path)

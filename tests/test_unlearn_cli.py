@@ -1,0 +1,123 @@
+"""`alter-unlearn` end to end on a tiny Llama saved with save_pretrained, with TOFU rows on disk."""
+import json
+import os
+
+import pytest
+import torch
+
+import alter_kernels as ak
+from alter_kernels import cli
+from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    forget, retain = toy_rows(4, seed=1), toy_rows(4, seed=2, offset=6)
+    tok = toy_tokenizer(forget + retain)
+    model = toy_model(len(tok))
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    (d / "forget.json").write_text(json.dumps(forget))                       # JSON array
+    (d / "retain.jsonl").write_text("\n".join(json.dumps(r) for r in retain))  # JSON lines
+    return d
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    parser = cli.build_parser()
+    for action in parser._actions:
+        assert action.help, f"option {action.option_strings} has no help"
+        for s in action.option_strings:
+            assert s in out
+    for m in ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_retain"):
+        assert m in out
+
+
+def test_cli_alter_end_to_end_and_resume(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--model", str(files / "model"), "--forget", str(files / "forget.json"),
+            "--retain", str(files / "retain.jsonl"), "--method", "alter", "--out", str(out),
+            "--epochs", "2", "--batch-size", "2", "--checkpoint-every", "1", "--rank", "4",
+            "--num-forget-experts", "2", "--threshold-quantile", "0.5", "--device", "cpu", "--no-progress"]
+    assert cli.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 4 and summary["method"] == "alter"
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json",
+                 "history.json", "checkpoint.pt", "run.json"):
+        assert (out / name).is_file(), name
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]            # atomic writes left nothing
+    metrics = json.load(open(out / "metrics.json"))
+    assert [m["epoch"] for m in metrics] == [1, 2] and "eval_forget_nll" in metrics[-1]
+    history = json.load(open(out / "history.json"))
+    assert len(history) == 4 and all("tokens_per_s" in h for h in history)
+    # the adapter loads onto the base model patched with its config
+    from transformers import AutoModelForCausalLM
+    cfg, meta = ak.read_adapter_config(out / "adapter")
+    assert cfg.rank == 4 and cfg.num_forget_experts == 2 and meta["extra"]["method"] == "alter"
+    assert 0 < summary["high_entropy_share"] < 1 and cfg.threshold != 1.2          # theta from the quantile
+    m = ak.patch(AutoModelForCausalLM.from_pretrained(files / "model"), cfg)
+    ak.load_adapter(m, out / "adapter")
+    assert any(float(p.detach().abs().sum()) > 0 for p in ak.adapter_parameters(m)["B"])
+    # --resume of a finished run does no more steps and leaves the adapter as it was
+    before = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert cli.main(args + ["--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+    # continue unlearning: a new forget request gets a new expert; the old ones stay
+    (tmp_path / "forget2.json").write_text(json.dumps(toy_rows(2, seed=9, offset=3)))
+    out2 = tmp_path / "run2"
+    assert cli.main(["--model", str(files / "model"), "--forget", str(tmp_path / "forget2.json"),
+                     "--retain", str(files / "retain.jsonl"), "--out", str(out2), "--adapter", str(out / "adapter"),
+                     "--add-experts", "1", "--max-steps", "1", "--batch-size", "2", "--no-progress",
+                     "--no-eval"]) == 0
+    capsys.readouterr()
+    cfg2, _ = ak.read_adapter_config(out2 / "adapter")
+    assert cfg2.num_forget_experts == 3
+    from safetensors.torch import load_file
+    a, b = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(out2 / "adapter" / "adapter_model.safetensors")
+    for k, v in a.items():
+        if k.endswith("lora_B"):
+            assert torch.equal(b[k][:3], v)
+        elif "alter_router" in k:
+            assert torch.equal(b[k][:, :3], v)
+        else:
+            assert torch.equal(b[k], v)
+
+
+def test_cli_full_parameter_baseline(files, tmp_path, capsys):
+    out = tmp_path / "ga"
+    assert cli.main(["--model", str(files / "model"), "--forget", str(files / "forget.json"), "--method", "ga",
+                     "--out", str(out), "--max-steps", "1", "--no-progress", "--no-eval"]) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
+    assert json.loads(capsys.readouterr().out)["model"] == str(out / "model")
+
+
+def test_cli_bad_input(files, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"question": "q ?", "answer": "a ."}, {"question": "only a question"}]))
+    base = ["--model", str(files / "model"), "--retain", str(files / "retain.jsonl"), "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    assert cli.main(base + ["--forget", str(bad)]) == 1
+    assert f"{bad} row 1: missing field 'answer'" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert cli.main(base + ["--forget", str(empty)]) == 1
+    assert "no rows" in capsys.readouterr().err
+    assert cli.main(base + ["--forget", str(files / "forget.json"), "--target-modules", "c_attn"]) == 1
+    assert "none of the target modules" in capsys.readouterr().err
+    assert cli.main(base + ["--forget", str(files / "forget.json"), "--num-forget-experts", "many"]) == 1
+    assert cli.main(["--model", str(tmp_path / "no-model"), "--forget", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert "cannot load" in capsys.readouterr().err
