@@ -48,6 +48,7 @@ class AlterState:
         self.enabled = True
         self.plans: dict[str, RoutingPlan] = {}
         self.hooks: list = []
+        self.plan_hooks: list = []                          # fn(plan, layer_name) -> plan | None
         self.replaced: list[tuple[str, nn.Module]] = []      # (path, AlterLinear)
         self.routers: list[str] = []                         # decoder-layer paths
         self.requires_grad: dict[str, bool] = {}             # original flags of base params
@@ -193,7 +194,27 @@ def make_plan(state: AlterState, router: LayerRouter, hidden: torch.Tensor) -> R
     plan = route(h, router.weight, ent, cfg.threshold, cfg.tau_high, cfg.tau_low, cfg.top_k, labels)
     if not cfg.router_grad_from_task:
         plan.expert_weights = plan.expert_weights.detach()
+    for fn in state.plan_hooks:
+        plan = fn(plan, router.layer_name) or plan
     return plan
+
+
+class _PlanHookHandle:
+    def __init__(self, hooks: list, fn):
+        self._hooks, self._fn = hooks, fn
+
+    def remove(self) -> None:
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+def add_plan_hook(model: nn.Module, fn) -> _PlanHookHandle:
+    """Call ``fn(plan, layer_name)`` on every routing plan right after it is made; it may edit the
+    plan in place or return a replacement. Used by methods that change the routing rules (e.g.
+    AsymLoRA opens A's gradient mask to every row). Returns a handle with ``remove()``."""
+    state = get_state(model)
+    state.plan_hooks.append(fn)
+    return _PlanHookHandle(state.plan_hooks, fn)
 
 
 # --------------------------------------------------------------------------- patch / unpatch

@@ -387,3 +387,25 @@ def test_bad_routing_inputs():
         ak.set_routing_inputs(model, labels=torch.tensor([3, 0]))
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         ak.set_routing_inputs(model, labels=torch.tensor([1.0, 0.0]))
+
+
+def test_plan_hooks_edit_every_plan_and_can_be_removed():
+    model = ak.patch(tiny_llama(), ak.AlterConfig(num_forget_experts=2))
+    randomise_adapters(model)
+    x = ids()
+    seen = []
+
+    def open_a(plan, layer_name):
+        seen.append(layer_name)
+        plan.a_grad_mask = None
+    handle = ak.add_plan_hook(model, open_a)
+    with ak.routing_inputs(model, entropy=torch.zeros(2, 10), labels=torch.tensor([0, 1])):   # all low
+        model(x, labels=x).loss.backward()
+        assert seen == ["model.layers.0", "model.layers.1"]
+        assert all(p.grad.abs().sum() > 0 for p in ak.adapter_parameters(model)["A"])
+        handle.remove()
+        for p in model.parameters():
+            p.grad = None
+        model(x, labels=x).loss.backward()
+        assert all(p.grad.abs().sum() == 0 for p in ak.adapter_parameters(model)["A"])
+    assert len(seen) == 2

@@ -505,18 +505,10 @@ def _quantile_threshold(exs: list[Example], ents: list[torch.Tensor], q: float) 
 
 def _all_rows_update_a(model) -> list:
     """AsymLoRA: every token takes the low path, yet A must learn (it is a LoRA A); open A's
-    gradient mask for all rows after the routing hook has made the plan."""
-    state = _patch.get_state(model)
-    handles = []
-    for layer_path in state.routers:
-        router = model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}")
-
-        def hook(module, args, kwargs, router=router):
-            if router.plan is not None:
-                router.plan.a_grad_mask = None
-            return None
-        handles.append(model.get_submodule(layer_path).register_forward_pre_hook(hook, with_kwargs=True))
-    return handles
+    gradient mask for all rows of every plan."""
+    def open_a(plan, layer_name):
+        plan.a_grad_mask = None
+    return [_patch.add_plan_hook(model, open_a)]
 
 
 def _make_batch(step, epoch, k, bs, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref, pad_id, dev) -> dict:
