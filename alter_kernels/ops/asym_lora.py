@@ -5,9 +5,11 @@ import torch
 
 from .. import _backend
 from ..reference.asym_lora import asym_lora_ref
+from ._asym_lora_impl import register_backends
 from ._checks import check_same_device, check_shape, check_tensor
 
 _backend.register("asym_lora", "reference", asym_lora_ref, priority=0)
+register_backends()
 
 OP = "asym_lora"
 
