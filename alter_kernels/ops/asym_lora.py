@@ -49,6 +49,10 @@ def asym_lora(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: torch.T
     if bias is not None:
         check_tensor(bias, "bias", OP, ndim=1)
         check_shape(bias, "bias", OP, (d_out,), " ([d_out])")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{OP}: weight must have x's dtype {x.dtype} (the base GEMM runs in it), got {weight.dtype}")
+    if bias is not None and bias.dtype != x.dtype:
+        raise TypeError(f"{OP}: bias must have x's dtype {x.dtype}, got {bias.dtype}")
     check_same_device(OP, x=x, weight=weight, A=A, B=B, expert_weights=expert_weights,
                       a_grad_mask=a_grad_mask, b_grad_mask=b_grad_mask, bias=bias)
     impl = _backend.pick(OP, x.device)

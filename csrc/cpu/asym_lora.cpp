@@ -25,7 +25,7 @@ namespace {
 
 using at::Tensor;
 
-constexpr int64_t kGatherMaxTokens = 16;  // mode 0: gather at or below this many tokens
+constexpr int64_t kGatherMaxTokens = 8;  // mode 0: gather at or below this many tokens
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
