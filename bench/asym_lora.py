@@ -117,17 +117,33 @@ def bench_shape(d, n, E, r, device, iters, warmup, backends):
             with ak.use_backend(be):
                 return ak.asym_lora(x, base.weight, A, B, w, scale, high, b_mask, None)
         cases.append((f"alter[{be}]", fn, [A, B]))
+    # round-robin timing: every iteration runs every case once, so load changes on a shared
+    # machine hit all cases alike; median and min per case
+    import statistics
+    import time as _time
+    from bench.common import sync
+    runs = {name: (fwd_bwd(fn, params), fwd_only(fn)) for name, fn, params in cases}
+    tfb = {name: [] for name in runs}
+    tfo = {name: [] for name in runs}
+    for it in range(warmup + iters):
+        for name, (fb, fo) in runs.items():
+            for store, f in ((tfb, fb), (tfo, fo)):
+                sync(device)
+                t0 = _time.perf_counter()
+                f()
+                sync(device)
+                if it >= warmup:
+                    store[name].append(_time.perf_counter() - t0)
     res = {}
     for name, fn, params in cases:
-        t = time_fn(fwd_bwd(fn, params), device, warmup=warmup, iters=iters)
-        tf = time_fn(fwd_only(fn), device, warmup=warmup, iters=iters)
         mem = peak_memory(fwd_bwd(fn, params), device)
-        res[name] = (t, tf, mem)
-    tb, tbf, _ = res["base"]
+        res[name] = (statistics.median(tfb[name]), statistics.median(tfo[name]), mem, min(tfb[name]))
+    tb = res["base"][0]
     tp = res["peft"][0]
     tn = res["naive"][0]
-    for name, (t, tf, mem) in res.items():
-        row = {"d": d, "N": n, "E": E, "r": r, "impl": name, "fwd_bwd_ms": t * 1e3, "fwd_ms": tf * 1e3,
+    for name, (t, tf, mem, tmin) in res.items():
+        row = {"d": d, "N": n, "E": E, "r": r, "impl": name, "fwd_bwd_ms": t * 1e3, "fwd_bwd_min_ms": tmin * 1e3,
+               "fwd_ms": tf * 1e3,
                "peak_MiB": mem / 2 ** 20, "x_peft": t / tp, "overhead_ms": (t - tb) * 1e3,
                "overhead_vs_naive": (t - tb) / (tn - tb) if tn > tb else float("nan")}
         rows.append(row)
@@ -182,7 +198,7 @@ def main(argv=None):
     for d, n in shapes:
         rows += bench_shape(d, n, E, r, device, iters, warmup, backends)
         print(md_table([x for x in rows if x["d"] == d and x["N"] == n],
-                       ["d", "N", "impl", "fwd_bwd_ms", "fwd_ms", "peak_MiB", "x_peft", "overhead_ms",
+                       ["d", "N", "impl", "fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_MiB", "x_peft", "overhead_ms",
                         "overhead_vs_naive"]), flush=True)
     decode = []
     if device.type == "cpu":
@@ -190,8 +206,8 @@ def main(argv=None):
         print(md_table(decode, ["d", "N", "base_us", "cat_us", "gather_us", "ak_asym_lora_us", "ak_vs_base"]))
     md = ("# asym_lora benchmark\n\n" + f"machine: {machine()}\n\nautomatic backend: {ak.backends(device)}\n\n"
           "## forward + backward (times in ms, overhead = time above the bare base linear)\n\n"
-          + md_table(rows, ["d", "N", "E", "r", "impl", "fwd_bwd_ms", "fwd_ms", "peak_MiB", "x_peft",
-                            "overhead_ms", "overhead_vs_naive"]))
+          + md_table(rows, ["d", "N", "E", "r", "impl", "fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_MiB",
+                            "x_peft", "overhead_ms", "overhead_vs_naive"]))
     if decode:
         md += ("\n## decode path, forward only, no grad (C++ kernel: cat GEMM vs per-token gather; us)\n\n"
                + md_table(decode, ["d", "N", "base_us", "cat_us", "gather_us", "ak_asym_lora_us", "ak_vs_base"]))

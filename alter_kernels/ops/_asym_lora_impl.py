@@ -86,13 +86,21 @@ def torch_bwd(g, x, weight, A, B, w, u, scale, a_mask, b_mask, need_dx, need_dA,
 
 
 # --------------------------------------------------------------------------- native (C++ / CUDA) backend
+_ops: list = []
+
+
+def _native_ops():
+    if not _ops:
+        _ops.extend((torch.ops.alter_kernels.asym_lora_fwd.default, torch.ops.alter_kernels.asym_lora_bwd.default))
+    return _ops
+
+
 def native_fwd(x, weight, A, B, w, scale, bias, mode: int = 0):
-    return torch.ops.alter_kernels.asym_lora_fwd(x, weight, A, B, w, scale, bias, mode)
+    return _native_ops()[0](x, weight, A, B, w, scale, bias, mode)
 
 
 def native_bwd(g, x, weight, A, B, w, u, scale, a_mask, b_mask, need_dx, need_dA, need_dB, need_dw):
-    return torch.ops.alter_kernels.asym_lora_bwd(g, x, weight, A, B, w, u, scale, a_mask, b_mask,
-                                                 need_dx, need_dA, need_dB, need_dw)
+    return _native_ops()[1](g, x, weight, A, B, w, u, scale, a_mask, b_mask, need_dx, need_dA, need_dB, need_dw)
 
 
 class _Impl:
@@ -147,13 +155,24 @@ def _triton_run(*args, **kwargs):
     return make_backend(TRITON_IMPL)(*args, **kwargs)
 
 
+_native_cache: dict = {}
+
+
+def _native(key: str) -> bool:
+    """Whether the extension has the asym_lora kernels for a dispatch key (cached: pick() runs per call)."""
+    if key not in _native_cache:
+        _native_cache[key] = (_backend.native_has_kernel("asym_lora_fwd", key)
+                              and _backend.native_has_kernel("asym_lora_bwd", key))
+    return _native_cache[key]
+
+
 def register_backends() -> None:
     _backend.register(OP, "torch", make_backend(TORCH_IMPL), priority=5)
     _backend.register(OP, "cpp", make_backend(NATIVE_IMPL),
-                      supports=lambda d: d.type == "cpu" and _backend.native_has_kernel("asym_lora_fwd", "CPU"),
+                      supports=lambda d: d.type == "cpu" and _native("CPU"),
                       priority={"cpu": 10, "default": -1})
     _backend.register(OP, "cuda", make_backend(NATIVE_IMPL),
-                      supports=lambda d: d.type == "cuda" and _backend.native_has_kernel("asym_lora_fwd", "CUDA"),
+                      supports=lambda d: d.type == "cuda" and _native("CUDA"),
                       priority={"cuda": 15, "default": -1})
     _backend.register(OP, "triton", _triton_run, supports=_triton_supports,
                       priority={"cuda": 20, "cpu": -10, "default": -10})
