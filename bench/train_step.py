@@ -49,6 +49,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--no-decode", action="store_true", help="skip the decoding tokens/s comparison")
     ap.add_argument("--forget-experts", type=int, default=4, help="N forget experts (E = N + 1)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
@@ -114,6 +115,30 @@ def main(argv=None):
     tp = statistics.median(times["peft_lora"])
     rows = [{"size": size, "variant": k, "step_s": statistics.median(v), "step_min_s": min(v),
              "x_peft": statistics.median(v) / tp, "peak_MiB": mem[k] / 2 ** 20} for k, v in times.items()]
+    # decoding (no grad, KV cache, batch 1): tokens/s of the patched model vs the base model
+    # (every token high-entropy: retain expert + top-k forget experts; the worst case for the adapter)
+    dec_rows = []
+    if not args.no_decode:
+        alter_model.eval()
+        base_model.eval()
+        alter_model.config.use_cache = base_model.config.use_cache = True
+        prompt = ids[:1, :16]
+        new = 8 if args.quick else 32
+
+        def gen(m):
+            return m.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
+                              pad_token_id=0)
+        dec = {"base": [], "alter": []}
+        for it in range(1 + (1 if args.quick else 3)):
+            for name, m in (("base", base_model), ("alter", alter_model)):
+                t0 = time.perf_counter()
+                gen(m)
+                if it:
+                    dec[name].append(time.perf_counter() - t0)
+        tb_dec = statistics.median(dec["base"])
+        for name, v in dec.items():
+            dec_rows.append({"size": size, "model": name, "new_tokens": new, "tokens_per_s": new / statistics.median(v),
+                             "x_base_tokens_per_s": tb_dec / statistics.median(v)})
     h, L, inter, *_ = SIZES[size]
     desc = (f"Llama {size}: hidden {h}, {L} layers, intermediate {inter}, vocab {vocab}, batch {batch} x seq {seq}; "
             f"rank {args.rank}, E = {args.forget_experts + 1}, targets {','.join(TARGETS)}; "
@@ -122,8 +147,12 @@ def main(argv=None):
     print(desc)
     print(table)
     md = f"# training-step benchmark\n\nmachine: {machine()}\n\n{desc}\n\n{table}"
+    if dec_rows:
+        dtable = md_table(dec_rows, ["size", "model", "new_tokens", "tokens_per_s", "x_base_tokens_per_s"])
+        print(dtable)
+        md += "\n## greedy decoding, batch 1, KV cache (prompt 16 tokens)\n\n" + dtable
     stem = os.path.join(args.out, f"train_step_{size}" + ("_quick" if args.quick else ""))
-    print("wrote", *write_results(stem, {"machine": machine(), "config": desc, "rows": rows}, md))
+    print("wrote", *write_results(stem, {"machine": machine(), "config": desc, "rows": rows, "decode": dec_rows}, md))
 
 
 if __name__ == "__main__":

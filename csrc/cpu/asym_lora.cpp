@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 namespace alter_kernels {
 namespace {
@@ -60,23 +61,35 @@ void build_ucat(const T* u, const T* w, T* U, int64_t N, int64_t E, int64_t r, T
 
 template <typename T>
 void gather_expand(const T* u, const T* w, const T* B, T* y, int64_t N, int64_t E, int64_t d_out, int64_t r, T s) {
-  // y[n, o] += s * sum_{e: w[n,e] != 0} w[n, e] * <B[e, o, :], u[n, :]>
-  const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(r * N, 1));
+  // y[n, o] += <Beff_n[o, :], u[n, :]> with Beff_n = sum_{e: w[n,e] != 0} s * w[n, e] * B_e, built per
+  // block of rows of B by contiguous (vectorised) axpys over the experts the token uses.
+  const int64_t grain = std::max<int64_t>(64, 4096 / std::max<int64_t>(r, 1));
   at::parallel_for(0, d_out, grain, [&](int64_t b, int64_t e_) {
+    const int64_t len = (e_ - b) * r;
+    std::vector<T> buf(static_cast<size_t>(len));
+    T* __restrict__ be = buf.data();
     for (int64_t n = 0; n < N; ++n) {
-      const T* un = u + n * r;
+      const T* __restrict__ un = u + n * r;
       const T* wn = w + n * E;
-      T* yn = y + n * d_out;
+      T* __restrict__ yn = y + n * d_out;
+      bool any = false;
       for (int64_t e = 0; e < E; ++e) {
         const T f = s * wn[e];
         if (f == T(0)) continue;
-        const T* Be = B + e * d_out * r;
-        for (int64_t o = b; o < e_; ++o) {
-          const T* row = Be + o * r;
-          T acc = 0;
-          for (int64_t j = 0; j < r; ++j) acc += row[j] * un[j];
-          yn[o] += f * acc;
+        const T* __restrict__ src = B + e * d_out * r + b * r;
+        if (!any) {
+          for (int64_t i = 0; i < len; ++i) be[i] = f * src[i];
+          any = true;
+        } else {
+          for (int64_t i = 0; i < len; ++i) be[i] += f * src[i];
         }
+      }
+      if (!any) continue;
+      for (int64_t o = 0; o < e_ - b; ++o) {
+        const T* __restrict__ row = be + o * r;
+        T acc = 0;
+        for (int64_t j = 0; j < r; ++j) acc += row[j] * un[j];
+        yn[b + o] += acc;
       }
     }
   });
