@@ -188,6 +188,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--shapes", default="", help="d:N,d:N,... (default: the issue's grid)")
+    ap.add_argument("--iters", type=int, default=0, help="timed round-robin iterations (default 7, quick 3)")
+    ap.add_argument("--no-decode", action="store_true", help="skip the small-N decode table")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,6 +205,8 @@ def main(argv=None):
     else:
         shapes = [(2048, 512), (2048, 2048), (4096, 512), (4096, 2048)]
     iters, warmup = (3, 1) if args.quick else (7, 2)
+    if args.iters:
+        iters = args.iters
     backends = [b for b in _backend.available("asym_lora", device) if b not in ("reference",)
                 and not (b == "triton" and device.type == "cpu")]
     rows = []
@@ -211,7 +216,7 @@ def main(argv=None):
                        ["d", "N", "impl", "fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_MiB", "x_peft", "overhead_ms",
                         "overhead_vs_naive"]), flush=True)
     decode = []
-    if device.type == "cpu":
+    if device.type == "cpu" and not args.no_decode:
         decode = bench_decode(512 if args.quick else 2048, E, r, [1, 4, 8, 16, 32, 64], 5 if args.quick else 20)
         print(md_table(decode, ["d", "N", "base_us", "cat_us", "gather_us", "ak_asym_lora_us", "ak_vs_base"]))
     md = ("# asym_lora benchmark\n\n" + f"machine: {machine()}\n\nautomatic backend: {ak.backends(device)}\n\n"
@@ -221,7 +226,8 @@ def main(argv=None):
     if decode:
         md += ("\n## decode path, forward only, no grad (C++ kernel: cat GEMM vs per-token gather; us)\n\n"
                + md_table(decode, ["d", "N", "base_us", "cat_us", "gather_us", "ak_asym_lora_us", "ak_vs_base"]))
-    stem = os.path.join(args.out, "asym_lora" + ("_quick" if args.quick else "") + f"_{device.type}")
+    stem = os.path.join(args.out, "asym_lora" + ("_quick" if args.quick else "") + f"_{device.type}"
+                        + (f"_{args.tag}" if args.tag else ""))
     paths = write_results(stem, {"machine": machine(), "rows": rows, "decode": decode}, md)
     print("wrote", *paths)
 
