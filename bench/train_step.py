@@ -112,6 +112,7 @@ def main(argv=None):
             if it:
                 times[name].append(time.perf_counter() - t0)
     mem = {name: peak_memory(fn) for name, fn in variants.items()}
+    high_share = ak.high_entropy_fraction(alter_model)      # of the training steps (before decoding)
     tp = statistics.median(times["peft_lora"])
     rows = [{"size": size, "variant": k, "step_s": statistics.median(v), "step_min_s": min(v),
              "x_peft": statistics.median(v) / tp, "peak_MiB": mem[k] / 2 ** 20} for k, v in times.items()]
@@ -142,7 +143,7 @@ def main(argv=None):
     h, L, inter, *_ = SIZES[size]
     desc = (f"Llama {size}: hidden {h}, {L} layers, intermediate {inter}, vocab {vocab}, batch {batch} x seq {seq}; "
             f"rank {args.rank}, E = {args.forget_experts + 1}, targets {','.join(TARGETS)}; "
-            f"ALTER high-entropy share {ak.high_entropy_fraction(alter_model):.2f}; backend {ak.backends('cpu')}")
+            f"ALTER high-entropy share in the training step {high_share:.2f}; backend {ak.backends('cpu')}")
     table = md_table(rows, ["size", "variant", "step_s", "step_min_s", "x_peft", "peak_MiB"])
     print(desc)
     print(table)
