@@ -1,13 +1,17 @@
 """Dispatch point of the asymmetric multi-expert LoRA linear ``asym_lora``."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .. import _backend
 from ..reference.asym_lora import asym_lora_ref
+from ._asym_lora_impl import register_backends
 from ._checks import check_same_device, check_shape, check_tensor
 
 _backend.register("asym_lora", "reference", asym_lora_ref, priority=0)
+register_backends()
 
 OP = "asym_lora"
 
@@ -22,6 +26,48 @@ def asym_lora(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: torch.T
     a_grad_mask [N] bool (rows whose gradient reaches A), b_grad_mask [N, E] bool (rows whose
     gradient reaches B_e), bias [d_out] -> [N, d_out] in x's dtype. dx flows from every row.
     """
+    if not _fast_ok(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias):
+        _full_checks(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias)
+    return _pick(x.device).fn(x, weight, A, B, expert_weights, float(scale), a_grad_mask, b_grad_mask, bias)
+
+
+_pick_cache: dict = {}
+
+
+def _pick(device: torch.device):
+    """_backend.pick, memoised on everything it depends on (it costs ~10 us, a decode step calls
+    this once per patched linear)."""
+    key = (_backend._forced(), os.environ.get("ALTER_KERNELS_BACKEND"), os.environ.get("TRITON_INTERPRET"),
+           device, len(_backend._REGISTRY.get(OP, ())))
+    impl = _pick_cache.get(key)
+    if impl is None:
+        impl = _pick_cache[key] = _backend.pick(OP, device)
+    return impl
+
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _fast_ok(x, weight, A, B, w, am, bm, bias) -> bool:
+    """The common case in one cheap test (decode calls this per linear per token); any doubt
+    goes to the detailed checks, which raise with a clear message."""
+    try:
+        n, d_in = x.shape
+        d_out = weight.shape[0]
+        e, _, r = B.shape
+        dev = x.device
+        return (weight.shape == (d_out, d_in) and A.shape == (r, d_in) and B.shape[1] == d_out
+                and w.shape == (n, e) and x.dtype in _FLOATS and weight.dtype == x.dtype
+                and A.dtype in _FLOATS and B.dtype in _FLOATS and w.dtype in _FLOATS
+                and weight.device == dev and A.device == dev and B.device == dev and w.device == dev
+                and (am is None or (am.dtype == torch.bool and am.shape == (n,) and am.device == dev))
+                and (bm is None or (bm.dtype == torch.bool and bm.shape == (n, e) and bm.device == dev))
+                and (bias is None or (bias.dtype == x.dtype and bias.shape == (d_out,) and bias.device == dev)))
+    except (AttributeError, ValueError, TypeError):
+        return False
+
+
+def _full_checks(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias) -> None:
     check_tensor(x, "x", OP, ndim=2)
     check_tensor(weight, "weight", OP, ndim=2)
     check_tensor(A, "A", OP, ndim=2)
@@ -47,7 +93,9 @@ def asym_lora(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: torch.T
     if bias is not None:
         check_tensor(bias, "bias", OP, ndim=1)
         check_shape(bias, "bias", OP, (d_out,), " ([d_out])")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{OP}: weight must have x's dtype {x.dtype} (the base GEMM runs in it), got {weight.dtype}")
+    if bias is not None and bias.dtype != x.dtype:
+        raise TypeError(f"{OP}: bias must have x's dtype {x.dtype}, got {bias.dtype}")
     check_same_device(OP, x=x, weight=weight, A=A, B=B, expert_weights=expert_weights,
                       a_grad_mask=a_grad_mask, b_grad_mask=b_grad_mask, bias=bias)
-    impl = _backend.pick(OP, x.device)
-    return impl.fn(x, weight, A, B, expert_weights, float(scale), a_grad_mask, b_grad_mask, bias)
