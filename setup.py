@@ -35,7 +35,9 @@ def _extensions():
     nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")))
     with_cuda = (not _env("ALTER_SKIP_CUDA") and bool(cuda_sources) and torch.version.cuda is not None
                  and bool(nvcc) and (torch.cuda.is_available() or _env("ALTER_FORCE_CUDA")))
-    cxx = ["-O3", "-std=c++17", "-DALTER_WITH_PYTHON"]
+    # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers; without the flag
+    # the extension's own row loops would run on one thread.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DALTER_WITH_PYTHON"]
     if not _env("ALTER_PORTABLE"):
         cxx.append("-march=native")
     include_dirs = [os.path.join(HERE, "csrc", "include")]
@@ -45,13 +47,13 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         ext = CUDAExtension(
             "alter_kernels._C", cpu_sources + cuda_sources, include_dirs=include_dirs,
-            define_macros=[("ALTER_WITH_CUDA", None)],
+            define_macros=[("ALTER_WITH_CUDA", None)], extra_link_args=["-fopenmp"],
             extra_compile_args={"cxx": cxx,
                                 "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
                                          "-DALTER_WITH_PYTHON"]})
     else:
         ext = CppExtension("alter_kernels._C", cpu_sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx})
+                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     print(f"alter_kernels: building the {'CPU+CUDA' if with_cuda else 'CPU'} extension "
           f"({len(cpu_sources)} C++ and {len(cuda_sources) if with_cuda else 0} CUDA sources)")
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
