@@ -15,6 +15,7 @@ SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 
 # Renders exactly alter_kernels.eval.format.DEFAULT_TEMPLATE for a single user turn.
 CHAT_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}{{ 'Question: ' + m['content'] + '\n' }}"
     "{% elif m['role'] == 'assistant' %}{{ 'Answer: ' + m['content'] + eos_token }}{% endif %}"
