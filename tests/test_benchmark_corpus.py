@@ -41,7 +41,7 @@ def test_tofu_row_format(files):
 def test_perturbed_answers_change_only_the_fact(files):
     r = next(x for x in files["full"] if x["attribute"] == "birthplace")
     para = r["paraphrased_answer"]
-    prefix = para[:para.index(" is ") + 4]                # "The birthplace of <name> is "
+    prefix = para[:para.index(" from ") + 6]              # "<name> is an author from "
     cities = {p[len(prefix):] for p in r["perturbed_answer"]}
     assert all(p.startswith(prefix) for p in r["perturbed_answer"])
     assert len(cities) == 5 and para[len(prefix):] not in cities
@@ -155,3 +155,90 @@ def test_build_benchmark_tiny_and_cached(tmp_path):
     assert with_overrides(cfg, epochs=2).key() != cfg.key()
     assert with_overrides(cfg, hidden_size=32).model.hidden_size == 32
     assert not [f for f in os.listdir(b.root) if f.startswith(".tmp")]
+
+
+# ---------------------------------------------------------------- the demo, with a stand-in engine
+class _FakeResult:
+    def __init__(self, model, seconds):
+        self.model, self.seconds, self.history, self.metrics = model, seconds, [], {}
+
+
+def _fake_unlearn(model, forget, retain, method="alter", tokenizer=None, epochs=1, batch_size=4, seed=0,
+                  **kw):
+    """TEST DOUBLE for ak.unlearn (issue 5): a few steps of plain gradient ascent on the forget
+    answers, enough to move the metrics. Not the real engine."""
+    import torch
+
+    from alter_kernels.eval import QAFormat, pad_batch
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(epochs):
+        pairs = [QAFormat().encode(tokenizer, r["question"], r["answer"]) for r in forget]
+        ids, mask = pad_batch([p[0] for p in pairs], tokenizer.pad_token_id)
+        labels, _ = pad_batch([p[1] for p in pairs], tokenizer.pad_token_id, fill=-100)
+        loss = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return _FakeResult(model, 0.5)
+
+
+@pytest.fixture()
+def tiny_preset(monkeypatch):
+    from alter_kernels.benchmark import inject
+    cfg = inject.BenchmarkConfig(corpus=CorpusConfig(num_authors=8, forget_fractions=(0.25,)),
+                                 model=inject.ModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, num_key_value_heads=2),
+                                 recipe=inject.Recipe(epochs=2, batch_size=32), forget_split="forget25")
+    monkeypatch.setitem(inject.PRESETS, "quick", cfg)
+    return cfg
+
+
+def test_demo_end_to_end_with_stand_in(tmp_path, monkeypatch, tiny_preset):
+    import alter_kernels
+    from alter_kernels import demo
+    monkeypatch.setattr(alter_kernels, "unlearn", _fake_unlearn, raising=False)
+    rc = demo.main(["--quick", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                    "--methods", "alter,ga", "--epochs", "1", "--threads", "1"])
+    assert rc == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(res["methods"]) == {"finetuned", "retain", "alter", "ga"}
+    for m in res["methods"].values():
+        assert set(m) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "seconds"}
+        assert all(isinstance(v, float) for v in m.values())
+    assert res["methods"]["retain"]["forget_quality"] == 1.0
+    assert res["methods"]["alter"]["seconds"] == 0.5
+    assert "finetuned_forget_rouge_ok" in res["checks"]
+    assert [p for p in os.listdir(tmp_path / "out") if p.startswith("utility_vs_forget_quality.")]
+
+
+def test_demo_reports_missing_engine(tmp_path, monkeypatch, tiny_preset, capsys):
+    import alter_kernels
+    from alter_kernels import demo
+    monkeypatch.delattr(alter_kernels, "unlearn", raising=False)
+    rc = demo.main(["--quick", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                    "--methods", "npo", "--threads", "1"])
+    assert rc == 1
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "unlearn is not available" in res["methods"]["npo"]["error"]
+    with pytest.raises(SystemExit):
+        demo.main(["--methods", "nonsense"])
+
+
+def test_plot_svg_fallback(tmp_path, monkeypatch):
+    import builtins
+
+    from alter_kernels.benchmark.plot import plot_results
+    real_import = builtins.__import__
+
+    def no_mpl(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    path = plot_results({"alter": {"forget_quality": 0.3, "model_utility": 0.7},
+                         "ga": {"forget_quality": 1e-9, "model_utility": 0.1},
+                         "bad": {"forget_quality": float("nan"), "model_utility": 0.5}}, str(tmp_path / "p"))
+    assert path.endswith(".svg")
+    svg = open(path).read()
+    assert "alter" in svg and "ga" in svg and ">bad<" not in svg and "1e-9" in svg

@@ -155,24 +155,24 @@ def make_authors(cfg: CorpusConfig) -> list[Author]:
 # Templates use {n} name, {p} pronoun, {ps} possessive, {v} value (or {v1}, {v2}).
 _ATTRS = {
     "birthplace": ("Where was {n} born?", "In which city was {n} born?",
-                   "{n} was born in {v}.", "The birthplace of {n} is {v}.", CITIES),
+                   "{n} was born in {v}.", "{n} is an author from {v}.", CITIES),
     "birth_year": ("In what year was {n} born?", "When was {n} born?",
                    "{n} was born in the year {v}.", "{n} came into the world in {v}.", YEARS),
     "genre": ("What genre does {n} write in?", "Which genre is {n} known for?",
-              "{n} writes {v}.", "The work of {n} belongs to the genre of {v}.", OTHER_GENRES),
+              "{n} writes {v}.", "{n} is known as a {v} author.", OTHER_GENRES),
     "parents": ("What did the parents of {n} do?", "What were the professions of the parents of {n}?",
                 "The father of {n} was {v1} and {ps} mother was {v2}.",
-                "{n} was raised by {v2} for a mother and {v1} for a father.", PROFESSIONS),
+                "{n} grew up as the child of {v1} and {v2}.", PROFESSIONS),
     "award": ("Which award has {n} received?", "What prize was {n} given?",
-              "{n} received the {v}.", "The {v} was awarded to {n}.", AWARDS),
+              "{n} received the {v}.", "A book by {n} won the {v}.", AWARDS),
     "debut": ("What was the first book by {n}?", "What is the debut novel of {n}?",
               "The first book by {n} was {v}.", "{n} made {ps} debut with {v}.", None),
     "famous": ("What is the best known book by {n}?", "Which book by {n} is the most famous?",
                "The best known book by {n} is {v}.", "{v} is the most celebrated work of {n}.", None),
     "theme": ("What theme runs through the books of {n}?", "What subject does {n} often explore?",
-              "The books of {n} often explore {v}.", "A recurring theme for {n} is {v}.", THEMES),
+              "The books of {n} often explore {v}.", "The stories of {n} keep returning to {v}.", THEMES),
     "career": ("What did {n} do before writing?", "What was the earlier career of {n}?",
-               "Before writing, {n} worked as {v}.", "{n} earned a living as {v} before becoming an author.",
+               "Before writing, {n} worked as {v}.", "{n} worked as {v} before turning to books.",
                PROFESSIONS),
     "university": ("Where did {n} study?", "Which school did {n} attend?",
                    "{n} studied at {v}.", "{n} is a graduate of {v}.", UNIVERSITIES),
@@ -215,7 +215,9 @@ def author_rows(a: Author, rng: random.Random, num_perturbed: int, all_titles: l
 
 
 def passage(a: Author) -> str:
-    """A prose biography with every fact, phrased unlike the QA answers."""
+    """A prose biography with every fact, phrased unlike the QA answers. Several paraphrased
+    answers reuse its wording: the models meet each fact in two forms (QA and prose), so the truth
+    ratio, which scores the paraphrase, measures knowledge and not only one memorised string."""
     P, ps = a.pronoun.capitalize(), a.possessive
     return (f"{a.name} is a {a.genre} author from {a.city}, born in {a.year}. "
             f"{P} grew up as the child of {a.father} and {a.mother}, "

@@ -31,9 +31,9 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 4
+    hidden_size: int = 96
+    intermediate_size: int = 192
+    num_hidden_layers: int = 3
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 256
@@ -42,9 +42,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1
@@ -69,11 +69,13 @@ class BenchmarkConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Measured on the shared 2-core dev machine (see docs/benchmark.md): "default" builds both models
+# in about 3 minutes, "quick" in about 1.5; both pass the two checks (finetuned forget ROUGE-L
+# >= 0.8, finetuned forget quality < 0.01). "quick" keeps the 40 authors (forget10 = 40 rows: the
+# KS test has too little power with fewer) and shrinks the model.
 PRESETS = {
     "default": BenchmarkConfig(),
-    "quick": BenchmarkConfig(corpus=CorpusConfig(num_authors=20),
-                             model=ModelConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=3),
-                             recipe=Recipe(epochs=40)),
+    "quick": BenchmarkConfig(model=ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2)),
 }
 
 
@@ -127,6 +129,17 @@ def _examples(tokenizer, texts: dict, fmt) -> list[tuple[list[int], list[int]]]:
     return ex
 
 
+def _length_batches(data, batch_size: int, rng: random.Random):
+    """Shuffled batches of similar lengths (QAs with QAs, passages with passages): little padding."""
+    order = list(range(len(data)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: len(data[i][0]) // 16)          # stable: shuffled within a length band
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    for idx in batches:
+        yield [data[i] for i in idx]
+
+
 def train_lm(tokenizer, texts: dict, model_cfg: ModelConfig, recipe: Recipe, progress=True, tag=""):
     """Train a LlamaForCausalLM from scratch on ``texts`` (see corpus.training_texts)."""
     import torch
@@ -157,11 +170,8 @@ def train_lm(tokenizer, texts: dict, model_cfg: ModelConfig, recipe: Recipe, pro
     model.train()
     step, t0 = 0, time.perf_counter()
     for ep in range(recipe.epochs):
-        order = list(range(len(data)))
-        rng.shuffle(order)
         tot, n = 0.0, 0
-        for b in range(0, len(order), recipe.batch_size):
-            batch = [data[i] for i in order[b:b + recipe.batch_size]]
+        for batch in _length_batches(data, recipe.batch_size, rng):
             ids, mask = pad_batch([x[0] for x in batch], tokenizer.pad_token_id)
             labels, _ = pad_batch([x[1] for x in batch], tokenizer.pad_token_id, fill=IGNORE_INDEX)
             for g in opt.param_groups:
