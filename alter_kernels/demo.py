@@ -20,9 +20,23 @@ import sys
 import time
 
 METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_retain")
-# Per-method hyperparameters passed to ak.unlearn on top of its defaults. Empty on purpose: every
-# method runs with the engine's defaults and the same epochs / batch size / seed.
-METHOD_HPARAMS: dict[str, dict] = {m: {} for m in METHODS}
+# The engine's defaults are the paper's learning rates for 7B models (lr 1e-5 full-parameter,
+# lr_A 1e-5, lr_B 1e-3); on the tiny from-scratch models, 3 epochs at those rates change nothing.
+# Every method gets the same search: one multiplier k applied to lr, lr_A and lr_B together,
+# k in {3, 10, 30, 100, 300}, picked per method by the harmonic mean of (forget quality,
+# utility / finetuned utility) on the quick benchmark, ties broken by the larger forget quality
+# (docs/benchmark.md has the sweep table).
+# Nothing else differs between methods: same data, epochs, batch size, seed.
+LR_SCALE: dict[str, float] = {"alter": 30, "asymlora": 300, "lora": 10, "ga": 100, "graddiff": 100,
+                              "kl": 100, "npo": 100, "npo_retain": 100}
+BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3}
+
+
+def method_hparams(name: str, scale: float | None = None) -> dict:
+    """Learning rates the demo passes for ``name``: the engine's defaults times LR_SCALE[name]
+    (or ``scale`` when given)."""
+    k = LR_SCALE.get(name, 1.0) if scale is None else scale
+    return {key: v * k for key, v in BASE_LR.items()}
 
 
 def run_method(name: str, model, forget: list, retain: list, tokenizer, *, epochs: int,
@@ -38,7 +52,7 @@ def run_method(name: str, model, forget: list, retain: list, tokenizer, *, epoch
     t0 = time.perf_counter()
     res = unlearn(model, forget, retain, method=name, tokenizer=tokenizer, epochs=epochs,
                   max_steps=max_steps, batch_size=batch_size, seed=seed, progress=progress,
-                  out_dir=out_dir, **{**METHOD_HPARAMS.get(name, {}), **(hparams or {})})
+                  out_dir=out_dir, **(method_hparams(name) if hparams is None else hparams))
     seconds = getattr(res, "seconds", None)
     return getattr(res, "model", model), float(seconds if seconds is not None else time.perf_counter() - t0)
 
@@ -111,6 +125,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's, or 1 when the CPUs are already busy)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr-scale", type=float, default=None,
+                    help="one multiplier of the engine's learning rates for every method (default: per-method LR_SCALE)")
+    ap.add_argument("--hparams", default=None,
+                    help='JSON passed to ak.unlearn for every method instead of the learning rates, e.g. \'{"lr": 1e-4}\'')
     args = ap.parse_args(argv)
 
     import torch
@@ -180,13 +198,15 @@ def main(argv=None) -> int:
                         "retain": res_retain["forget"]["generations"][i]} for i in show_f],
             "retain": [{"question": retain_eval[i]["question"], "answer": retain_eval[i]["answer"],
                         "finetuned": res_ft["retain"]["generations"][i]} for i in show_r]}
-    failures = []
+    failures, hparams_used = [], {}
     for name in methods:
         model = copy.deepcopy(finetuned)
         print(f"-- {name}: unlearning {len(forget)} forget rows, {epochs} epochs")
         try:
+            hp = json.loads(args.hparams) if args.hparams else method_hparams(name, args.lr_scale)
+            hparams_used[name] = hp
             model, secs = run_method(name, model, forget, retain_all, tok, epochs=epochs, seed=args.seed,
-                                     out_dir=os.path.join(args.out, "runs", name))
+                                     out_dir=os.path.join(args.out, "runs", name), hparams=hp)
         except Exception as e:      # report and go on with the other methods
             failures.append(name)
             table[name] = {"error": f"{type(e).__name__}: {e}"}
@@ -223,7 +243,7 @@ def main(argv=None) -> int:
                                        "mcq_forget_accuracy", "mcq_retain_accuracy", "verbatim_forget_rouge")}
              for n, d in details.items()}
     out = {"methods": table, "checks": checks, "hm_fq_utility_ratio": scores, "details": extra,
-           "generations": gens, "benchmark": {"root": bench.root, "quick": args.quick, "epochs": epochs,
+           "generations": gens, "hparams": hparams_used, "benchmark": {"root": bench.root, "quick": args.quick, "epochs": epochs,
                                               "forget_rows": len(forget), "retain_rows": len(retain_all),
                                               "retain_eval_rows": len(retain_eval), "build": bench.info},
            "total_seconds": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}
