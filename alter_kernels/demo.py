@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's, or 1 when the CPUs are already busy)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-runs", action="store_true",
+                    help="let the engine write each method's checkpoint / adapter / history under OUT/runs/")
     ap.add_argument("--lr-scale", type=float, default=None,
                     help="one multiplier of the engine's learning rates for every method (default: per-method LR_SCALE)")
     ap.add_argument("--hparams", default=None,
@@ -206,7 +208,8 @@ def main(argv=None) -> int:
             hp = json.loads(args.hparams) if args.hparams else method_hparams(name, args.lr_scale)
             hparams_used[name] = hp
             model, secs = run_method(name, model, forget, retain_all, tok, epochs=epochs, seed=args.seed,
-                                     out_dir=os.path.join(args.out, "runs", name), hparams=hp)
+                                     out_dir=os.path.join(args.out, "runs", name) if args.save_runs else None,
+                                     hparams=hp)
         except Exception as e:      # report and go on with the other methods
             failures.append(name)
             table[name] = {"error": f"{type(e).__name__}: {e}"}

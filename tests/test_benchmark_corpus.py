@@ -242,3 +242,11 @@ def test_plot_svg_fallback(tmp_path, monkeypatch):
     assert path.endswith(".svg")
     svg = open(path).read()
     assert "alter" in svg and "ga" in svg and ">bad<" not in svg and "1e-9" in svg
+
+
+def test_plot_png_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    from alter_kernels.benchmark.plot import plot_results
+    path = plot_results({"alter": {"forget_quality": 0.3, "model_utility": 0.7},
+                         "ga": {"forget_quality": 1e-9, "model_utility": 0.1}}, str(tmp_path / "p"))
+    assert path.endswith(".png") and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
