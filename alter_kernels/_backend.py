@@ -114,6 +114,18 @@ def _forced() -> str | None:
 
 
 def pick(op: str, device: torch.device | str) -> Impl:
+    if torch.compiler.is_compiling():
+        # torch.compile: the choice is made once, at trace time, and baked into the graph
+        return _REGISTRY[op][_pick_name_for_compile(op, torch.device(device).type)]
+    return _pick(op, device)
+
+
+@torch.compiler.assume_constant_result
+def _pick_name_for_compile(op: str, device_type: str) -> str:
+    return _pick(op, torch.device(device_type)).backend
+
+
+def _pick(op: str, device: torch.device | str) -> Impl:
     device = torch.device(device)
     impls = _REGISTRY.get(op)
     if not impls:

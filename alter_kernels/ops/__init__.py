@@ -2,5 +2,8 @@
 from .asym_lora import asym_lora
 from .entropy import lm_head_entropy, tsallis_entropy
 from .routing import route
+from ._fake import register_fakes
+
+register_fakes()
 
 __all__ = ["asym_lora", "lm_head_entropy", "tsallis_entropy", "route"]

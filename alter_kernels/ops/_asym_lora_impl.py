@@ -127,7 +127,9 @@ class AsymLoraFunction(torch.autograd.Function):
                                       n_x, n_A, n_B, n_w)
         dW = (g.t() @ x).to(weight.dtype) if n_W else None
         dbias = g.sum(0) if n_bias else None
-        return None, dx, dW, dA, dB, dw, None, None, None, dbias
+        # a kernel may return a placeholder for a gradient nobody asked for: drop it
+        return (None, dx if n_x else None, dW, dA if n_A else None, dB if n_B else None,
+                dw if n_w else None, None, None, None, dbias)
 
 
 def make_backend(impl: _Impl):

@@ -37,6 +37,8 @@ _pick_cache: dict = {}
 def _pick(device: torch.device):
     """_backend.pick, memoised on everything it depends on (it costs ~10 us, a decode step calls
     this once per patched linear)."""
+    if torch.compiler.is_compiling():
+        return _backend.pick(OP, device)
     key = (_backend._forced(), os.environ.get("ALTER_KERNELS_BACKEND"), os.environ.get("TRITON_INTERPRET"),
            device, len(_backend._REGISTRY.get(OP, ())))
     impl = _pick_cache.get(key)

@@ -14,9 +14,10 @@ def route_cpp(hidden, router_weight, entropy, threshold=1.2, tau_high=0.8, tau_l
     """C++ plan kernel. The logits come from one GEMM here; when they carry autograd (training:
     W_g requires grad), the whole plan goes through the differentiable reference instead, so
     expert_weights keeps its gradient path to W_g (router_grad_from_task) exactly as before.
-    Decoding (no grad) costs 3 calls instead of ~30."""
+    Decoding (no grad) costs 3 calls instead of ~30. Under torch.compile the (traceable)
+    reference is used too."""
     logits = hidden.to(torch.float32) @ router_weight.to(torch.float32)
-    if logits.requires_grad:
+    if logits.requires_grad or torch.compiler.is_compiling():
         return route_ref(hidden, router_weight, entropy, threshold, tau_high, tau_low, top_k, labels)
     w, high, am, bm = _backend.native_op("route_plan")(logits, entropy, float(threshold), float(tau_high),
                                                       float(tau_low), int(top_k), labels)
@@ -24,10 +25,8 @@ def route_cpp(hidden, router_weight, entropy, threshold=1.2, tau_high=0.8, tau_l
     if labels is not None:
         labels = labels.to(device=hidden.device, dtype=torch.long)
         labelled = labels >= 0
-        if bool(labelled.any()):
-            plan.router_loss = torch.nn.functional.cross_entropy(logits[labelled], labels[labelled])
-        else:
-            plan.router_loss = logits.sum() * 0.0
+        ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        plan.router_loss = torch.where(labelled, ce, torch.zeros_like(ce)).sum() / labelled.sum().clamp(min=1)
     return plan
 
 
