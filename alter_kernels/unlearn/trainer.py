@@ -500,6 +500,54 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                          trained_experts=trained_experts)
 
 
+# ----------------------------------------------------------------------------------- reusable set-up
+@dataclasses.dataclass
+class AlterData:
+    """What one ALTER step needs besides the model, prepared once (see :func:`prepare_alter`):
+    tokenised forget / retain examples, each forget row's expert, the cached base-model entropies
+    and the adapter's config. ``batch(fi, ri)`` builds the mixed batch that
+    :func:`alter_kernels.unlearn.alter_loss` takes, for another training loop (HF Trainer, ...)."""
+    forget: list
+    retain: list
+    forget_domain: list
+    forget_cache: tuple
+    retain_cache: tuple
+    config: AlterConfig
+    domain_map: dict
+    pad_id: int
+
+    def batch(self, forget_idx, retain_idx, device=None) -> dict:
+        return _batch_of(list(forget_idx), list(retain_idx), self.forget, self.retain, self.forget_domain,
+                         self.forget_cache, self.retain_cache, None, self.pad_id, device or "cpu")
+
+
+def prepare_alter(model, forget, retain, tokenizer, alter_config: AlterConfig | None = None, seed: int = 0,
+                  batch_size: int = 4, **hparams) -> AlterData:
+    """The set-up of ``unlearn(method="alter")`` without its loop: tokenise the rows, patch the
+    model (if needed), assign forget rows to experts (domain labels or k-means), initialise the
+    router, pick theta (``threshold_quantile``) and cache the base-model entropies. hparams: the
+    data and sub-domain options of ``DEFAULTS``."""
+    unknown = sorted(set(hparams) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"prepare_alter: unknown option(s) {unknown}")
+    hp = {**DEFAULTS, **hparams}
+    dev = _device_of(model)
+    dkw = dict(max_length=hp["max_length"], chat_template=hp["chat_template"], prompt_format=hp["prompt_format"])
+    _, f_ex = prepare(forget, tokenizer, "forget", **dkw)
+    _, r_ex = prepare(retain, tokenizer, "retain", **dkw)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    cfg, f_dom, domain_map, _ = _setup_adapter(model, "alter", f_ex, r_ex, alter_config, hp, pad_id, batch_size,
+                                               seed, dev)
+    cfg = _patch.get_state(model).config
+    f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, cfg.q_route, hp["struct_q"])
+    r_cache = _entropy_cache(model, r_ex, pad_id, batch_size, dev, cfg.q_route, hp["struct_q"])
+    if hp["threshold_quantile"] is not None and not frozen_experts(model):
+        st = _patch.get_state(model)
+        st.config = cfg = dataclasses.replace(cfg, threshold=_quantile_threshold(
+            f_ex + r_ex, f_cache[0] + r_cache[0], hp["threshold_quantile"]))
+    return AlterData(f_ex, r_ex, f_dom, f_cache, r_cache, cfg, domain_map, pad_id)
+
+
 # ----------------------------------------------------------------------------------- pieces
 def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed, dev):
     """Patch (if needed), assign forget rows to experts, initialise the router."""
@@ -604,6 +652,11 @@ def _make_batch(step, epoch, k, bs, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f
     if r_ex:
         rorder = epoch_order(len(r_ex), seed, epoch, salt=1)
         ri = [rorder[(k * bs + j) % len(r_ex)] for j in range(bs)]
+    return _batch_of(fi, ri, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref, pad_id, dev)
+
+
+def _batch_of(fi, ri, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref, pad_id, dev) -> dict:
+    """The mixed batch of forget rows fi then retain rows ri (the layout methods.* expect)."""
     exs = [f_ex[i] for i in fi] + [r_ex[i] for i in ri]
     ids, att, lab = collate(exs, pad_id)
     t = ids.shape[1]
