@@ -108,7 +108,11 @@ def build(model, tokenizer, forget, retain, out_dir, max_steps=10, batch_size=2,
                              learning_rate=lr_B, lr_scheduler_type="constant", weight_decay=0.0,
                              remove_unused_columns=False, report_to=[], save_strategy="no", logging_steps=1,
                              seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
-                             disable_tqdm=True)
+                             disable_tqdm=True,
+                             # DDP: the routers get gradient only through the router loss, which DDP's
+                             # search from the forward outputs cannot see; every adapter parameter gets a
+                             # gradient each step anyway (anchor_adapter_grads), so no search is needed
+                             ddp_find_unused_parameters=False)
     trainer = AlterTrainer(model=model, args=args, train_dataset=PairDataset(data), data_collator=AlterCollator(data),
                            alter_hparams={k: v for k, v in hparams.items() if k in ("beta", "gamma", "lam", "rho",
                                                                                      "struct_q")},
