@@ -7,6 +7,11 @@ Writes to --out: ``adapter/`` (adapter methods, via save_adapter) or ``model/`` 
 baselines, via save_pretrained), ``metrics.json`` (one entry per epoch), ``history.json`` (one
 entry per step), ``checkpoint.pt`` (periodic, atomic; --resume continues from it) and
 ``run.json`` (the options). Exit codes: 0 done, 1 bad input, 2 diverged (non-finite loss).
+
+Data parallel: launch the same command with ``torchrun --nproc_per_node=N -m alter_kernels.cli ...``
+(or ``accelerate launch``); ``--distributed auto`` (default) uses DDP when WORLD_SIZE > 1,
+``--distributed fsdp2`` shards the model with FSDP2. Each process takes cuda:LOCAL_RANK (or the
+CPU, gloo); only rank 0 writes --out and prints the summary. docs/scaling.md.
 """
 from __future__ import annotations
 
@@ -40,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
     g.add_argument("--batch-size", type=int, default=4, help="forget rows per step (plus as many retain rows)")
     g.add_argument("--seed", type=int, default=0, help="seed of A's init, k-means and the data order")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu; "
+                                                   "under torchrun cuda:LOCAL_RANK)")
+    g.add_argument("--distributed", default="auto", choices=["auto", "none", "ddp", "fsdp2"],
+                   help="data parallel when launched by torchrun / accelerate launch: auto = DDP if WORLD_SIZE > 1, "
+                        "ddp, fsdp2 (fully_shard), none (each process runs alone)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the base model weights (adapters stay in --adapter-dtype)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps (0: only at the end)")
@@ -112,7 +121,15 @@ def main(argv=None) -> int:
     from .unlearn.data import DataError
     from .unlearn.trainer import UnlearnDivergedError, UnlearnError
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .unlearn.distributed import launcher_device, resolve_mode
+    import torch.distributed as dist
+    device = args.device or str(launcher_device())
+    try:
+        mode = resolve_mode(args.distributed)
+    except ValueError as exc:
+        print(f"alter-unlearn: {exc}", file=sys.stderr)
+        return 1
+    main_rank = mode is None or int(os.environ.get("RANK", "0")) == 0
     os.makedirs(args.out, exist_ok=True)
     nfe = args.num_forget_experts
     if nfe is not None and nfe != "auto":
@@ -150,8 +167,10 @@ def main(argv=None) -> int:
         else:
             import dataclasses
             alter_config = dataclasses.replace(cfg, num_forget_experts=nfe)
-        with open(os.path.join(args.out, "run.json"), "w") as f:
-            json.dump(vars(args), f, indent=1)
+        if main_rank:
+            with open(os.path.join(args.out, "run.json.tmp"), "w") as f:
+                json.dump(vars(args), f, indent=1)
+            os.replace(os.path.join(args.out, "run.json.tmp"), os.path.join(args.out, "run.json"))
         hp = dict(lr=args.lr, lr_A=args.lr_A, lr_B=args.lr_B, lr_router=args.lr_router, beta=args.beta,
                   gamma=args.gamma, lam=args.lam, rho=args.rho, npo_beta=args.npo_beta,
                   struct_mode=args.struct_mode, struct_q=args.struct_q, max_length=args.max_length,
@@ -166,13 +185,18 @@ def main(argv=None) -> int:
         res = ak.unlearn(model, args.forget, args.retain, method=args.method, tokenizer=tok,
                          alter_config=alter_config, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, seed=args.seed, device=device,
-                         progress=not args.no_progress, out_dir=args.out, **hp)
+                         progress=not args.no_progress, out_dir=args.out, distributed=mode or "none", **hp)
     except UnlearnDivergedError as exc:
         print(f"alter-unlearn: {exc}", file=sys.stderr)
         return 2
     except (DataError, UnlearnError, ak.PatchError, ak.AdapterError, ValueError) as exc:
         print(f"alter-unlearn: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if mode is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if not main_rank:
+        return 0
     last = res.metrics[-1] if res.metrics else {}
     print(json.dumps({"method": res.method, "steps": res.steps, "seconds": round(res.seconds, 2),
                       "adapter": res.adapter_dir, "model": res.model_dir, "domains": {str(k): v for k, v in

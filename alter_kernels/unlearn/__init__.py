@@ -1,9 +1,10 @@
 """Unlearning engine: ALTER, the spec-7 baselines, data loading, sub-domains, checkpoints."""
 from .data import DataError, load_rows
 from .experts import add_forget_experts, frozen_experts
-from .methods import METHODS
+from .methods import METHODS, alter_loss
 from .subdomains import kmeans
-from .trainer import DEFAULTS, UnlearnDivergedError, UnlearnError, UnlearnResult, unlearn
+from .trainer import DEFAULTS, AlterData, UnlearnDivergedError, UnlearnError, UnlearnResult, prepare_alter, unlearn
 
 __all__ = ["unlearn", "UnlearnResult", "UnlearnError", "UnlearnDivergedError", "DataError", "METHODS",
-           "DEFAULTS", "add_forget_experts", "frozen_experts", "load_rows", "kmeans"]
+           "DEFAULTS", "add_forget_experts", "frozen_experts", "load_rows", "kmeans",
+           "prepare_alter", "AlterData", "alter_loss"]

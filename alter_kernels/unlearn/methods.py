@@ -40,85 +40,140 @@ def _f(x) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def alter_loss(model, batch: dict, hp: dict, mode: str = "alter"):
-    """ALTER (spec 5) or AsymLoRA (mode="asymlora": every token low, no entropy)."""
+# loss terms that are sums over the shards of a data-parallel step (see ``reduce`` below)
+SUMMED_LOGS = frozenset({"ihl", "retain_nll", "struct", "router_ce", "forget_nll", "retain_kl", "npo",
+                         "forget_logp"})
+
+
+def _global_counts(counts: list, reduce) -> list[float]:
+    """This shard's token / row counts summed over the ranks (one all-reduce)."""
+    t = torch.stack([c if isinstance(c, torch.Tensor) else torch.tensor(c) for c in counts]).double()
+    return [float(x) for x in reduce(t).tolist()]
+
+
+def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=None, reduce=None):
+    """ALTER (spec 5) or AsymLoRA (mode="asymlora": every token low, no entropy).
+
+    forward: the module to call (a DDP wrapper of ``model``); default ``model``.
+    reduce: data-parallel only: a function summing a tensor over the ranks. Every mean of the
+    loss is then divided by the global batch's count (not the shard's), so the shards' losses
+    sum to the single-process loss of the global batch; the caller multiplies by the world size
+    before backward (DDP / FSDP2 average the gradients). Logged terms in SUMMED_LOGS are this
+    shard's share (the caller sums them); shares and counts are already global.
+    """
     cfg = _patch.get_state(model).config
+    fwd = model if forward is None else forward
     ids, att, lab = batch["input_ids"], batch["attention_mask"], batch["labels"]
     is_f, dom = batch["is_forget"], batch["domain"]
     if mode == "asymlora":
         ent = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)   # every token low
     else:
         ent = batch["entropy"]
+    # per-token routing labels: the row's expert, -1 on padding (and on filler rows, domain -1)
     route_labels = torch.where(att.bool(), dom[:, None].expand_as(ids), torch.full_like(ids, -1))
     grad_norm = mode == "alter" and hp["struct_mode"] == "grad_norm" and hp["lam"] != 0
+    if grad_norm and reduce is not None:
+        raise ValueError("alter_loss: struct_mode='grad_norm' is not supported in data-parallel training "
+                         "(the squared gradient norm of the global batch does not split over shards); use 'drift'")
+    sy, se = lab[:, 1:], ent[:, 1:]
+    valid = sy != IGNORE_INDEX
+    low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
+    high = (~low) & valid & torch.isfinite(se)
+    den = None
+    if reduce is not None:                             # counts of the global batch, from the batch alone
+        e = cfg.num_experts
+        f_low = (valid & low & is_f[:, None]).sum(1)
+        per_dom = torch.zeros(e, dtype=torch.float64, device=ids.device).index_add_(0, dom.clamp(min=0),
+                                                                                      f_low.double())
+        sq_ok = torch.isfinite(batch["base_sq"][:, 1:]) if "base_sq" in batch else torch.ones_like(high)
+        n_router_local = (route_labels >= 0).sum()
+        g = _global_counts(list(per_dom.unbind()) + [(valid & ~is_f[:, None]).sum(), (high & sq_ok).sum(),
+                                                     n_router_local, valid.sum(), high.sum()], reduce)
+        den = {"ihl": {d: g[d] for d in range(1, e)}, "nll": g[e], "struct": g[e + 1], "router": g[e + 2],
+               "valid": g[e + 3], "high": g[e + 4], "router_local": float(n_router_local)}
     # the double backward of the grad-norm form needs a differentiable-twice path: the reference
     force = (lambda: _backend.use_backend("reference")) if grad_norm else contextlib.nullcontext
     with _patch.routing_inputs(model, entropy=ent, labels=route_labels), force():
-        out = model(input_ids=ids, attention_mask=att, use_cache=False)
+        out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
         rl = _patch.router_loss(model)
     rl = rl if rl is not None else out.logits.sum() * 0.0
-    sl, sy, se = obj.shift(out.logits, lab, ent)
-    valid = sy != IGNORE_INDEX
-    low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
-    ihl, counts = obj.domain_ihl(sl, sy, low & is_f[:, None], dom)
-    nll = obj.masked_nll(sl, sy, ~is_f)
-    high = (~low) & valid & torch.isfinite(se)
+    if den is not None:                                # router CE: mean over the global batch's labelled tokens
+        rl = rl * (den["router_local"] / den["router"]) if den["router"] else rl * 0.0
+    sl = out.logits[:, :-1]
+    ihl, counts = obj.domain_ihl(sl, sy, low & is_f[:, None], dom, denoms=den and den["ihl"])
+    nll = obj.masked_nll(sl, sy, ~is_f, denom=den and den["nll"])
     rs = sl.sum() * 0.0
     if mode == "alter" and hp["lam"] != 0:
         if hp["struct_mode"] == "drift":
             sb = batch["base_sq"][:, 1:]
-            rs = obj.struct_drift(sl, sb, high, q=hp["struct_q"])
+            rs = obj.struct_drift(sl, sb, high, q=hp["struct_q"], denom=den and den["struct"])
         else:
             with force():
                 mean_s = obj.struct_entropy_mean(sl, high, q=hp["struct_q"])
                 rs = obj.struct_grad_norm(mean_s, _patch.adapter_parameters(model)["A"])
     loss = hp["beta"] * ihl + hp["gamma"] * nll + hp["lam"] * rs + hp["rho"] * rl
-    n_valid = int(valid.sum())
+    if den is None:
+        n_valid, n_high, n_low = int(valid.sum()), int(high.sum()), int(sum(counts.values()))
+    else:
+        n_valid, n_high, n_low = den["valid"], den["high"], int(sum(den["ihl"].values()))
     logs = {"ihl": _f(ihl), "retain_nll": _f(nll), "struct": _f(rs), "router_ce": _f(rl),
-            "high_entropy_share": (int(high.sum()) / n_valid) if n_valid else float("nan"),
-            "forget_low_tokens": int(sum(counts.values()))}
+            "high_entropy_share": (n_high / n_valid) if n_valid else float("nan"),
+            "forget_low_tokens": n_low}
     return loss, logs
 
 
-def lora_loss(model, batch: dict, hp: dict):
+def lora_loss(model, batch: dict, hp: dict, *, forward=None, reduce=None):
     """Plain LoRA (1 expert, no entropy, no labels): GradDiff loss."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return _graddiff_terms(out.logits, batch, hp)
+    fwd = model if forward is None else forward
+    out = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return _graddiff_terms(out.logits, batch, hp, reduce=reduce)
 
 
-def _graddiff_terms(logits, batch, hp, retain_term: bool = True):
+def _graddiff_terms(logits, batch, hp, retain_term: bool = True, reduce=None):
     sl, sy = obj.shift(logits, batch["labels"])
     is_f = batch["is_forget"]
-    f_nll = obj.masked_nll(sl, sy, is_f)
-    r_nll = obj.masked_nll(sl, sy, ~is_f) if retain_term else sl.sum() * 0.0
+    df = dr = None
+    if reduce is not None:
+        valid = sy != IGNORE_INDEX
+        df, dr = _global_counts([(valid & is_f[:, None]).sum(), (valid & ~is_f[:, None]).sum()], reduce)
+    f_nll = obj.masked_nll(sl, sy, is_f, denom=df)
+    r_nll = obj.masked_nll(sl, sy, ~is_f, denom=dr) if retain_term else sl.sum() * 0.0
     loss = -hp["beta"] * f_nll + hp["gamma"] * r_nll
     return loss, {"forget_nll": _f(f_nll), "retain_nll": _f(r_nll)}
 
 
-def full_loss(model, batch: dict, hp: dict, method: str, ref_model=None):
-    """The full-parameter baselines: ga, graddiff, kl, npo, npo_retain."""
+def full_loss(model, batch: dict, hp: dict, method: str, ref_model=None, *, forward=None, reduce=None):
+    """The full-parameter baselines: ga, graddiff, kl, npo, npo_retain (``forward``, ``reduce``: as
+    in :func:`alter_loss`)."""
+    fwd = model if forward is None else forward
     ids, att, lab, is_f = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["is_forget"]
-    out = model(input_ids=ids, attention_mask=att, use_cache=False)
+    out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
     if method in ("ga", "graddiff"):
-        return _graddiff_terms(out.logits, batch, hp, retain_term=method == "graddiff")
+        return _graddiff_terms(out.logits, batch, hp, retain_term=method == "graddiff", reduce=reduce)
     sl, sy = obj.shift(out.logits, lab)
+    df = dr = drows = None
+    if reduce is not None:
+        valid = sy != IGNORE_INDEX
+        df, dr, drows = _global_counts([(valid & is_f[:, None]).sum(), (valid & ~is_f[:, None]).sum(),
+                                        is_f.sum()], reduce)
     if method == "kl":
-        f_nll = obj.masked_nll(sl, sy, is_f)
+        f_nll = obj.masked_nll(sl, sy, is_f, denom=df)
         r = ~is_f
         if bool(r.any()):
             with torch.no_grad():
                 ref = ref_model(input_ids=ids[r], attention_mask=att[r], use_cache=False).logits[:, :-1]
-            kl = obj.retain_kl(sl[r], ref, sy[r])
+            kl = obj.retain_kl(sl[r], ref, sy[r], denom=dr)
         else:
             kl = sl.sum() * 0.0
         return -hp["beta"] * f_nll + hp["gamma"] * kl, {"forget_nll": _f(f_nll), "retain_kl": _f(kl)}
     # npo / npo_retain: sequence log-probabilities against the cached reference ones
     logp = sequence_logprob(sl[is_f], sy[is_f], shift=False)
-    npo = obj.npo_forget(logp, batch["ref_logp"][is_f].to(logp.dtype), beta=hp["npo_beta"])
+    npo = obj.npo_forget(logp, batch["ref_logp"][is_f].to(logp.dtype), beta=hp["npo_beta"], denom=drows)
     loss = hp["beta"] * npo
-    logs = {"npo": _f(npo), "forget_logp": _f(logp.mean())}
+    mean_logp = logp.mean() if drows is None else (logp.sum() / drows if drows else logp.sum() * 0.0)
+    logs = {"npo": _f(npo), "forget_logp": _f(mean_logp)}
     if method == "npo_retain":
-        r_nll = obj.masked_nll(sl, sy, ~is_f)
+        r_nll = obj.masked_nll(sl, sy, ~is_f, denom=dr)
         loss = loss + hp["gamma"] * r_nll
         logs["retain_nll"] = _f(r_nll)
     return loss, logs

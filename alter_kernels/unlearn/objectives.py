@@ -30,46 +30,60 @@ def tsallis_max(q: float, vocab: int) -> float:
 
 
 def domain_ihl(logits: torch.Tensor, labels: torch.Tensor, token_mask: torch.Tensor,
-               domains: torch.Tensor) -> tuple[torch.Tensor, dict[int, int]]:
+               domains: torch.Tensor, denoms: dict[int, float] | None = None
+               ) -> tuple[torch.Tensor, dict[int, int]]:
     """sum_d mean_{t in mask, domain d} IHL_t  (spec 5, first term, without beta).
 
     token_mask [B, T] bool: forget answer tokens to count (ALTER: the low-entropy ones);
     domains [B] long: each row's forget domain (expert id >= 1; rows with domain <= 0 are
     ignored). Returns the loss and the number of counted tokens per domain.
+    denoms: {domain: token count} to divide by instead of this batch's own counts (data-parallel
+    training passes the counts of the global batch, so that the shards' losses sum to it).
     """
     ihl = inverted_hinge_loss(logits, labels, shift=False, reduction="none")        # [B, T], 0 at -100
     valid = token_mask & (labels != IGNORE_INDEX)
     total = ihl.sum() * 0.0
     counts: dict[int, int] = {}
-    for d in sorted(set(int(x) for x in domains.tolist() if int(x) > 0)):
+    doms = set(int(x) for x in domains.tolist() if int(x) > 0)
+    if denoms is not None:
+        doms |= {int(d) for d, n in denoms.items() if n}
+    for d in sorted(doms):
         m = valid & (domains == d)[:, None]
         n = int(m.sum())
         counts[d] = n
-        if n:
-            total = total + (ihl * m).sum() / n
+        den = n if denoms is None else denoms.get(d, 0)
+        if den:
+            total = total + (ihl * m).sum() / den
     return total, counts
 
 
-def masked_nll(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean token NLL over the answer tokens of the selected rows (0 if there are none)."""
+def masked_nll(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None,
+               denom: float | None = None) -> torch.Tensor:
+    """Mean token NLL over the answer tokens of the selected rows (0 if there are none).
+    denom: divide the sum by this count instead (the global batch's count, data-parallel)."""
     if rows is not None:
         labels = torch.where(rows[:, None], labels, torch.full_like(labels, IGNORE_INDEX))
+    if denom is not None:
+        s = token_nll(logits, labels, shift=False, reduction="sum")
+        return s / denom if denom else s * 0.0
     return token_nll(logits, labels, shift=False, reduction="mean")
 
 
-def struct_drift(logits: torch.Tensor, base_sq: torch.Tensor, mask: torch.Tensor, q: float = 0.5
-                 ) -> torch.Tensor:
+def struct_drift(logits: torch.Tensor, base_sq: torch.Tensor, mask: torch.Tensor, q: float = 0.5,
+                 denom: float | None = None) -> torch.Tensor:
     """R_struct, "drift" form: mean over masked tokens of ((S_q(adapted) - S_q(base)) / S_max)^2.
 
     logits [B, T, V] adapted (shifted), base_sq [B, T] the base model's S_q of the same
     distributions, mask [B, T] bool (high-entropy answer tokens). 0 if the mask is empty.
+    denom: divide the sum by this count instead of the mask's (global batch, data-parallel).
     """
     s_max = tsallis_max(q, logits.shape[-1])
     m = mask & torch.isfinite(base_sq)
-    if not bool(m.any()):
+    if not bool(m.any()) or denom == 0:
         return logits.sum() * 0.0
     s = tsallis_entropy(logits[m], q=q)                     # only the masked rows
-    return (((s - base_sq[m].to(s.dtype)) / s_max) ** 2).mean()
+    d2 = ((s - base_sq[m].to(s.dtype)) / s_max) ** 2
+    return d2.mean() if denom is None else d2.sum() / denom
 
 
 def struct_entropy_mean(logits: torch.Tensor, mask: torch.Tensor, q: float = 0.5) -> torch.Tensor:
@@ -89,16 +103,24 @@ def struct_grad_norm(mean_entropy: torch.Tensor, params: list[torch.Tensor]) -> 
     return sum((g.float() ** 2).sum() for g in grads if g is not None)
 
 
-def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(pi_ref || pi) per answer token, averaged over answer tokens (the KL baseline's retain term)."""
+def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
+              denom: float | None = None) -> torch.Tensor:
+    """KL(pi_ref || pi) per answer token, averaged over answer tokens (the KL baseline's retain term).
+    denom: divide the sum by this count instead (global batch, data-parallel)."""
     valid = labels != IGNORE_INDEX
-    if not bool(valid.any()):
+    if not bool(valid.any()) or denom == 0:
         return logits.sum() * 0.0
     lp = F.log_softmax(logits[valid].float(), -1)
     lq = F.log_softmax(ref_logits[valid].float(), -1)
-    return (lq.exp() * (lq - lp)).sum(-1).mean()
+    kl = (lq.exp() * (lq - lp)).sum(-1)
+    return kl.mean() if denom is None else kl.sum() / denom
 
 
-def npo_forget(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """NPO on forget sequences: mean of -(2/beta) log sigmoid(-beta (log pi - log pi_ref))."""
-    return npo_loss(logp, ref_logp, beta=beta, reduction="mean")
+def npo_forget(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1,
+               denom: float | None = None) -> torch.Tensor:
+    """NPO on forget sequences: mean of -(2/beta) log sigmoid(-beta (log pi - log pi_ref)).
+    denom: divide the sum by this number of sequences instead (global batch, data-parallel)."""
+    if denom is None:
+        return npo_loss(logp, ref_logp, beta=beta, reduction="mean")
+    s = npo_loss(logp, ref_logp, beta=beta, reduction="sum")
+    return s / denom if denom else s * 0.0

@@ -14,9 +14,13 @@ See docs/unlearning.md for the user guide. Design notes:
   the trainable weights, optimizer, RNG states, step and history; ``resume=True`` continues.
 - A non-finite loss or gradient stops the run before the optimizer step (the model keeps the
   last good weights) with :class:`UnlearnDivergedError`; the last checkpoint is kept.
+- ``distributed="ddp"|"fsdp2"`` (default: DDP when launched with WORLD_SIZE > 1) splits every
+  step's batch over the processes with a loss normalisation that gives the single-process
+  update; see :mod:`alter_kernels.unlearn.distributed` and docs/scaling.md.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -38,6 +42,7 @@ from ..adapter_io import save_adapter
 from ..config import AlterConfig
 from ..reference.losses import sequence_logprob
 from . import checkpoint as ckpt
+from . import distributed as D
 from . import methods as M
 from .data import DataError, Example, collate, epoch_order, pad_float, prepare, steps_per_epoch
 from .experts import freeze_leading_experts, frozen_experts
@@ -130,37 +135,46 @@ def _batched(n: int, bs: int):
         yield list(range(s, min(n, s + bs)))
 
 
+def _map_batches(n: int, bs: int, fn, ctx=None, lockstep: bool = False) -> list:
+    """fn(idx) for each batch of indices, concatenated; with a DistContext the batches are split
+    round-robin over the ranks (the same batches as one process: bit-identical results) and
+    gathered, so every rank gets the whole list."""
+    groups = list(_batched(n, bs))
+    if ctx is None:
+        per = [fn(idx) for idx in groups]
+    else:
+        per = ctx.map_batches(len(groups), lambda j: fn(groups[j]), lockstep=lockstep)
+    return [x for part in per for x in part]
+
+
 @torch.no_grad()
-def _entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct):
+def _entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct, ctx=None):
     """Per example: routing entropies e_t (q_route) and base S_{q_s} of the same distributions."""
-    ents, sqs = [], []
-    for idx in _batched(len(exs), bs):
+    def one(idx):
         ids, att, _ = collate([exs[i] for i in idx], pad_id)
         ids, att = ids.to(dev), att.to(dev)
         e = _patch.token_entropy(model, ids, att, q=q_route).float().cpu()
         s = _patch.token_entropy(model, ids, att, q=q_struct).float().cpu()
-        for j, i in enumerate(idx):
-            n = len(exs[i].input_ids)
-            ents.append(e[j, :n].clone())
-            sqs.append(s[j, :n].clone())
-    return ents, sqs
+        return [(e[j, :len(exs[i].input_ids)].clone(), s[j, :len(exs[i].input_ids)].clone())
+                for j, i in enumerate(idx)]
+    pairs = _map_batches(len(exs), bs, one, ctx)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 @torch.no_grad()
-def _ref_logps(model, exs: list[Example], pad_id, bs, dev) -> list[float]:
-    out = []
-    for idx in _batched(len(exs), bs):
+def _ref_logps(model, exs: list[Example], pad_id, bs, dev, ctx=None) -> list[float]:
+    def one(idx):
         ids, att, lab = collate([exs[i] for i in idx], pad_id)
         logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).logits
-        out += sequence_logprob(logits, lab.to(dev)).float().cpu().tolist()
-    return out
+        return sequence_logprob(logits, lab.to(dev)).float().cpu().tolist()
+    return _map_batches(len(exs), bs, one, ctx)
 
 
 # ----------------------------------------------------------------------------------- main entry
 def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_config: AlterConfig | None = None,
             epochs: int = 3, max_steps: int | None = None, batch_size: int = 4, seed: int = 0, device=None,
             progress: bool = True, out_dir: str | None = None, callback: Callable | None = None,
-            **hparams) -> UnlearnResult:
+            distributed: str | None = None, **hparams) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` while keeping ``retain``; see docs/unlearning.md.
 
     method: "alter", "asymlora", "lora" (adapter methods: the model is patched in place and
@@ -168,6 +182,11 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     weights are updated in place). forget / retain: list of dict rows or a file path (JSON,
     JSONL, TXT) or "hf:NAME[:CONFIG][@SPLIT]". callback(record) is called after each step.
     hparams: see ``alter_kernels.unlearn.trainer.DEFAULTS``.
+    distributed: None / "auto" (DDP when launched by torchrun / accelerate with WORLD_SIZE > 1),
+    "none", "ddp" or "fsdp2" (``fully_shard``): every rank calls ``unlearn`` with the same
+    arguments, takes its shard of each batch, and gets the single-process result; only rank 0
+    writes to ``out_dir``. The process group is initialised from the launcher's environment if
+    needed (nccl on CUDA, gloo on CPU) and left open. docs/scaling.md.
     """
     t_start = time.perf_counter()
     method = str(method).lower().replace("-", "_").replace("+", "_")
@@ -191,6 +210,12 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     if device is not None:
         model.to(device)
     dev = _device_of(model)
+    mode = D.resolve_mode(distributed)
+    if mode and method == "alter" and hp["struct_mode"] == "grad_norm" and hp["lam"] != 0:
+        raise UnlearnError("unlearn: struct_mode='grad_norm' is not supported with distributed training (the squared "
+                           "gradient norm of the global batch does not split over shards); use 'drift'")
+    ctx = D.DistContext(mode, dev) if mode else None
+    main = ctx is None or ctx.is_main
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -228,35 +253,26 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 if a.requires_grad:
                     a.requires_grad_(False)
                     frozen_a.append(a)
-        if method == "lora":
-            params = [{"params": groups["A"] + groups["B"], "lr": hp["lr_B"]}]
-        else:
-            params = [{"params": [p for p in groups["A"] if p.requires_grad], "lr": hp["lr_A"]},
-                      {"params": groups["B"], "lr": hp["lr_B"]},
-                      {"params": groups["router"], "lr": hp["lr_router"]}]
-            params = [g for g in params if g["params"]]
         if method == "asymlora":
             hooks += _all_rows_update_a(model)
     else:
         if _patch.is_patched(model):
             raise UnlearnError(f"unlearn: method {method!r} trains the full model; this model is patched with "
                                "ALTER (call alter_kernels.unpatch(model) first)")
+        n_frozen = 0
         for p in model.parameters():
             p.requires_grad_(True)
-        params = [{"params": [p for p in model.parameters()], "lr": hp["lr"]}]
         if method == "kl":
             ref_model = copy.deepcopy(model).eval()
             for p in ref_model.parameters():
                 p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(params, weight_decay=hp["weight_decay"], betas=(0.9, 0.999), eps=1e-8)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-
     # ---------------------------------------------------------------- caches
     f_cache = r_cache = None
     if method == "alter":
         q_route = cfg.q_route
-        f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"])
-        r_cache = _entropy_cache(model, r_ex, pad_id, batch_size, dev, q_route, hp["struct_q"]) if r_ex else ([], [])
+        f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx)
+        r_cache = (_entropy_cache(model, r_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx) if r_ex
+                   else ([], []))
         if hp["threshold_quantile"] is not None and frozen_experts(model):
             warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
                           f"unlearning) and keeps its threshold {cfg.threshold}")
@@ -265,7 +281,27 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
             st.config = dataclasses.replace(cfg, threshold=_quantile_threshold(f_ex + r_ex, f_cache[0] + r_cache[0],
                                                                                hp["threshold_quantile"]))
             cfg = st.config
-    f_ref = _ref_logps(model, f_ex, pad_id, batch_size, dev) if method in ("npo", "npo_retain") else None
+    f_ref = _ref_logps(model, f_ex, pad_id, batch_size, dev, ctx) if method in ("npo", "npo_retain") else None
+
+    # ---------------------------------------------------------------- data parallel, optimizer
+    fwd = model
+    if ctx is not None:
+        if method in M.ADAPTER_METHODS:
+            hooks += D.anchor_adapter_grads(model)      # every adapter parameter gets a gradient each step
+        fwd = ctx.wrap(model)                           # after the caches (plain forwards), before the optimizer
+    if method in M.ADAPTER_METHODS:
+        groups = _patch.adapter_parameters(model)      # FSDP2: the sharded parameters
+        if method == "lora":
+            params = [{"params": groups["A"] + groups["B"], "lr": hp["lr_B"]}]
+        else:
+            params = [{"params": [p for p in groups["A"] if p.requires_grad], "lr": hp["lr_A"]},
+                      {"params": groups["B"], "lr": hp["lr_B"]},
+                      {"params": groups["router"], "lr": hp["lr_router"]}]
+            params = [g for g in params if g["params"]]
+    else:
+        params = [{"params": [p for p in model.parameters()], "lr": hp["lr"]}]
+    optimizer = torch.optim.AdamW(params, weight_decay=hp["weight_decay"], betas=(0.9, 0.999), eps=1e-8)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     # ---------------------------------------------------------------- schedule, resume
     spe = steps_per_epoch(len(f_ex), batch_size)
@@ -276,7 +312,7 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     metrics: list[dict] = []
     start = 0
     last_ckpt = None
-    if out_dir is not None:
+    if out_dir is not None and main:
         os.makedirs(out_dir, exist_ok=True)
     trainable = (lambda: _patch.adapter_state_dict(model)) if method in M.ADAPTER_METHODS else \
         (lambda: dict(model.state_dict()))
@@ -291,13 +327,20 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 raise UnlearnError(f"resume: the checkpoint in {out_dir} was written by a different run (method "
                                    f"{ck['method']!r}, data/options fingerprint {ck['fingerprint']}); this run is "
                                    f"{method!r} with fingerprint {fp}")
+            if ck.get("extra", {}).get("fsdp2", False) != (mode == "fsdp2"):
+                raise UnlearnError(f"resume: the checkpoint in {out_dir} was written "
+                                   f"{'under' if ck.get('extra', {}).get('fsdp2') else 'without'} FSDP2 and this "
+                                   "run must be the same (the optimizer state layouts differ)")
             own = trainable()
             with torch.no_grad():
                 for k, v in ck["trainable"].items():
                     if k not in own or tuple(own[k].shape) != tuple(v.shape):
                         raise UnlearnError(f"resume: checkpoint tensor {k!r} does not match the model")
-                    own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
-            optimizer.load_state_dict(ck["optimizer"])
+                    _load_into(own[k], v)
+            if ctx is not None:
+                ctx.load_optimizer_state(model, optimizer, ck["optimizer"])
+            else:
+                optimizer.load_state_dict(ck["optimizer"])
             ckpt.set_rng_state(ck["rng"])
             history = list(ck["history"])
             start = int(ck["step"])
@@ -305,15 +348,29 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
 
     def save_ck(step):
         nonlocal last_ckpt
-        if out_dir is not None:
+        if out_dir is None:
+            return
+        path = os.path.join(out_dir, ckpt.CHECKPOINT_NAME)
+        extra = {"domain_map": {str(k): v for k, v in domain_map.items()},
+                 "alter_config": cfg.to_dict() if cfg else None}
+        if ctx is None:
             last_ckpt = ckpt.save_checkpoint(out_dir, method=method, step=step, trainable=trainable(),
-                                             optimizer=optimizer, history=history, fingerprint=fp,
-                                             extra={"domain_map": {str(k): v for k, v in domain_map.items()},
-                                                    "alter_config": cfg.to_dict() if cfg else None})
+                                             optimizer=optimizer, history=history, fingerprint=fp, extra=extra)
+            return
+        # every rank joins (FSDP2 gathers the full tensors); only rank 0 writes
+        extra["fsdp2"] = mode == "fsdp2"
+        with ctx.full_params(model):
+            tensors = {k: v.detach().cpu().clone() for k, v in trainable().items()}
+        opt_state = ctx.optimizer_state(model, optimizer)
+        if main:
+            ckpt.save_checkpoint(out_dir, method=method, step=step, trainable=tensors,
+                                 optimizer=_Plain(opt_state), history=history, fingerprint=fp, extra=extra)
+        ctx.barrier()
+        last_ckpt = path
 
     # ---------------------------------------------------------------- loop
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=start, desc=f"unlearn[{method}]", unit="step", dynamic_ncols=True)
     all_params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -324,36 +381,51 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
             t0 = time.perf_counter()
             batch = _make_batch(step, epoch, k, batch_size, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref,
                                 pad_id, dev)
+            ntok = int(batch["attention_mask"].sum())     # of the global batch
             warm = hp["warmup_steps"]
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * min(1.0, (step + 1) / warm) if warm else lr
+            red = None
+            if ctx is not None:
+                batch = ctx.shard(batch)
+                red = ctx.all_reduce_sum
             if method in ("alter", "asymlora"):
-                loss, logs = M.alter_loss(model, batch, hp, mode=method)
+                loss, logs = M.alter_loss(model, batch, hp, mode=method, forward=fwd, reduce=red)
             elif method == "lora":
-                loss, logs = M.lora_loss(model, batch, hp)
+                loss, logs = M.lora_loss(model, batch, hp, forward=fwd, reduce=red)
             else:
-                loss, logs = M.full_loss(model, batch, hp, method, ref_model)
+                loss, logs = M.full_loss(model, batch, hp, method, ref_model, forward=fwd, reduce=red)
+            loss_value = loss.detach()
+            if ctx is not None:                           # the shards' shares sum to the global values
+                keys = [k2 for k2 in logs if k2 in M.SUMMED_LOGS]
+                tot = ctx.all_reduce_sum(torch.tensor([float(loss_value)] + [logs[k2] for k2 in keys],
+                                                      dtype=torch.float64))
+                loss_value = tot[0]
+                logs.update({k2: float(v) for k2, v in zip(keys, tot[1:].tolist())})
             bad = None
-            if not torch.isfinite(loss):
-                bad = f"non-finite loss {float(loss.detach())} ({logs})"
+            if not torch.isfinite(loss_value):
+                bad = f"non-finite loss {float(loss_value)} ({logs})"
             else:
-                loss.backward()
+                (loss if ctx is None else loss * ctx.world).backward()   # DDP / FSDP2 average the gradients
+                if ctx is not None and mode == "fsdp2":
+                    ctx.zero_frozen_expert_grads(model, n_frozen)
                 gn = torch.nn.utils.clip_grad_norm_(all_params, hp["grad_clip"] if hp["grad_clip"] > 0 else math.inf)
+                if ctx is not None:
+                    gn = ctx.full_value(gn)
                 if not torch.isfinite(gn):
-                    bad = f"non-finite gradient norm {float(gn)} (loss {float(loss.detach())}, {logs})"
+                    bad = f"non-finite gradient norm {float(gn)} (loss {float(loss_value)}, {logs})"
             if bad:
                 optimizer.zero_grad(set_to_none=True)
                 where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt else
                          "no checkpoint was written yet (set out_dir and checkpoint_every)")
-                if out_dir is not None:
+                if out_dir is not None and main:
                     _write_json(os.path.join(out_dir, "history.json"), history)
                 raise UnlearnDivergedError(f"unlearn[{method}]: {bad} at step {step + 1}; stopping. The model keeps "
                                            f"the weights of step {step}; {where}.", step, last_ckpt, history)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
-            ntok = int(batch["attention_mask"].sum())
-            rec = {"step": step + 1, "epoch": epoch + 1, "loss": float(loss.detach()), **logs,
+            rec = {"step": step + 1, "epoch": epoch + 1, "loss": float(loss_value), **logs,
                    "tokens": ntok, "tokens_per_s": ntok / dt if dt > 0 else float("nan"), "seconds": dt}
             history.append(rec)
             if bar is not None:
@@ -366,8 +438,8 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 callback(rec)
             if end_epoch:
                 _epoch_metrics(metrics, history, epoch + 1, model, method, hp, f_ex, r_ex, f_cache, r_cache,
-                               pad_id, batch_size, dev)
-                if out_dir is not None:
+                               pad_id, batch_size, dev, ctx)
+                if out_dir is not None and main:
                     _write_json(os.path.join(out_dir, "metrics.json"), metrics)
         # metrics of epochs finished before a resume
         done = {m["epoch"] for m in metrics}
@@ -386,7 +458,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
             for n, p in model.named_parameters():
                 p.requires_grad_(orig_flags.get(n, p.requires_grad))
 
-    if method == "alter":
+    if ctx is not None:
+        with ctx.full_params(model):
+            ctx.check_agreement(list(trainable().values()), "trainable weights")
+    if method == "alter" and main:
         share = [h["high_entropy_share"] for h in history if not math.isnan(h.get("high_entropy_share", math.nan))]
         if share and (max(share) == 0.0 or min(share) == 1.0):
             warnings.warn(f"unlearn[alter]: every answer token was {'high' if min(share) == 1.0 else 'low'}-entropy "
@@ -398,20 +473,79 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     adapter_dir = model_dir = None
     if out_dir is not None:
         save_ck(total)
-        _write_json(os.path.join(out_dir, "metrics.json"), metrics)
-        _write_json(os.path.join(out_dir, "history.json"), history)
+        if main:
+            _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+            _write_json(os.path.join(out_dir, "history.json"), history)
         if method in M.ADAPTER_METHODS:
-            adapter_dir = save_adapter(model, os.path.join(out_dir, "adapter"),
-                                       extra={"method": method, "domain_map": {str(k): v for k, v in domain_map.items()},
-                                              "trained_experts": trained_experts, "steps": total})
+            adapter_dir = os.path.join(out_dir, "adapter")
+            with (ctx.full_params(model) if ctx is not None else contextlib.nullcontext()):
+                if main:
+                    save_adapter(model, adapter_dir,
+                                 extra={"method": method, "domain_map": {str(k): v for k, v in domain_map.items()},
+                                        "trained_experts": trained_experts, "steps": total})
         else:
             model_dir = os.path.join(out_dir, "model")
-            model.save_pretrained(model_dir)
-            tokenizer.save_pretrained(model_dir)
+            sd = None
+            if ctx is not None and mode == "fsdp2":
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+                sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if main:
+                model.save_pretrained(model_dir, **({"state_dict": sd} if sd is not None else {}))
+                tokenizer.save_pretrained(model_dir)
+        if ctx is not None:
+            ctx.barrier()
     return UnlearnResult(model=model, method=method, history=history, metrics=metrics,
                          seconds=time.perf_counter() - t_start, steps=total, config=cfg, domain_map=domain_map,
                          out_dir=out_dir, adapter_dir=adapter_dir, model_dir=model_dir,
                          trained_experts=trained_experts)
+
+
+# ----------------------------------------------------------------------------------- reusable set-up
+@dataclasses.dataclass
+class AlterData:
+    """What one ALTER step needs besides the model, prepared once (see :func:`prepare_alter`):
+    tokenised forget / retain examples, each forget row's expert, the cached base-model entropies
+    and the adapter's config. ``batch(fi, ri)`` builds the mixed batch that
+    :func:`alter_kernels.unlearn.alter_loss` takes, for another training loop (HF Trainer, ...)."""
+    forget: list
+    retain: list
+    forget_domain: list
+    forget_cache: tuple
+    retain_cache: tuple
+    config: AlterConfig
+    domain_map: dict
+    pad_id: int
+
+    def batch(self, forget_idx, retain_idx, device=None) -> dict:
+        return _batch_of(list(forget_idx), list(retain_idx), self.forget, self.retain, self.forget_domain,
+                         self.forget_cache, self.retain_cache, None, self.pad_id, device or "cpu")
+
+
+def prepare_alter(model, forget, retain, tokenizer, alter_config: AlterConfig | None = None, seed: int = 0,
+                  batch_size: int = 4, **hparams) -> AlterData:
+    """The set-up of ``unlearn(method="alter")`` without its loop: tokenise the rows, patch the
+    model (if needed), assign forget rows to experts (domain labels or k-means), initialise the
+    router, pick theta (``threshold_quantile``) and cache the base-model entropies. hparams: the
+    data and sub-domain options of ``DEFAULTS``."""
+    unknown = sorted(set(hparams) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"prepare_alter: unknown option(s) {unknown}")
+    hp = {**DEFAULTS, **hparams}
+    dev = _device_of(model)
+    dkw = dict(max_length=hp["max_length"], chat_template=hp["chat_template"], prompt_format=hp["prompt_format"])
+    _, f_ex = prepare(forget, tokenizer, "forget", **dkw)
+    _, r_ex = prepare(retain, tokenizer, "retain", **dkw)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    cfg, f_dom, domain_map, _ = _setup_adapter(model, "alter", f_ex, r_ex, alter_config, hp, pad_id, batch_size,
+                                               seed, dev)
+    cfg = _patch.get_state(model).config
+    f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, cfg.q_route, hp["struct_q"])
+    r_cache = _entropy_cache(model, r_ex, pad_id, batch_size, dev, cfg.q_route, hp["struct_q"])
+    if hp["threshold_quantile"] is not None and not frozen_experts(model):
+        st = _patch.get_state(model)
+        st.config = cfg = dataclasses.replace(cfg, threshold=_quantile_threshold(
+            f_ex + r_ex, f_cache[0] + r_cache[0], hp["threshold_quantile"]))
+    return AlterData(f_ex, r_ex, f_dom, f_cache, r_cache, cfg, domain_map, pad_id)
 
 
 # ----------------------------------------------------------------------------------- pieces
@@ -518,6 +652,11 @@ def _make_batch(step, epoch, k, bs, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f
     if r_ex:
         rorder = epoch_order(len(r_ex), seed, epoch, salt=1)
         ri = [rorder[(k * bs + j) % len(r_ex)] for j in range(bs)]
+    return _batch_of(fi, ri, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref, pad_id, dev)
+
+
+def _batch_of(fi, ri, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref, pad_id, dev) -> dict:
+    """The mixed batch of forget rows fi then retain rows ri (the layout methods.* expect)."""
     exs = [f_ex[i] for i in fi] + [r_ex[i] for i in ri]
     ids, att, lab = collate(exs, pad_id)
     t = ids.shape[1]
@@ -533,11 +672,11 @@ def _make_batch(step, epoch, k, bs, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f
 
 
 @torch.no_grad()
-def _eval_nll(model, method, exs, cache, pad_id, bs, dev, limit) -> float:
+def _eval_nll(model, method, exs, cache, pad_id, bs, dev, limit, ctx=None) -> float:
     from . import objectives as obj
     exs = exs[:limit]
-    tot, n = 0.0, 0
-    for idx in _batched(len(exs), bs):
+
+    def one(idx):
         ids, att, lab = collate([exs[i] for i in idx], pad_id)
         ids, att, lab = ids.to(dev), att.to(dev), lab.to(dev)
         ent = None
@@ -552,12 +691,16 @@ def _eval_nll(model, method, exs, cache, pad_id, bs, dev, limit) -> float:
             logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
         sl, sy = obj.shift(logits, lab)
         cnt = int((sy != -100).sum())
-        tot += float(obj.masked_nll(sl, sy)) * cnt
-        n += cnt
+        return [(float(obj.masked_nll(sl, sy)) * cnt, cnt)]
+
+    # FSDP2: the forwards are collectives, every rank runs as many
+    parts = _map_batches(len(exs), bs, one, ctx, lockstep=ctx is not None and ctx.mode == "fsdp2")
+    tot, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
     return tot / n if n else float("nan")
 
 
-def _epoch_metrics(metrics, history, epoch, model, method, hp, f_ex, r_ex, f_cache, r_cache, pad_id, bs, dev):
+def _epoch_metrics(metrics, history, epoch, model, method, hp, f_ex, r_ex, f_cache, r_cache, pad_id, bs, dev,
+                   ctx=None):
     recs = [h for h in history if h["epoch"] == epoch]
     if not recs:
         return
@@ -574,11 +717,31 @@ def _epoch_metrics(metrics, history, epoch, model, method, hp, f_ex, r_ex, f_cac
         was = model.training
         model.eval()
         lim = hp["eval_max_examples"]
-        m["eval_forget_nll"] = _eval_nll(model, method, f_ex, f_cache, pad_id, bs, dev, lim)
+        m["eval_forget_nll"] = _eval_nll(model, method, f_ex, f_cache, pad_id, bs, dev, lim, ctx)
         if r_ex:
-            m["eval_retain_nll"] = _eval_nll(model, method, r_ex, r_cache, pad_id, bs, dev, lim)
+            m["eval_retain_nll"] = _eval_nll(model, method, r_ex, r_cache, pad_id, bs, dev, lim, ctx)
         model.train(was)
     metrics.append(m)
+
+
+class _Plain:
+    """An already-built optimizer state dict where save_checkpoint expects an optimizer."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+
+
+def _load_into(own: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a whole checkpoint tensor into a parameter, or into this rank's shard of an FSDP2 DTensor."""
+    if hasattr(own, "to_local"):
+        from torch.distributed.tensor import distribute_tensor
+        src = distribute_tensor(full.to(dtype=own.dtype), own.device_mesh, own.placements, src_data_rank=None)
+        own.to_local().copy_(src.to_local().to(own.to_local().device))
+        return
+    own.copy_(full.to(device=own.device, dtype=own.dtype))
 
 
 def _write_json(path, obj) -> None:
