@@ -4,6 +4,7 @@ single-process on the whole batch, or under torchrun (gloo) with DDP or FSDP2 on
     python tests/dist_worker.py single OUT.pt
     torchrun --nproc_per_node=2 tests/dist_worker.py ddp|fsdp2 OUT.pt
 """
+import datetime
 import sys
 
 import torch
@@ -29,7 +30,8 @@ def main(mode: str, out: str):
     labels = torch.tensor([0, 1, 2, 1])
     rows = slice(None)
     if mode != "single":
-        dist.init_process_group("gloo")
+        # a bounded timeout: a stuck collective fails the run instead of hanging it
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
         rank, world = dist.get_rank(), dist.get_world_size()
         per = BATCH // world
         rows = slice(rank * per, (rank + 1) * per)

@@ -7,7 +7,6 @@ ALTER_TEST_INDUCTOR=1 runs the same test with Inductor.
 """
 import os
 
-import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -16,7 +16,6 @@ import copy
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -24,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 
 import alter_kernels as ak
+
+import _launch  # noqa: E402  (tests/_launch.py)
 from alter_kernels.unlearn import methods as M
 from alter_kernels.unlearn.data import collate, prepare
 from alter_kernels.unlearn.distributed import DistContext, resolve_mode
@@ -166,16 +167,6 @@ def test_grad_norm_struct_refused_under_data_parallel(monkeypatch):
 
 
 # ------------------------------------------------------------------ torchrun, 2 gloo processes
-def _run(cmd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    return res.stdout
-
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +190,7 @@ def _args(data, out):
 @pytest.fixture(scope="module")
 def single(data):
     out = data / "single"
-    _run([sys.executable, EXAMPLE, "--distributed", "none", *_args(data, out)])
+    _launch.run(lambda: [sys.executable, EXAMPLE, "--distributed", "none", *_args(data, out)], attempts=1)
     return out
 
 
@@ -235,7 +226,7 @@ def _same_run(got_dir, want_dir):
 def test_torchrun_fsdp2_example_equals_single_process(data, single):
     mode = "fsdp2"
     out = data / mode
-    stdout = _run(TORCHRUN + [EXAMPLE, "--distributed", mode, *_args(data, out)])
+    stdout = _launch.run(lambda: _launch.torchrun() + [EXAMPLE, "--distributed", mode, *_args(data, out)])
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2
     _same_run(out, single)
@@ -243,7 +234,7 @@ def test_torchrun_fsdp2_example_equals_single_process(data, single):
 
 def test_cli_under_torchrun_defaults_to_ddp(data, single):
     out = data / "cli"
-    stdout = _run(TORCHRUN + ["-m", "alter_kernels.cli", *_args(data, out), "--max-steps", "3", "--batch-size", "2",
+    stdout = _launch.run(lambda: _launch.torchrun() + ["-m", "alter_kernels.cli", *_args(data, out), "--max-steps", "3", "--batch-size", "2",
                               "--threshold-quantile", "0.5", "--no-progress", "--device", "cpu"])
     assert stdout.count('"method": "alter"') == 1      # only rank 0 prints the summary
     assert json.loads(stdout[stdout.index("{"):])["steps"] == 3
@@ -270,7 +261,7 @@ def worker_reference(data):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
 def test_torchrun_sequential_baseline_resume_equal_single_process(mode, data, worker_reference):
     out = data / f"worker_{mode}"
-    _run(TORCHRUN + [os.path.join(HERE, "dist_unlearn_worker.py"), mode, str(data), str(out)])
+    _launch.run(lambda: _launch.torchrun() + [os.path.join(HERE, "dist_unlearn_worker.py"), mode, str(data), str(out)])
     assert json.loads((out / "done.json").read_text())["world_size"] == 2
     ad = "adapter/adapter_model.safetensors"
     for run in ("s1", "s2", "resume", "straight"):

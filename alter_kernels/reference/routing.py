@@ -58,7 +58,7 @@ def route_ref(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.
     of spec 4 are built, and ``router_loss`` is the cross-entropy of the un-tempered router
     logits against the labels over every labelled token.
     """
-    n, e = hidden.shape[0], router_weight.shape[1]
+    e = router_weight.shape[1]
     logits = hidden.to(torch.float32) @ router_weight.to(torch.float32)   # [N, E]
     high = ~(entropy <= threshold)                                         # NaN -> high
     tau = torch.where(high, torch.full_like(logits[:, 0], tau_high),
