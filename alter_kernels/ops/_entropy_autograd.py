@@ -1,0 +1,150 @@
+"""Autograd wrappers shared by every entropy backend (cpp, triton, cuda).
+
+A backend provides ``Kernels``: a forward that returns per-row statistics (entropy, lse, aux)
+and a backward that recomputes the gradient from those statistics and the inputs, never from a
+saved [N, V] tensor. ``aux`` is sum_i p_i^q for q != 1 and S_1 itself for q = 1.
+
+Layout: ``tsallis_entropy`` works on a 2-D [N, V] view of the logits whose last dim is
+unit-stride. ``logits.reshape(-1, V)`` is a view whenever the leading dims can be flattened;
+a copy is made only when they cannot, or when the last dim is not unit-stride (e.g. a
+transposed tensor). The backward remakes that view from the saved input (the input itself is
+kept by autograd anyway; nothing [N, V]-sized is added).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TsallisKernels:
+    fwd: Callable  # (x2d, q) -> (ent, lse, aux) fp32 [N]
+    bwd: Callable  # (grad fp32 [N], x2d, lse, aux, q) -> grad_x [N, V] in x's dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class LMHeadKernels:
+    fwd: Callable  # (h [N,d], w [V,d], bias|None, q) -> (ent, lse, aux)
+    # (g_ent [N], g_lse [N]|None, h, w, bias|None, lse, aux, q, need_h, need_w, need_b) -> (dh, dw, db)
+    bwd: Callable
+
+
+def rows_view(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [N, V] with a unit-stride last dim; copies only when a view cannot do it."""
+    v = logits.shape[-1]
+    x = logits.reshape(-1, v)
+    if v > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x
+
+
+class _TsallisFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, q: float, kern: TsallisKernels):
+        x = rows_view(logits)
+        ent, lse, aux = kern.fwd(x, q)
+        ctx.save_for_backward(logits, lse, aux)
+        ctx.q, ctx.kern = q, kern
+        return ent.reshape(logits.shape[:-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, lse, aux = ctx.saved_tensors
+        x = rows_view(logits)
+        g = grad.reshape(-1).to(torch.float32).contiguous()
+        gx = ctx.kern.bwd(g, x, lse, aux, ctx.q)
+        return gx.reshape(logits.shape), None, None
+
+
+def tsallis_entropy_with(kern: TsallisKernels, logits: torch.Tensor, q: float) -> torch.Tensor:
+    return _TsallisFn.apply(logits, q, kern)
+
+
+class _LMHeadFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, q: float, kern: LMHeadKernels):
+        ent, lse, aux = kern.fwd(hidden, weight, bias, q)
+        ctx.save_for_backward(hidden, weight, bias, lse, aux)
+        ctx.q, ctx.kern = q, kern
+        ctx.set_materialize_grads(False)
+        return ent, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ent: Optional[torch.Tensor], g_lse: Optional[torch.Tensor]):
+        hidden, weight, bias, lse, aux = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
+        if g_ent is None and g_lse is None:
+            return None, None, None, None, None
+        n = hidden.shape[0]
+        g_ent = (torch.zeros(n, dtype=torch.float32, device=hidden.device) if g_ent is None
+                 else g_ent.to(torch.float32).contiguous())
+        if g_lse is not None:
+            g_lse = g_lse.to(torch.float32).contiguous()
+        dh, dw, db = ctx.kern.bwd(g_ent, g_lse, hidden, weight, bias, lse, aux, ctx.q, need_h, need_w, need_b)
+        return (dh if need_h else None, dw if need_w else None, db if need_b else None, None, None)
+
+
+def lm_head_entropy_with(kern: LMHeadKernels, hidden, weight, bias, q: float, return_lse: bool):
+    """hidden [N, d] (2-D), weight [V, d], bias [V] or None. The lse output is differentiable."""
+    ent, lse = _LMHeadFn.apply(hidden, weight, bias, q, kern)
+    return (ent, lse) if return_lse else ent
+
+
+def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk_rows: Callable) -> LMHeadKernels:
+    """LM-head entropy from a row kernel: tokens in chunks, each chunk's fp32 logits made by one GEMM,
+    reduced by ``tsallis_fwd`` (forward) or turned in place into dL/dlogits by
+    ``grad_inplace(z, lse, aux, g_ent, g_lse, q)`` (backward), then dH / dW from two GEMMs.
+    Only a [chunk, V] tile exists at a time (chunk_rows(N, V, device) rows). Used by the GPU
+    backends, where one big GEMM per chunk runs at the library's full speed."""
+
+    def logits_of(h, w, bias):
+        if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype:
+            try:
+                z = torch.mm(h, w.t(), out_dtype=torch.float32)
+            except (RuntimeError, TypeError):
+                z = torch.mm(h, w.t()).float()
+        else:
+            z = h.float() @ w.float().t()
+        if bias is not None:
+            z += bias.float()
+        return z
+
+    def fwd(h, w, bias, q):
+        n = h.shape[0]
+        out = [torch.empty(n, dtype=torch.float32, device=h.device) for _ in range(3)]
+        step = chunk_rows(n, w.shape[0], h.device)
+        for s in range(0, n, step):
+            z = logits_of(h[s:s + step], w, bias)
+            e, l, a = tsallis_fwd(z, q)
+            out[0][s:s + step], out[1][s:s + step], out[2][s:s + step] = e, l, a
+        return tuple(out)
+
+    def bwd(g_ent, g_lse, h, w, bias, lse, aux, q, need_h, need_w, need_b):
+        n = h.shape[0]
+        dh = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+        dw = torch.zeros(w.shape, dtype=torch.float32, device=h.device) if need_w else None
+        db = torch.zeros(w.shape[0], dtype=torch.float32, device=h.device) if need_b else None
+        step = chunk_rows(n, w.shape[0], h.device)
+        wf = None
+        for s in range(0, n, step):
+            hs = h[s:s + step]
+            z = logits_of(hs, w, bias)
+            grad_inplace(z, lse[s:s + step], aux[s:s + step], g_ent[s:s + step],
+                         None if g_lse is None else g_lse[s:s + step], q)
+            if need_h:
+                if wf is None:
+                    wf = w if w.dtype == torch.float32 else w.float()
+                dh[s:s + step] = z @ wf
+            if need_w:
+                dw.addmm_(z.t(), hs.float())
+            if need_b:
+                db += z.sum(0)
+        return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
+                db.to(bias.dtype) if need_b else None)
+
+    return LMHeadKernels(fwd, bwd)
