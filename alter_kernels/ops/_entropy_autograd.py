@@ -1,8 +1,10 @@
 """Autograd wrappers shared by every entropy backend (cpp, triton, cuda).
 
-A backend provides ``Kernels``: a forward that returns per-row statistics (entropy, lse, aux)
-and a backward that recomputes the gradient from those statistics and the inputs, never from a
-saved [N, V] tensor. ``aux`` is sum_i p_i^q for q != 1 and S_1 itself for q = 1.
+A backend provides ``Kernels``: a forward that returns (entropy [N], lse [N], stats [N, 3]) and
+a backward that recomputes the gradient from those statistics and the inputs, never from a
+saved [N, V] tensor. ``stats`` = [m, log Z, aux] per row: the max logit, log sum exp(z - m), and
+aux = sum_i p_i^q (q != 1) or S_1 itself (q = 1). The backward recomputes log p = (z - m) - log Z,
+which keeps full fp32 precision where z - lse (lse = m + log Z rounded to fp32) would not.
 
 Layout: ``tsallis_entropy`` works on a 2-D [N, V] view of the logits whose last dim is
 unit-stride. ``logits.reshape(-1, V)`` is a view whenever the leading dims can be flattened;
@@ -20,14 +22,14 @@ import torch
 
 @dataclasses.dataclass(frozen=True)
 class TsallisKernels:
-    fwd: Callable  # (x2d, q) -> (ent, lse, aux) fp32 [N]
-    bwd: Callable  # (grad fp32 [N], x2d, lse, aux, q) -> grad_x [N, V] in x's dtype
+    fwd: Callable  # (x2d, q) -> (ent [N], lse [N], stats [N, 3]) fp32
+    bwd: Callable  # (grad fp32 [N], x2d, stats, q) -> grad_x [N, V] in x's dtype
 
 
 @dataclasses.dataclass(frozen=True)
 class LMHeadKernels:
-    fwd: Callable  # (h [N,d], w [V,d], bias|None, q) -> (ent, lse, aux)
-    # (g_ent [N], g_lse [N]|None, h, w, bias|None, lse, aux, q, need_h, need_w, need_b) -> (dh, dw, db)
+    fwd: Callable  # (h [N,d], w [V,d], bias|None, q) -> (ent, lse, stats)
+    # (g_ent [N], g_lse [N]|None, h, w, bias|None, stats, q, need_h, need_w, need_b) -> (dh, dw, db)
     bwd: Callable
 
 
@@ -44,18 +46,18 @@ class _TsallisFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, q: float, kern: TsallisKernels):
         x = rows_view(logits)
-        ent, lse, aux = kern.fwd(x, q)
-        ctx.save_for_backward(logits, lse, aux)
+        ent, _, stats = kern.fwd(x, q)
+        ctx.save_for_backward(logits, stats)
         ctx.q, ctx.kern = q, kern
         return ent.reshape(logits.shape[:-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        logits, lse, aux = ctx.saved_tensors
+        logits, stats = ctx.saved_tensors
         x = rows_view(logits)
         g = grad.reshape(-1).to(torch.float32).contiguous()
-        gx = ctx.kern.bwd(g, x, lse, aux, ctx.q)
+        gx = ctx.kern.bwd(g, x, stats, ctx.q)
         return gx.reshape(logits.shape), None, None
 
 
@@ -66,8 +68,8 @@ def tsallis_entropy_with(kern: TsallisKernels, logits: torch.Tensor, q: float) -
 class _LMHeadFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, q: float, kern: LMHeadKernels):
-        ent, lse, aux = kern.fwd(hidden, weight, bias, q)
-        ctx.save_for_backward(hidden, weight, bias, lse, aux)
+        ent, lse, stats = kern.fwd(hidden, weight, bias, q)
+        ctx.save_for_backward(hidden, weight, bias, stats)
         ctx.q, ctx.kern = q, kern
         ctx.set_materialize_grads(False)
         return ent, lse
@@ -75,7 +77,7 @@ class _LMHeadFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_ent: Optional[torch.Tensor], g_lse: Optional[torch.Tensor]):
-        hidden, weight, bias, lse, aux = ctx.saved_tensors
+        hidden, weight, bias, stats = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and bias is not None
         if g_ent is None and g_lse is None:
@@ -85,7 +87,7 @@ class _LMHeadFn(torch.autograd.Function):
                  else g_ent.to(torch.float32).contiguous())
         if g_lse is not None:
             g_lse = g_lse.to(torch.float32).contiguous()
-        dh, dw, db = ctx.kern.bwd(g_ent, g_lse, hidden, weight, bias, lse, aux, ctx.q, need_h, need_w, need_b)
+        dh, dw, db = ctx.kern.bwd(g_ent, g_lse, hidden, weight, bias, stats, ctx.q, need_h, need_w, need_b)
         return (dh if need_h else None, dw if need_w else None, db if need_b else None, None, None)
 
 
@@ -98,7 +100,7 @@ def lm_head_entropy_with(kern: LMHeadKernels, hidden, weight, bias, q: float, re
 def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk_rows: Callable) -> LMHeadKernels:
     """LM-head entropy from a row kernel: tokens in chunks, each chunk's fp32 logits made by one GEMM,
     reduced by ``tsallis_fwd`` (forward) or turned in place into dL/dlogits by
-    ``grad_inplace(z, lse, aux, g_ent, g_lse, q)`` (backward), then dH / dW from two GEMMs.
+    ``grad_inplace(z, stats, g_ent, g_lse, q)`` (backward), then dH / dW from two GEMMs.
     Only a [chunk, V] tile exists at a time (chunk_rows(N, V, device) rows). Used by the GPU
     backends, where one big GEMM per chunk runs at the library's full speed."""
 
@@ -116,15 +118,16 @@ def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk
 
     def fwd(h, w, bias, q):
         n = h.shape[0]
-        out = [torch.empty(n, dtype=torch.float32, device=h.device) for _ in range(3)]
+        out = [torch.empty(n, dtype=torch.float32, device=h.device) for _ in range(2)]
+        out.append(torch.empty((n, 3), dtype=torch.float32, device=h.device))
         step = chunk_rows(n, w.shape[0], h.device)
         for s in range(0, n, step):
             z = logits_of(h[s:s + step], w, bias)
-            e, l, a = tsallis_fwd(z, q)
-            out[0][s:s + step], out[1][s:s + step], out[2][s:s + step] = e, l, a
+            e, l, st = tsallis_fwd(z, q)
+            out[0][s:s + step], out[1][s:s + step], out[2][s:s + step] = e, l, st
         return tuple(out)
 
-    def bwd(g_ent, g_lse, h, w, bias, lse, aux, q, need_h, need_w, need_b):
+    def bwd(g_ent, g_lse, h, w, bias, stats, q, need_h, need_w, need_b):
         n = h.shape[0]
         dh = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
         dw = torch.zeros(w.shape, dtype=torch.float32, device=h.device) if need_w else None
@@ -134,7 +137,7 @@ def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk
         for s in range(0, n, step):
             hs = h[s:s + step]
             z = logits_of(hs, w, bias)
-            grad_inplace(z, lse[s:s + step], aux[s:s + step], g_ent[s:s + step],
+            grad_inplace(z, stats[s:s + step], g_ent[s:s + step],
                          None if g_lse is None else g_lse[s:s + step], q)
             if need_h:
                 if wf is None:

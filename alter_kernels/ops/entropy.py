@@ -27,8 +27,8 @@ def _native_lm_head_kernels() -> LMHeadKernels:
     def fwd(h, w, bias, q):
         return fwd_op(h, w, bias, q)
 
-    def bwd(g_ent, g_lse, h, w, bias, lse, aux, q, need_h, need_w, need_b):
-        return bwd_op(g_ent, g_lse, h, w, bias, lse, aux, q, need_h, need_w, need_b)
+    def bwd(g_ent, g_lse, h, w, bias, stats, q, need_h, need_w, need_b):
+        return bwd_op(g_ent, g_lse, h, w, bias, stats, q, need_h, need_w, need_b)
 
     return LMHeadKernels(fwd, bwd)
 

@@ -23,8 +23,8 @@ def chunk_rows(n: int, v: int, device: torch.device) -> int:
     return max(1, min(max(n, 1), budget // (4 * v)))
 
 
-def _grad_inplace(z, lse, aux, g_ent, g_lse, q):
-    tsallis_bwd(g_ent, z, lse, aux, q, out=z, grad_lse=g_lse)
+def _grad_inplace(z, stats, g_ent, g_lse, q):
+    tsallis_bwd(g_ent, z, stats, q, out=z, grad_lse=g_lse)
 
 
 KERNELS = chunked_lm_head_kernels(tsallis_fwd, _grad_inplace, chunk_rows)

@@ -2,8 +2,8 @@
 
 Forward: one sweep over the row in BLOCK-wide chunks with an online max, Z = sum exp(z - m) and
 Q = sum exp(q (z - m)) (Shannon: sum exp(z - m) (z - m)), rescaled when the max grows; writes the
-entropy, the log-sum-exp and aux (sum p^q, or S_1). Backward: one sweep recomputing p from the
-saved log-sum-exp. Loads any float dtype and accumulates in fp32. On the CPU these kernels only
+entropy, the log-sum-exp and stats [m, log Z, aux] (aux = sum p^q, or S_1). Backward: one sweep
+recomputing log p = (z - m) - log Z from the saved statistics. Loads any float dtype and accumulates in fp32. On the CPU these kernels only
 run under TRITON_INTERPRET=1 (tests); on CUDA they are the default backend.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _mode(q: float) -> int:
 
 
 @triton.jit
-def _tsallis_fwd_kernel(X, ENT, LSE, AUX, stride_row, V, q, MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _tsallis_fwd_kernel(X, ENT, LSE, ST, stride_row, V, q, MODE: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_ptr = X + row * stride_row
     m = float("-inf")
@@ -64,31 +64,35 @@ def _tsallis_fwd_kernel(X, ENT, LSE, AUX, stride_row, V, q, MODE: tl.constexpr, 
     bad = (nan_cnt > 0) | (z == 0.0)
     ent = tl.where(bad, float("nan"), ent)
     aux = tl.where(bad, float("nan"), aux)
+    m = tl.where(nan_cnt > 0, float("nan"), m)
     lse = tl.where(nan_cnt > 0, float("nan"), lse)
     tl.store(ENT + row, ent)
     tl.store(LSE + row, lse)
-    tl.store(AUX + row, aux)
+    tl.store(ST + 3 * row, m)
+    tl.store(ST + 3 * row + 1, logz)
+    tl.store(ST + 3 * row + 2, aux)
 
 
 @triton.jit
-def _tsallis_bwd_kernel(X, OUT, G, GL, LSE, AUX, stride_row, stride_out, V, q, HAS_GL: tl.constexpr,
+def _tsallis_bwd_kernel(X, OUT, G, GL, ST, stride_row, stride_out, V, q, HAS_GL: tl.constexpr,
                         MODE: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_ptr = X + row * stride_row
     o_ptr = OUT + row * stride_out
     g = tl.load(G + row)
-    lse = tl.load(LSE + row)
-    aux = tl.load(AUX + row)
+    m = tl.load(ST + 3 * row)
+    logz = tl.load(ST + 3 * row + 1)
+    aux = tl.load(ST + 3 * row + 2)
     if HAS_GL:
         gl = tl.load(GL + row)
     else:
         gl = 0.0
-    bad = (lse != lse) | (lse == float("-inf"))
+    bad = (m != m) | (m == float("-inf"))
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < V
         x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
-        t = x - lse
+        t = (x - m) - logz
         p = tl.exp(t)
         if MODE == 0:
             d = -g * tl.where(x > float("-inf"), p * (t + aux), 0.0)
@@ -97,7 +101,7 @@ def _tsallis_bwd_kernel(X, OUT, G, GL, LSE, AUX, stride_row, stride_out, V, q, H
         else:
             d = (-g * q / (q - 1.0)) * (tl.exp(q * t) - p * aux)
         d = d + gl * p
-        d = tl.where(bad, float("nan"), d)  # NaN input or all -inf row (lse NaN / -inf)
+        d = tl.where(bad, float("nan"), d)  # NaN input or all -inf row (m NaN / -inf)
         tl.store(o_ptr + offs, d.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -107,17 +111,18 @@ def _block(v: int, device: torch.device) -> int:
 
 
 def tsallis_fwd(x: torch.Tensor, q: float):
-    """x [N, V] with unit-stride last dim -> (ent, lse, aux) fp32 [N]."""
+    """x [N, V] with unit-stride last dim -> (ent [N], lse [N], stats [N, 3]) fp32."""
     n, v = x.shape
-    ent, lse, aux = (torch.empty(n, dtype=torch.float32, device=x.device) for _ in range(3))
+    ent, lse = (torch.empty(n, dtype=torch.float32, device=x.device) for _ in range(2))
+    st = torch.empty((n, 3), dtype=torch.float32, device=x.device)
     if n:
         block = _block(v, x.device)
-        _tsallis_fwd_kernel[(n,)](x, ent, lse, aux, x.stride(0), v, float(q), MODE=_mode(q), BLOCK=block,
+        _tsallis_fwd_kernel[(n,)](x, ent, lse, st, x.stride(0), v, float(q), MODE=_mode(q), BLOCK=block,
                                   num_warps=8 if block >= 2048 else 4)
-    return ent, lse, aux
+    return ent, lse, st
 
 
-def tsallis_bwd(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, aux: torch.Tensor, q: float,
+def tsallis_bwd(grad: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, q: float,
                 out: torch.Tensor | None = None, grad_lse: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient of sum(grad * S_q + grad_lse * lse) w.r.t. x; out may be x itself (in place)."""
     n, v = x.shape
@@ -125,7 +130,7 @@ def tsallis_bwd(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, aux: tor
         out = torch.empty((n, v), dtype=x.dtype, device=x.device)
     if n:
         block = _block(v, x.device)
-        _tsallis_bwd_kernel[(n,)](x, out, grad, grad_lse if grad_lse is not None else grad, lse, aux,
+        _tsallis_bwd_kernel[(n,)](x, out, grad, grad_lse if grad_lse is not None else grad, stats,
                                   x.stride(0), out.stride(0), v, float(q), HAS_GL=grad_lse is not None,
                                   MODE=_mode(q), BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return out

@@ -142,49 +142,49 @@ inline void fold_block(const float* x, int64_t n, RowStat& s, float q) {
   s.qs += static_cast<double>(at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, qa));
 }
 
-// Entropy, log-sum-exp and the statistic the backward needs (sum p^q, or S_1 for Shannon).
+// Per-row statistics saved for the backward: [m, log Z, aux] with aux = sum p^q (q != 1) or S_1.
+// log p = (z - m) - log Z keeps full fp32 precision where lse = m + log Z (large m) would not.
+constexpr int64_t kStats = 3;
+
+// Entropy, log-sum-exp and the saved statistics st[0..2] of one row.
 template <int M>
-inline void finalize(const RowStat& s, float q, float* ent, float* lse, float* aux) {
+inline void finalize(const RowStat& s, float q, float* ent, float* lse, float* st) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
   if (s.nan) {
-    *ent = *lse = *aux = nan;
+    *ent = *lse = st[0] = st[1] = st[2] = nan;
     return;
   }
-  if (!(s.z > 0.0)) {  // every logit -inf: no distribution
-    *ent = *aux = nan;
-    *lse = -std::numeric_limits<float>::infinity();
+  if (!(s.z > 0.0)) {  // every logit -inf: no distribution (the backward then yields NaN too)
+    *ent = st[2] = nan;
+    *lse = st[0] = st[1] = -inf;
     return;
   }
   const double logz = std::log(s.z);
   *lse = static_cast<float>(static_cast<double>(s.m) + logz);
+  st[0] = s.m;
+  st[1] = static_cast<float>(logz);
   if constexpr (M == kShannon) {
     const double e = logz - s.qs / s.z;
-    *ent = *aux = static_cast<float>(e);
+    *ent = st[2] = static_cast<float>(e);
   } else {
     const double spq = s.qs / std::pow(s.z, static_cast<double>(q));
     *ent = static_cast<float>((1.0 - spq) / (static_cast<double>(q) - 1.0));
-    *aux = static_cast<float>(spq);
+    st[2] = static_cast<float>(spq);
   }
 }
 
 // Gradient of g_ent * S_q + g_lse * lse w.r.t. one row of logits x[0, n) (fp32):
 //   q != 1: -q/(q-1) (p^q - p sum p^q);  q = 1: -p (log p + S_1);  d lse / dz = p.
-// out may alias x. lse / aux are the row's saved statistics.
+// out may alias x. st = the row's saved statistics [m, log Z, aux].
 template <int M>
-inline void grad_block(const float* x, float* out, int64_t n, float lse, float aux, float g_ent, float g_lse,
+inline void grad_block(const float* x, float* out, int64_t n, const float* st, float g_ent, float g_lse,
                        float q) {
   constexpr int64_t L = fVec::size();
-  const fVec lv(lse), lowest(-FLT_MAX), qv(q), glse(g_lse);
-  fVec c(0.f), c2(0.f);
-  if constexpr (M == kShannon) {
-    c = fVec(-g_ent);
-    c2 = fVec(aux);  // S_1
-  } else {
-    c = fVec(-g_ent * q / (q - 1.f));
-    c2 = fVec(aux);  // sum p^q
-  }
+  const fVec mv(st[0]), lzv(st[1]), lowest(-FLT_MAX), qv(q), glse(g_lse), c2(st[2]);
+  const fVec c = (M == kShannon) ? fVec(-g_ent) : fVec(-g_ent * q / (q - 1.f));
   auto body = [&](const fVec& v) {
-    const fVec t = at::vec::maximum(v - lv, lowest);  // NaN stays NaN
+    const fVec t = at::vec::maximum((v - mv) - lzv, lowest);  // log p; NaN stays NaN
     const fVec p = vexp(t);
     fVec d;
     if constexpr (M == kShannon) d = c * p * (t + c2);

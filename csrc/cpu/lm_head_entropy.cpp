@@ -1,11 +1,11 @@
 // Tsallis entropy straight from the LM head, CPU kernels: the [N, V] logits never exist.
 //
 // lm_head_entropy_fwd(hidden [N, d], weight [V, d], bias [V]?, q, vocab_tile, row_block)
-//     -> (entropy [N], lse [N], aux [N]) fp32
+//     -> (entropy [N], lse [N], stats [N, 3]) fp32 (stats: [m, log Z, aux], see entropy_common.h)
 //   For each vocabulary tile (vocab_tile rows of W) and each block of row_block tokens, one ATen
 //   GEMM makes a [row_block, vocab_tile] fp32 logits tile (bias fused via addmm), which is folded
 //   into per-token online statistics (max, Z, Z_q) by the row kernels of entropy_common.h.
-// lm_head_entropy_bwd(grad_ent [N], grad_lse [N]?, hidden, weight, bias?, lse, aux, q, need_*...)
+// lm_head_entropy_bwd(grad_ent [N], grad_lse [N]?, hidden, weight, bias?, stats, q, need_*...)
 //     -> (d hidden, d weight, d bias)
 //   recomputes each tile, turns it in place into dL/dlogits = g_ent dS/dz + g_lse p, and
 //   accumulates d hidden += dZ W_tile, d W_tile += dZ^T H_blk, d bias_tile += colsum(dZ) with GEMMs.
@@ -45,7 +45,7 @@ struct Tiles {
 Tiles pick_tiles(int64_t N, int64_t V, int64_t vocab_tile, int64_t row_block) {
   Tiles t;
   t.vt = vocab_tile > 0 ? vocab_tile : 4096;
-  t.rb = row_block > 0 ? row_block : 512;
+  t.rb = row_block > 0 ? row_block : 1024;
   t.vt = std::min(t.vt, V);
   t.rb = std::max<int64_t>(1, std::min(t.rb, N));
   return t;
@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_fwd_cpu(const at:
   TORCH_CHECK(std::isfinite(qd) && qd > 0, "lm_head_entropy_fwd: q must be finite and > 0, got ", qd);
   const int64_t N = hidden.size(0), V = weight.size(0);
   auto fopts = hidden.options().dtype(at::kFloat);
-  at::Tensor ent = at::empty({N}, fopts), lse = at::empty({N}, fopts), aux = at::empty({N}, fopts);
+  at::Tensor ent = at::empty({N}, fopts), lse = at::empty({N}, fopts), aux = at::empty({N, kStats}, fopts);
   if (N == 0) return {ent, lse, aux};
   const Tiles T = pick_tiles(N, V, vocab_tile, row_block);
   const at::Tensor h32 = hidden.to(at::kFloat).contiguous();
@@ -94,23 +94,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_fwd_cpu(const at:
     float* pe = ent.data_ptr<float>();
     float* pl = lse.data_ptr<float>();
     float* pa = aux.data_ptr<float>();
-    for (int64_t r = 0; r < N; ++r) finalize<M>(stats[r], q, pe + r, pl + r, pa + r);
+    for (int64_t r = 0; r < N; ++r) finalize<M>(stats[r], q, pe + r, pl + r, pa + r * kStats);
   });
   return {ent, lse, aux};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cpu(
     const at::Tensor& grad_ent, const std::optional<at::Tensor>& grad_lse, const at::Tensor& hidden,
-    const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& lse, const at::Tensor& aux,
-    double qd, bool need_hidden, bool need_weight, bool need_bias, int64_t vocab_tile, int64_t row_block) {
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& stats, double qd, bool need_hidden, bool need_weight, bool need_bias, int64_t vocab_tile, int64_t row_block) {
   check_inputs(hidden, weight, bias, "lm_head_entropy_bwd");
   const int64_t N = hidden.size(0), V = weight.size(0), d = hidden.size(1);
   const bool has_bias = bias.has_value() && bias->defined();
   const bool has_glse = grad_lse.has_value() && grad_lse->defined();
-  for (const at::Tensor* t : {&grad_ent, &lse, &aux}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == N && t->scalar_type() == at::kFloat,
-                "lm_head_entropy_bwd: grad_ent, lse and aux must be fp32 [N] with N = ", N, ", got ", t->sizes());
-  }
+  TORCH_CHECK(grad_ent.dim() == 1 && grad_ent.size(0) == N && grad_ent.scalar_type() == at::kFloat,
+              "lm_head_entropy_bwd: grad_ent must be fp32 [N] with N = ", N, ", got ", grad_ent.sizes());
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStats && stats.scalar_type() == at::kFloat,
+              "lm_head_entropy_bwd: stats must be the fp32 [N, 3] statistics of the forward, got ", stats.sizes());
   if (has_glse) {
     TORCH_CHECK(grad_lse->dim() == 1 && grad_lse->size(0) == N && grad_lse->scalar_type() == at::kFloat,
                 "lm_head_entropy_bwd: grad_lse must be fp32 [N]");
@@ -124,12 +123,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cpu(
     const at::Tensor h32 = hidden.to(at::kFloat).contiguous();
     const at::Tensor w = weight.contiguous();
     const at::Tensor b32 = has_bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
-    const at::Tensor ge = grad_ent.contiguous(), l = lse.contiguous(), a = aux.contiguous();
+    const at::Tensor ge = grad_ent.contiguous(), st = stats.contiguous();
     const at::Tensor gl = has_glse ? grad_lse->contiguous() : at::Tensor();
     const float* pge = ge.data_ptr<float>();
     const float* pgl = has_glse ? gl.data_ptr<float>() : nullptr;
-    const float* pl = l.data_ptr<float>();
-    const float* pa = a.data_ptr<float>();
+    const float* pst = st.data_ptr<float>();
     at::Tensor zbuf = at::empty({T.rb * T.vt}, fopts);
     const float q = static_cast<float>(qd);
     dispatch_mode(q_mode(qd), [&](auto tag) {
@@ -147,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cpu(
           at::parallel_for(0, rb, std::max<int64_t>(1, 16384 / vt), [&](int64_t i0, int64_t i1) {
             for (int64_t i = i0; i < i1; ++i) {
               const int64_t r = r0 + i;
-              grad_block<M>(pz + i * vt, pz + i * vt, vt, pl[r], pa[r], pge[r], pgl ? pgl[r] : 0.f, q);
+              grad_block<M>(pz + i * vt, pz + i * vt, vt, pst + r * kStats, pge[r], pgl ? pgl[r] : 0.f, q);
             }
           });
           if (need_hidden) dh.narrow(0, r0, rb).addmm_(z, wt);
@@ -172,7 +170,7 @@ TORCH_LIBRARY_FRAGMENT(alter_kernels, m) {
       "int row_block=0) -> (Tensor, Tensor, Tensor)");
   m.def(
       "lm_head_entropy_bwd(Tensor grad_ent, Tensor? grad_lse, Tensor hidden, Tensor weight, Tensor? bias, "
-      "Tensor lse, Tensor aux, float q, bool need_hidden, bool need_weight, bool need_bias, int vocab_tile=0, "
+      "Tensor stats, float q, bool need_hidden, bool need_weight, bool need_bias, int vocab_tile=0, "
       "int row_block=0) -> (Tensor, Tensor, Tensor)");
 }
 

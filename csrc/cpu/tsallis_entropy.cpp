@@ -1,10 +1,11 @@
 // Tsallis entropy of softmax(logits) over the last dim, CPU kernels (ALTER_SPEC section 2).
 //
-// tsallis_entropy_fwd(logits [N, V], q) -> (entropy [N], lse [N], aux [N]), all fp32:
+// tsallis_entropy_fwd(logits [N, V], q) -> (entropy [N], lse [N], stats [N, 3]), all fp32:
 //   one pass over each row (blocks of kBlock entries: max sweep + exp sweep while the block sits
-//   in L1), online max / Z / Z_q with rescaling; aux = sum p^q (q != 1) or S_1 (q = 1).
-// tsallis_entropy_bwd(grad [N], logits [N, V], lse, aux, q) -> grad_logits [N, V] (logits dtype):
-//   recomputes p from the saved log-sum-exp, never from a saved [N, V] tensor.
+//   in L1), online max / Z / Z_q with rescaling; stats = [m, log Z, aux], aux = sum p^q (q != 1)
+//   or S_1 (q = 1).
+// tsallis_entropy_bwd(grad [N], logits [N, V], stats [N, 3], q) -> grad_logits [N, V] (logits dtype):
+//   recomputes p = exp(z - m - log Z) from the saved statistics, never from a saved [N, V] tensor.
 // Rows may have any stride; the last dim must be unit-stride (the Python side copies otherwise).
 // Accepts fp32, bf16 and fp16 (fp64 stays on the reference). Rows are split over threads with
 // at::parallel_for.
@@ -30,12 +31,12 @@ void check_logits(const at::Tensor& logits, const char* op) {
 int64_t grain_rows(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
 
 template <typename T>
-void fwd_impl(const at::Tensor& logits, double qd, at::Tensor& ent, at::Tensor& lse, at::Tensor& aux) {
+void fwd_impl(const at::Tensor& logits, double qd, at::Tensor& ent, at::Tensor& lse, at::Tensor& stats) {
   const int64_t N = logits.size(0), V = logits.size(1), rs = logits.stride(0);
   const T* base = logits.data_ptr<T>();
   float* pe = ent.data_ptr<float>();
   float* pl = lse.data_ptr<float>();
-  float* pa = aux.data_ptr<float>();
+  float* pa = stats.data_ptr<float>();
   const float q = static_cast<float>(qd);
   dispatch_mode(q_mode(qd), [&](auto tag) {
     constexpr int M = decltype(tag)::value;
@@ -53,7 +54,7 @@ void fwd_impl(const at::Tensor& logits, double qd, at::Tensor& ent, at::Tensor& 
             fold_block<M>(buf, n, s, q);
           }
         }
-        finalize<M>(s, q, pe + r, pl + r, pa + r);
+        finalize<M>(s, q, pe + r, pl + r, pa + r * kStats);
       }
     });
   });
@@ -64,25 +65,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tsallis_entropy_fwd_cpu(const at:
   TORCH_CHECK(std::isfinite(q) && q > 0, "tsallis_entropy_fwd: q must be finite and > 0, got ", q);
   const int64_t N = logits.size(0);
   auto opts = logits.options().dtype(at::kFloat);
-  at::Tensor ent = at::empty({N}, opts), lse = at::empty({N}, opts), aux = at::empty({N}, opts);
-  if (N == 0) return {ent, lse, aux};
+  at::Tensor ent = at::empty({N}, opts), lse = at::empty({N}, opts), stats = at::empty({N, kStats}, opts);
+  if (N == 0) return {ent, lse, stats};
   switch (logits.scalar_type()) {
-    case at::kFloat: fwd_impl<float>(logits, q, ent, lse, aux); break;
-    case at::kBFloat16: fwd_impl<at::BFloat16>(logits, q, ent, lse, aux); break;
-    default: fwd_impl<at::Half>(logits, q, ent, lse, aux); break;
+    case at::kFloat: fwd_impl<float>(logits, q, ent, lse, stats); break;
+    case at::kBFloat16: fwd_impl<at::BFloat16>(logits, q, ent, lse, stats); break;
+    default: fwd_impl<at::Half>(logits, q, ent, lse, stats); break;
   }
-  return {ent, lse, aux};
+  return {ent, lse, stats};
 }
 
 template <typename T>
-void bwd_impl(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& lse, const at::Tensor& aux,
-              double qd, at::Tensor& out) {
+void bwd_impl(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& stats, double qd,
+              at::Tensor& out) {
   const int64_t N = logits.size(0), V = logits.size(1), rs = logits.stride(0);
   const T* base = logits.data_ptr<T>();
   T* obase = out.data_ptr<T>();
   const float* pg = grad.data_ptr<float>();
-  const float* pl = lse.data_ptr<float>();
-  const float* pa = aux.data_ptr<float>();
+  const float* pst = stats.data_ptr<float>();
   const float q = static_cast<float>(qd);
   dispatch_mode(q_mode(qd), [&](auto tag) {
     constexpr int M = decltype(tag)::value;
@@ -94,10 +94,10 @@ void bwd_impl(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor
         for (int64_t b = 0; b < V; b += kBlock) {
           const int64_t n = std::min(kBlock, V - b);
           if constexpr (std::is_same_v<T, float>) {
-            grad_block<M>(x + b, o + b, n, pl[r], pa[r], pg[r], 0.f, q);
+            grad_block<M>(x + b, o + b, n, pst + r * kStats, pg[r], 0.f, q);
           } else {
             to_float<T>(x + b, buf, n);
-            grad_block<M>(buf, buf, n, pl[r], pa[r], pg[r], 0.f, q);
+            grad_block<M>(buf, buf, n, pst + r * kStats, pg[r], 0.f, q);
             from_float<T>(buf, o + b, n);
           }
         }
@@ -106,22 +106,21 @@ void bwd_impl(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor
   });
 }
 
-at::Tensor tsallis_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& lse,
-                                   const at::Tensor& aux, double q) {
+at::Tensor tsallis_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& stats,
+                                   double q) {
   check_logits(logits, "tsallis_entropy_bwd");
   const int64_t N = logits.size(0);
-  for (const at::Tensor* t : {&grad, &lse, &aux}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == N && t->scalar_type() == at::kFloat,
-                "tsallis_entropy_bwd: grad, lse and aux must be fp32 [N] with N = ", N, ", got ", t->sizes(), " ",
-                t->scalar_type());
-  }
-  at::Tensor g = grad.contiguous(), l = lse.contiguous(), a = aux.contiguous();
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == N && grad.scalar_type() == at::kFloat,
+              "tsallis_entropy_bwd: grad must be fp32 [N] with N = ", N, ", got ", grad.sizes(), " ", grad.scalar_type());
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStats && stats.scalar_type() == at::kFloat,
+              "tsallis_entropy_bwd: stats must be the fp32 [N, 3] statistics of the forward, got ", stats.sizes());
+  at::Tensor g = grad.contiguous(), st = stats.contiguous();
   at::Tensor out = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   if (N == 0) return out;
   switch (logits.scalar_type()) {
-    case at::kFloat: bwd_impl<float>(g, logits, l, a, q, out); break;
-    case at::kBFloat16: bwd_impl<at::BFloat16>(g, logits, l, a, q, out); break;
-    default: bwd_impl<at::Half>(g, logits, l, a, q, out); break;
+    case at::kFloat: bwd_impl<float>(g, logits, st, q, out); break;
+    case at::kBFloat16: bwd_impl<at::BFloat16>(g, logits, st, q, out); break;
+    default: bwd_impl<at::Half>(g, logits, st, q, out); break;
   }
   return out;
 }
@@ -131,7 +130,7 @@ at::Tensor tsallis_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& log
 
 TORCH_LIBRARY_FRAGMENT(alter_kernels, m) {
   m.def("tsallis_entropy_fwd(Tensor logits, float q) -> (Tensor, Tensor, Tensor)");
-  m.def("tsallis_entropy_bwd(Tensor grad, Tensor logits, Tensor lse, Tensor aux, float q) -> Tensor");
+  m.def("tsallis_entropy_bwd(Tensor grad, Tensor logits, Tensor stats, float q) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(alter_kernels, CPU, m) {
