@@ -43,11 +43,18 @@ struct Tiles {
 };
 
 Tiles pick_tiles(int64_t N, int64_t V, int64_t vocab_tile, int64_t row_block) {
+  // default: up to 1024 tokens per block and a ~16 MiB fp32 logits tile (4M entries), wide
+  // enough in V that each GEMM runs near the speed of one big GEMM
   Tiles t;
-  t.vt = vocab_tile > 0 ? vocab_tile : 4096;
   t.rb = row_block > 0 ? row_block : 1024;
-  t.vt = std::min(t.vt, V);
   t.rb = std::max<int64_t>(1, std::min(t.rb, N));
+  if (vocab_tile > 0) {
+    t.vt = vocab_tile;
+  } else {
+    const int64_t want = ((int64_t(1) << 22) / t.rb + 255) / 256 * 256;
+    t.vt = std::max<int64_t>(1024, want);
+  }
+  t.vt = std::max<int64_t>(1, std::min(t.vt, V));
   return t;
 }
 
