@@ -109,6 +109,8 @@ def check(backend, x, q, rtol=3e-5, grad_rtol=3e-5):
 @pytest.mark.parametrize("v", VS)
 @pytest.mark.parametrize("q", QS)
 def test_forward_backward(backend, q, v):
+    if backend == "reference" and v > 1000:
+        pytest.skip("the reference against itself: only worth it at small V")
     _skip_big(backend, v)
     n = 5 if v <= 1000 else 3
     check(backend, make_logits(n, v), q)

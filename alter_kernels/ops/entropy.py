@@ -87,7 +87,10 @@ def tsallis_entropy(logits: torch.Tensor, q: float = 1.5) -> torch.Tensor:
     """Tsallis entropy S_q of softmax(logits) over the last dim (q = 1: Shannon, natural log).
 
     logits [..., V] (fp32, bf16, fp16 or fp64, any strides) -> [...] in fp32 (fp64 for fp64
-    input), differentiable. -inf logits are probability 0; an all -inf row or NaN gives NaN.
+    input), differentiable (the backward recomputes from saved per-row statistics [m, log Z,
+    sum p^q]). -inf logits are probability 0; an all -inf row or NaN gives NaN. Non-contiguous
+    input is read in place when its last dim is unit-stride and its leading dims flatten to one
+    stride; otherwise one contiguous copy is made. See docs/entropy.md.
     """
     q = check_q(q, "tsallis_entropy")
     check_tensor(logits, "logits", "tsallis_entropy", min_ndim=1)
@@ -102,7 +105,9 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, q: float = 1.5,
     """Entropy of softmax(hidden @ weight^T + bias) without keeping the [N, V] logits.
 
     hidden [..., d], weight [V, d], bias [V] or None -> entropies [...] fp32 (and, with
-    return_lse, the per-token log-sum-exp of the logits, also [...] fp32).
+    return_lse, the per-token log-sum-exp of the logits, also [...] fp32). Both outputs are
+    differentiable w.r.t. hidden, weight and bias; the backward recomputes logits tiles from
+    saved per-token statistics. See docs/entropy.md.
     """
     q = check_q(q, "lm_head_entropy")
     check_tensor(hidden, "hidden", "lm_head_entropy", min_ndim=1)
