@@ -234,16 +234,21 @@ def main(argv=None):
         bench_tsallis(args, device, dtype, rows, skipped)
     if args.lm_head:
         bench_lm_head(args, device, dtype, rows, skipped)
+    esize = torch.tensor([], dtype=dtype).element_size()
     for r in rows:
         r["pass"] = r.pop("pass_")
+        if r["pass"] == "fwd" and r["op"] == "tsallis_entropy":  # logits read once: effective bandwidth
+            r["GB_s"] = r["N"] * r["V"] * esize / (r["time_ms"] * 1e-3) / 1e9
+        if r["pass"] == "fwd" and r["op"] == "lm_head_entropy":  # the GEMM's work
+            r["TFLOP_s"] = 2.0 * r["N"] * r["V"] * r["d"] / (r["time_ms"] * 1e-3) / 1e12
     cols = ["op", "pass", "N", "V", "d", "dtype", "impl", "time_ms", "peak_MiB", "x_vs_ref", "x_vs_logsumexp",
-            "mem_vs_ref"]
+            "mem_vs_ref", "GB_s", "TFLOP_s"]
     info = machine()
     md = (f"# bench/entropy.py\n\n{info.get('cpu', info.get('gpu', ''))}, torch {info['torch']}, "
           f"{info['cpu_threads']} threads, device {device}, q = {args.q}, {info['date']}\n\n"
           "x_vs_ref: time / time of the reference (softmax_pow_sum, or matmul+softmax_pow_sum for the LM head); "
           "x_vs_logsumexp: time / torch.logsumexp on the same logits; mem_vs_ref: peak extra memory / the "
-          "materialised path's.\n\n" + md_table(rows, cols))
+          "materialised path's; GB_s: logits bytes read once / time; TFLOP_s: 2 N V d / time.\n\n" + md_table(rows, cols))
     if skipped:
         md += "\nSkipped:\n\n" + md_table(skipped, ["op", "N", "V", "why"])
     results = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "device": str(device),
