@@ -133,20 +133,27 @@ def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk
         dw = torch.zeros(w.shape, dtype=torch.float32, device=h.device) if need_w else None
         db = torch.zeros(w.shape[0], dtype=torch.float32, device=h.device) if need_b else None
         step = chunk_rows(n, w.shape[0], h.device)
-        wf = None
+        # bf16/fp16 on a GPU: tensor-core GEMMs in the input dtype (dL/dlogits rounded to it, fp32
+        # accumulation), as the CUDA backend does; elsewhere fp32 GEMMs (no fp32 copy of W kept).
+        low = h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype
         for s in range(0, n, step):
             hs = h[s:s + step]
             z = logits_of(hs, w, bias)
             grad_inplace(z, stats[s:s + step], g_ent[s:s + step],
                          None if g_lse is None else g_lse[s:s + step], q)
-            if need_h:
-                if wf is None:
-                    wf = w if w.dtype == torch.float32 else w.float()
-                dh[s:s + step] = z @ wf
-            if need_w:
-                dw.addmm_(z.t(), hs.float())
             if need_b:
                 db += z.sum(0)
+            if low:
+                zl = z.to(h.dtype)
+                if need_h:
+                    dh[s:s + step] = zl @ w
+                if need_w:
+                    dw += zl.t() @ hs
+            else:
+                if need_h:
+                    dh[s:s + step] = z @ w.float() if w.dtype != torch.float32 else z @ w
+                if need_w:
+                    dw.addmm_(z.t(), hs.float())
         return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
                 db.to(bias.dtype) if need_b else None)
 
