@@ -6,16 +6,91 @@ import torch
 from .. import _backend
 from ..reference.entropy import lm_head_entropy_ref, tsallis_entropy_ref
 from ._checks import check_q, check_same_device, check_shape, check_tensor
+from ._entropy_autograd import (LMHeadKernels, TsallisKernels, lm_head_entropy_with,
+                               tsallis_entropy_with)
 
 _backend.register("tsallis_entropy", "reference", tsallis_entropy_ref, priority=0)
 _backend.register("lm_head_entropy", "reference", lm_head_entropy_ref, priority=0)
+
+
+# ---- compiled backends: C++ (CPU) and CUDA share the autograd wrappers of _entropy_autograd ----
+# Every backend keeps float64 input on the reference (the kernels accumulate in fp32).
+
+def _native_tsallis_kernels() -> TsallisKernels:
+    return TsallisKernels(fwd=_backend.native_op("tsallis_entropy_fwd"),
+                          bwd=_backend.native_op("tsallis_entropy_bwd"))
+
+
+def _native_lm_head_kernels() -> LMHeadKernels:
+    fwd_op, bwd_op = _backend.native_op("lm_head_entropy_fwd"), _backend.native_op("lm_head_entropy_bwd")
+
+    def fwd(h, w, bias, q):
+        return fwd_op(h, w, bias, q)
+
+    def bwd(g_ent, g_lse, h, w, bias, stats, q, need_h, need_w, need_b):
+        return bwd_op(g_ent, g_lse, h, w, bias, stats, q, need_h, need_w, need_b)
+
+    return LMHeadKernels(fwd, bwd)
+
+
+def _tsallis_native(logits, q):
+    if logits.dtype == torch.float64:
+        return tsallis_entropy_ref(logits, q)
+    return tsallis_entropy_with(_native_tsallis_kernels(), logits, q)
+
+
+def _lm_head_native(hidden, weight, q, bias, return_lse):
+    if torch.float64 in (hidden.dtype, weight.dtype) or (bias is not None and bias.dtype == torch.float64):
+        return lm_head_entropy_ref(hidden, weight, q, bias, return_lse)
+    return lm_head_entropy_with(_native_lm_head_kernels(), hidden, weight, bias, q, return_lse)
+
+
+def _native_supports(name: str, key: str, dev_type: str):
+    return lambda d: d.type == dev_type and _backend.native_has_kernel(name, key)
+
+
+_backend.register("tsallis_entropy", "cpp", _tsallis_native,
+                  _native_supports("tsallis_entropy_fwd", "CPU", "cpu"), priority={"cpu": 10})
+_backend.register("lm_head_entropy", "cpp", _lm_head_native,
+                  _native_supports("lm_head_entropy_fwd", "CPU", "cpu"), priority={"cpu": 10})
+_backend.register("tsallis_entropy", "cuda", _tsallis_native,
+                  _native_supports("tsallis_entropy_fwd", "CUDA", "cuda"), priority={"cuda": 15})
+_backend.register("lm_head_entropy", "cuda", _lm_head_native,
+                  _native_supports("lm_head_entropy_fwd", "CUDA", "cuda"), priority={"cuda": 15})
+
+
+# ---- Triton: the default on CUDA; on the CPU only when forced, under TRITON_INTERPRET=1 ----
+
+def _triton_supports(d: torch.device) -> bool:
+    return _backend.triton_available() and (d.type == "cuda" or (d.type == "cpu" and _backend.triton_interpret()))
+
+
+def _tsallis_triton(logits, q):
+    if logits.dtype == torch.float64:
+        return tsallis_entropy_ref(logits, q)
+    from ..triton import tsallis_entropy as tt
+    return tsallis_entropy_with(TsallisKernels(tt.tsallis_fwd, tt.tsallis_bwd), logits, q)
+
+
+def _lm_head_triton(hidden, weight, q, bias, return_lse):
+    if torch.float64 in (hidden.dtype, weight.dtype) or (bias is not None and bias.dtype == torch.float64):
+        return lm_head_entropy_ref(hidden, weight, q, bias, return_lse)
+    from ..triton import lm_head_entropy as tl
+    return lm_head_entropy_with(tl.KERNELS, hidden, weight, bias, q, return_lse)
+
+
+_backend.register("tsallis_entropy", "triton", _tsallis_triton, _triton_supports, priority={"cuda": 20, "cpu": -10})
+_backend.register("lm_head_entropy", "triton", _lm_head_triton, _triton_supports, priority={"cuda": 20, "cpu": -10})
 
 
 def tsallis_entropy(logits: torch.Tensor, q: float = 1.5) -> torch.Tensor:
     """Tsallis entropy S_q of softmax(logits) over the last dim (q = 1: Shannon, natural log).
 
     logits [..., V] (fp32, bf16, fp16 or fp64, any strides) -> [...] in fp32 (fp64 for fp64
-    input), differentiable. -inf logits are probability 0; an all -inf row or NaN gives NaN.
+    input), differentiable (the backward recomputes from saved per-row statistics [m, log Z,
+    sum p^q]). -inf logits are probability 0; an all -inf row or NaN gives NaN. Non-contiguous
+    input is read in place when its last dim is unit-stride and its leading dims flatten to one
+    stride; otherwise one contiguous copy is made. See docs/entropy.md.
     """
     q = check_q(q, "tsallis_entropy")
     check_tensor(logits, "logits", "tsallis_entropy", min_ndim=1)
@@ -30,7 +105,9 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, q: float = 1.5,
     """Entropy of softmax(hidden @ weight^T + bias) without keeping the [N, V] logits.
 
     hidden [..., d], weight [V, d], bias [V] or None -> entropies [...] fp32 (and, with
-    return_lse, the per-token log-sum-exp of the logits, also [...] fp32).
+    return_lse, the per-token log-sum-exp of the logits, also [...] fp32). Both outputs are
+    differentiable w.r.t. hidden, weight and bias; the backward recomputes logits tiles from
+    saved per-token statistics. See docs/entropy.md.
     """
     q = check_q(q, "lm_head_entropy")
     check_tensor(hidden, "hidden", "lm_head_entropy", min_ndim=1)
