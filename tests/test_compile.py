@@ -49,3 +49,27 @@ def test_patched_decoder_layer_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(got_g, want_g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_ops_compile_fullgraph_with_their_default_backend():
+    torch._dynamo.reset()
+    z = torch.randn(6, 50, requires_grad=True)
+    h = torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+
+    def f(z, h, w):
+        return ak.tsallis_entropy(z, 1.5).sum() + ak.lm_head_entropy(h, w, q=0.5).sum()
+    want = f(z, h, w)
+    want_g = torch.autograd.grad(want, (z, h, w))
+    got = torch.compile(f, fullgraph=True, backend=BACKEND)(z, h, w)
+    got_g = torch.autograd.grad(got, (z, h, w))
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_g, want_g):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_layer_used_the_native_kernels_when_built():
+    from alter_kernels import _backend
+    if _backend.load_extension() is None:
+        return
+    assert ak.backends("cpu")["asym_lora"] == "cpp" and ak.backends("cpu")["tsallis_entropy"] == "cpp"

@@ -2,8 +2,8 @@
 
 Each entry gives the output shapes and dtypes of a native op without running it. Ops missing
 from the loaded extension are skipped. Gradients a kernel was not asked for come back as
-0-element placeholders here (the kernels return undefined tensors); the autograd wrappers
-drop them.
+placeholders, as the kernels return them (asym_lora_bwd: undefined tensors, None in Python;
+lm_head_entropy_bwd: 0-element fp32 tensors); the autograd wrappers drop them.
 """
 from __future__ import annotations
 
@@ -24,14 +24,44 @@ def _asym_lora_fwd(x, weight, A, B, expert_weights, scale, bias=None, mode=0):
 
 def _asym_lora_bwd(grad, x, weight, A, B, expert_weights, u, scale, a_grad_mask, b_grad_mask,
                    need_dx, need_dA, need_dB, need_dw):
-    def maybe(flag, like):
-        return torch.empty_like(like) if flag else like.new_empty((0,))
+    def maybe(flag, like):         # the kernel returns an undefined tensor (None) when not asked
+        return torch.empty_like(like) if flag else None
     return maybe(need_dx, x), maybe(need_dA, A), maybe(need_dB, B), maybe(need_dw, expert_weights)
+
+
+def _row_stats(n, like):
+    f32 = dict(dtype=torch.float32, device=like.device)
+    return torch.empty((n,), **f32), torch.empty((n,), **f32), torch.empty((n, 3), **f32)
+
+
+def _tsallis_entropy_fwd(logits, q):
+    return _row_stats(logits.shape[0], logits)
+
+
+def _tsallis_entropy_bwd(grad, logits, stats, q):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _lm_head_entropy_fwd(hidden, weight, bias, q, vocab_tile=0, row_block=0):
+    return _row_stats(hidden.shape[0], hidden)
+
+
+def _lm_head_entropy_bwd(grad_ent, grad_lse, hidden, weight, bias, stats, q, need_hidden, need_weight, need_bias,
+                         vocab_tile=0, row_block=0):
+    def none():                    # a fresh 0-element tensor each (no output aliases another)
+        return hidden.new_empty((0,), dtype=torch.float32)
+    return (torch.empty_like(hidden) if need_hidden else none(),
+            torch.empty_like(weight) if need_weight else none(),
+            torch.empty_like(bias) if (need_bias and bias is not None) else none())
 
 
 FAKES = {
     "asym_lora_fwd": _asym_lora_fwd,
     "asym_lora_bwd": _asym_lora_bwd,
+    "tsallis_entropy_fwd": _tsallis_entropy_fwd,
+    "tsallis_entropy_bwd": _tsallis_entropy_bwd,
+    "lm_head_entropy_fwd": _lm_head_entropy_fwd,
+    "lm_head_entropy_bwd": _lm_head_entropy_bwd,
 }
 
 

@@ -56,7 +56,7 @@ def lm_head_entropy_ref(hidden: torch.Tensor, weight: torch.Tensor, q: float = 1
     ents, lses = [], []
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    for s in range(0, n, chunk_size):
+    for s in range(0, n, chunk_size) if n else [0]:      # 0 rows: one empty chunk, still in the graph
         h = hidden[s:s + chunk_size]
         if needs_grad:
             e, l = checkpoint(_chunk_stats, h, weight, bias, q, use_reentrant=False)
@@ -64,9 +64,5 @@ def lm_head_entropy_ref(hidden: torch.Tensor, weight: torch.Tensor, q: float = 1
             e, l = _chunk_stats(h, weight, bias, q)
         ents.append(e)
         lses.append(l)
-    acc = acc_dtype(hidden.dtype)
-    if n == 0:
-        empty = hidden.new_zeros((0,), dtype=acc)
-        ents, lses = [empty], [empty.clone()]
     ent = torch.cat(ents)
     return (ent, torch.cat(lses)) if return_lse else ent
