@@ -1,0 +1,624 @@
+"""Gated decoding: entropy-routed generation with an ALTER-patched model (ALTER_SPEC sections 2, 3).
+
+Every token is routed by the entropy of the distribution that predicted it,
+``e_t = S_q(softmax(z_{t-1}))`` with ``q = config.q_route``:
+
+- prompt tokens (prefill): from a base-model pass (adapters off) through ``lm_head_entropy`` (no
+  [B, T, V] logits kept), +inf at the first real token and on left padding; or, in the cheap
+  ``prefill="high"`` mode, +inf for every prompt token (no extra pass);
+- generated tokens: the entropy of the patched model's *raw* next-token logits of the step that
+  produced them (before temperature, top-k/top-p or any HF logits processor), computed with
+  ``tsallis_entropy`` on the last logits. It routes that token when it is fed back in the next step.
+
+Two entry points:
+
+- :func:`generate`: a fast decode loop (static KV cache, in-place step buffers, a decode-shaped
+  adapter path, CUDA graphs on GPU). Works on unpatched models too (plain decoding).
+- :func:`gated_decoding`: hooks that make Hugging Face ``model.generate(...)`` do gated decoding.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops.entropy import lm_head_entropy, tsallis_entropy
+from .patch import AlterLinear, disable_adapters, get_state, is_patched
+
+__all__ = ["generate", "GenerationOutput", "gated_decoding", "GatedDecoding", "prompt_entropy",
+           "sample_next_token"]
+
+PREFILL_MODES = ("base", "high")
+
+
+# --------------------------------------------------------------------------- helpers
+def _backbone(model: nn.Module) -> nn.Module:
+    bb = getattr(model, "model", None)
+    if isinstance(bb, nn.Module):
+        return bb
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    raise TypeError(f"{type(model).__name__}: cannot find the decoder backbone (model.model)")
+
+
+def _lm_head(model: nn.Module) -> nn.Module:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise TypeError(f"{type(model).__name__}: the model has no output embeddings (LM head)")
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(getattr(model, "config", None), attr, None) not in (None, 1.0):
+            raise NotImplementedError(f"alter_kernels.generation: models with config.{attr} are not supported")
+    return head
+
+
+def _q_route(model: nn.Module, q: float | None) -> float:
+    if q is not None:
+        return float(q)
+    return get_state(model).config.q_route if is_patched(model) else 1.5
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (left padding: the first real token is position 0)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+@torch.no_grad()
+def prompt_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None, q: float | None = None) -> torch.Tensor:
+    """Routing entropies [B, T] of a (left-padded) prompt from the base model (adapters off).
+
+    Like :func:`alter_kernels.token_entropy`, but the base pass uses positions counted over the
+    real tokens (``position_ids``, by default from ``attention_mask``), so a left-padded row gets
+    the same entropies as the row alone. e[:, t] = S_q(softmax(z_{t-1})); +inf where token t has
+    no real predecessor (the first real token and the padding).
+    """
+    q = _q_route(model, q)
+    if attention_mask is not None and position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
+    ctx = disable_adapters(model) if is_patched(model) else contextlib.nullcontext()
+    with ctx:
+        hidden = _backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids, use_cache=False).last_hidden_state
+    head = _lm_head(model)
+    ent = lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))   # [B, T]
+    routed = torch.full_like(ent, math.inf)
+    routed[:, 1:] = ent[:, :-1]
+    if attention_mask is not None:
+        prev_real = torch.zeros_like(attention_mask, dtype=torch.bool)
+        prev_real[:, 1:] = attention_mask[:, :-1].bool()
+        routed = routed.masked_fill(~prev_real, math.inf)
+    return routed
+
+
+def sample_next_token(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token [B] from logits [B, V]: greedy (argmax) or sampling with temperature, top-k, top-p."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    if top_k is not None and 0 < top_k < z.shape[-1]:
+        kth = z.topk(top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_z, idx = z.sort(dim=-1, descending=True)
+        cum = sorted_z.softmax(-1).cumsum(-1)
+        drop = (cum - sorted_z.softmax(-1)) >= top_p          # keep the smallest prefix reaching top_p
+        z = z.masked_fill(drop.scatter(-1, idx, drop), -math.inf)
+    probs = z.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _eos_tensor(eos_token_id, device) -> torch.Tensor | None:
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not ids:
+        return None
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+# --------------------------------------------------------------------------- fast adapter path
+class _FastAdapters:
+    """Decode-shaped ALTER path installed on a patched model for the duration of :func:`generate`.
+
+    - routing: one small fused-by-hand plan per decoder layer (inference only: no labels, no
+      gradient masks), mathematically the reference ``route`` for labels=None; the per-step
+      high/low mask and temperatures are computed once per step and shared by all layers;
+    - each AlterLinear: ``y = W0 x (+b)``, ``u = A x`` (fp32), the E scaled copies of u side by
+      side ((N, E*r)) times the pre-scaled ``[B_0 | .. | B_N]^T`` ((E*r, d_out)) added by one addmm.
+      Four ops per linear, whatever the number of experts.
+    """
+
+    def __init__(self, model: nn.Module, record: bool = False):
+        self.state = get_state(model)
+        cfg = self.state.config
+        self.threshold, self.tau_high, self.tau_low = cfg.threshold, cfg.tau_high, cfg.tau_low
+        self.top_k = min(cfg.top_k, cfg.num_experts - 1)
+        self.num_experts = cfg.num_experts
+        self.record = record
+        self.records: list[dict[str, torch.Tensor]] = []
+        self.step_tau: torch.Tensor | None = None
+        self.step_high: torch.Tensor | None = None
+        self._step_entropy: torch.Tensor | None = None
+        self._saved_hooks = []
+        self._saved_forwards = []
+        self.layers: dict[str, dict] = {}
+        modules = dict(model.named_modules())
+        for handle, layer_path in zip(self.state.hooks, self.state.routers):
+            layer = modules[layer_path]
+            router = layer.get_submodule("alter_router")
+            self.layers[layer_path] = {"router": router, "layer": layer, "hook_id": handle.id, "w": None}
+        for path, alin in self.state.replaced:
+            layer_path = alin._router.layer_name if alin._router is not None else None
+            if layer_path not in self.layers:
+                raise RuntimeError(f"generate: AlterLinear {path} has no decoder-layer router")
+            self._saved_forwards.append(alin)
+
+    # ---------------------------------------------------------------- install / remove
+    def install(self):
+        for layer_path, slot in self.layers.items():
+            layer = slot["layer"]
+            hid = slot["hook_id"]
+            self._saved_hooks.append((layer, hid, layer._forward_pre_hooks[hid]))
+            layer._forward_pre_hooks[hid] = self._make_hook(slot)
+        for alin in self._saved_forwards:
+            alin.forward = self._make_linear(alin, self.layers[alin._router.layer_name])
+        return self
+
+    def remove(self):
+        for layer, hid, fn in self._saved_hooks:
+            layer._forward_pre_hooks[hid] = fn
+        self._saved_hooks.clear()
+        for alin in self._saved_forwards:
+            if "forward" in alin.__dict__:
+                del alin.forward
+        for slot in self.layers.values():
+            slot["w"] = None
+
+    # ---------------------------------------------------------------- per step
+    def set_entropy(self, entropy: torch.Tensor):
+        """Routing entropies of this forward's tokens ([B, T]); derive the shared high mask / tau."""
+        e = entropy.reshape(-1, 1).to(torch.float32)
+        if self._step_entropy is not None and self._step_entropy.shape == e.shape:
+            # in place: static addresses for CUDA graphs
+            self._step_entropy.copy_(e)
+            torch.le(self._step_entropy, self.threshold, out=self._low)
+            torch.logical_not(self._low, out=self.step_high)
+            self.step_tau.copy_(torch.where(self.step_high, self._tau_hi, self._tau_lo))
+            return
+        self._step_entropy = e.clone()
+        self._low = e <= self.threshold
+        self.step_high = ~self._low                             # NaN / +inf: high
+        self._tau_hi = torch.full_like(e, self.tau_high)
+        self._tau_lo = torch.full_like(e, self.tau_low)
+        self.step_tau = torch.where(self.step_high, self._tau_hi, self._tau_lo)
+
+    def _make_hook(self, slot):
+        router = slot["router"]
+        state = self.state
+        e_count = self.num_experts
+        k = self.top_k
+        fast = self
+
+        def hook(module, args, kwargs):
+            if not state.enabled:
+                slot["w"] = None
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            h = hidden.reshape(-1, hidden.shape[-1])
+            logits = h.to(torch.float32) @ router.weight.to(torch.float32)          # [N, E]
+            g = torch.softmax(logits / fast.step_tau, dim=-1)
+            if k == 0:
+                w_high = F.pad(torch.ones_like(g[:, :1]), (0, e_count - 1))
+            elif k == e_count - 1:                      # every forget expert joins: no top-k needed
+                w_high = torch.cat([torch.ones_like(g[:, :1]), g[:, 1:]], dim=1)
+            else:
+                top = g[:, 1:].topk(k, dim=-1).indices + 1
+                w_high = torch.zeros_like(g)
+                w_high[:, 0] = 1.0
+                w_high = w_high.scatter(1, top, g.gather(1, top))
+            w_low = F.one_hot(g.argmax(dim=-1), e_count).to(g.dtype)
+            w = torch.where(fast.step_high, w_high, w_low)
+            slot["w"] = w
+            if fast.record:
+                fast.records[-1][router.layer_name] = w.detach().clone()
+            return None
+        return hook
+
+    def _make_linear(self, alin: AlterLinear, slot):
+        base = alin.base_layer
+        weight, bias = base.weight, base.bias
+        A = alin.lora_A
+        acc = torch.float64 if A.dtype == torch.float64 else torch.float32
+        e, d_out, r = alin.lora_B.shape
+        # pre-scaled [B_0 | ... | B_N]^T: (E*r, d_out), rows ordered (expert, rank) like u's copies
+        bcat_t = (alin.lora_B.detach().to(acc) * alin.scale).permute(0, 2, 1).reshape(e * r, d_out).contiguous()
+        a = A.detach().to(acc)
+        state = self.state
+
+        def forward(x: torch.Tensor, plan=None) -> torch.Tensor:
+            w = slot["w"]
+            if w is None or not state.enabled:
+                if not state.enabled:
+                    return F.linear(x, weight, bias)
+                raise RuntimeError("generate: fast ALTER path has no routing plan for this layer")
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, x.shape[-1])
+            y = F.linear(x2, weight, bias)
+            u = F.linear(x2 if x2.dtype == acc else x2.to(acc), a)                # [N, r] fp32
+            wu = (w.unsqueeze(-1) * u.unsqueeze(1)).reshape(u.shape[0], e * r)    # [N, E*r]
+            if y.dtype == acc:
+                y = torch.addmm(y, wu, bcat_t)
+            else:
+                y = y + (wu @ bcat_t).to(y.dtype)
+            return y.reshape(*lead, d_out)
+        return forward
+
+
+# --------------------------------------------------------------------------- fast loop
+@dataclasses.dataclass
+class GenerationOutput:
+    """What :func:`generate` returns with ``return_dict=True``.
+
+    sequences         [B, T + n] prompt (as given, left padding kept) and the n generated tokens
+    prompt_entropy    [B, T] routing entropies of the prompt tokens (None for unpatched models)
+    entropy           [B, n] entropy S_q of the raw distribution that produced each generated token
+                      (= the routing entropy of that token when it is fed back)
+    high_fraction     share of high-entropy routed tokens among the decode steps' inputs (real rows)
+    plans             with record_plans=True: per forward (prefill first, then one per decode
+                      step) a dict layer name -> expert weights [B*T_step, E]
+    cuda_graph        whether the decode steps ran as a replayed CUDA graph
+    """
+
+    sequences: torch.Tensor
+    prompt_entropy: torch.Tensor | None
+    entropy: torch.Tensor
+    high_fraction: float
+    plans: list | None = None
+    cuda_graph: bool = False
+
+
+def _check_generate_args(model, input_ids, max_new_tokens, attention_mask, prefill, temperature, top_k, top_p):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (
+            torch.long, torch.int32, torch.int64):
+        raise TypeError("generate: input_ids must be an integer tensor [B, T], got "
+                        f"{getattr(input_ids, 'shape', type(input_ids).__name__)} "
+                        f"{getattr(input_ids, 'dtype', '')}")
+    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"generate: input_ids must hold at least one prompt token per row, got shape "
+                         f"{tuple(input_ids.shape)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"generate: attention_mask must have input_ids' shape {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        m = attention_mask.bool()
+        if bool((~m[:, -1]).any()):
+            raise ValueError("generate: attention_mask has padding at the end of a row; pad prompts on the left")
+        if bool((m[:, :-1] & ~m[:, 1:]).any()):
+            raise ValueError("generate: attention_mask must be left padding only (0...0 1...1 per row)")
+    if isinstance(prefill, str):
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"generate: prefill must be one of {PREFILL_MODES} or a [B, T] entropy tensor, "
+                             f"got {prefill!r}")
+    elif isinstance(prefill, torch.Tensor):
+        if tuple(prefill.shape) != tuple(input_ids.shape):
+            raise ValueError(f"generate: a prefill entropy tensor must be [B, T] = {tuple(input_ids.shape)}, "
+                             f"got {tuple(prefill.shape)}")
+    else:
+        raise TypeError(f"generate: prefill must be 'base', 'high' or a tensor, got {type(prefill).__name__}")
+    if not (temperature > 0):
+        raise ValueError(f"generate: temperature must be > 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"generate: top_k must be an int >= 0 or None, got {top_k!r}")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+
+
+def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32,
+             attention_mask: torch.Tensor | None = None, *, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             prefill: str | torch.Tensor = "base", fast: bool = True, cuda_graph: bool | None = None,
+             record_plans: bool = False, return_dict: bool = False):
+    """Gated (entropy-routed) generation with a static KV cache. Returns [B, T + n] token ids.
+
+    model: a Hugging Face causal LM (Llama family), patched with ALTER or not (unpatched: plain
+        decoding with the same loop, for comparisons).
+    input_ids [B, T], attention_mask [B, T] (left padding only; None: no padding).
+    prefill: "base" (default: base-model entropies of the prompt, one extra forward over the
+        prompt with adapters off), "high" (cheap: every prompt token high entropy, no extra pass)
+        or a [B, T] tensor of routing entropies.
+    Each generated token is routed, when fed back, by S_q of the raw logits that produced it
+    (q = config.q_route), before temperature / top-k / top-p.
+    do_sample, temperature, top_k, top_p, generator: sampling (greedy when do_sample is False).
+    eos_token_id: int or list; a finished row gets pad_token_id (default: the first eos id)
+        afterwards; the loop stops when every row has finished.
+    fast: use the decode-shaped ALTER path (see _FastAdapters); False: the generic AlterLinear
+        path through the dispatched ``asym_lora`` and ``route`` ops.
+    cuda_graph: capture the decode step as a CUDA graph and replay it (default: on for CUDA
+        tensors with fast=True). Falls back to eager (with a warning) if the capture fails.
+    record_plans: keep every forward's expert weights per layer (tests, analysis).
+    return_dict: return a :class:`GenerationOutput` instead of the sequences.
+    """
+    _check_generate_args(model, input_ids, max_new_tokens, attention_mask, prefill, temperature, top_k, top_p)
+    from transformers import StaticCache
+
+    device = input_ids.device
+    input_ids = input_ids.long()
+    bsz, t_prompt = input_ids.shape
+    patched = is_patched(model)
+    state = get_state(model) if patched else None
+    q = _q_route(model, None)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.long()
+    eos = _eos_tensor(eos_token_id, device)
+    if pad_token_id is None:
+        pad_token_id = int(eos[0]) if eos is not None else 0
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda" and fast
+    if cuda_graph and device.type != "cuda":
+        raise ValueError("generate: cuda_graph=True needs CUDA tensors")
+
+    max_len = t_prompt + max_new_tokens
+    backbone = _backbone(model)
+    head = _lm_head(model)
+    was_training = model.training
+    model.eval()
+    fastpath = _FastAdapters(model, record=record_plans) if (patched and fast) else None
+    prev_inputs = (state.entropy, state.labels) if patched else None
+    plans_out: list | None = [] if record_plans else None
+    used_graph = False
+    try:
+        with torch.inference_mode():
+            # ---------------------------------------------------------------- prefill
+            pos = position_ids_from_mask(attention_mask)
+            if patched:
+                if isinstance(prefill, torch.Tensor):
+                    p_ent = prefill.to(device=device, dtype=torch.float32)
+                elif prefill == "base":
+                    p_ent = prompt_entropy(model, input_ids, attention_mask, pos, q=q)
+                else:
+                    p_ent = torch.full((bsz, t_prompt), math.inf, device=device)
+            else:
+                p_ent = None
+            cache = StaticCache(config=model.config, max_cache_len=max_len)
+            # 4D boolean mask over the static cache slots: a key is visible if it is a real token
+            # already written (slots > current step stay False); updated in place per step.
+            slot_mask = torch.zeros(bsz, 1, 1, max_len, dtype=torch.bool, device=device)
+            slot_mask[:, 0, 0, :t_prompt] = attention_mask.bool()
+            causal = torch.ones(t_prompt, t_prompt, dtype=torch.bool, device=device).tril()
+            prefill_mask = torch.zeros(bsz, 1, t_prompt, max_len, dtype=torch.bool, device=device)
+            prefill_mask[:, :, :, :t_prompt] = causal[None, None] & attention_mask.bool()[:, None, None, :]
+            if fastpath is not None:
+                fastpath.install()
+                fastpath.set_entropy(p_ent)
+                if record_plans:
+                    fastpath.records.append({})
+            elif patched:
+                state.entropy, state.labels = p_ent, None
+            hidden = backbone(input_ids=input_ids, attention_mask=prefill_mask, position_ids=pos, cache=cache,
+                              use_cache=True).last_hidden_state[:, -1]
+            logits = head(hidden).float()                                    # [B, V]
+            if record_plans:
+                plans_out.append(fastpath.records[-1] if fastpath is not None else
+                                 {k: v.expert_weights.clone() for k, v in state.plans.items()})
+
+            # ---------------------------------------------------------------- decode
+            out_tokens = torch.empty(bsz, max_new_tokens, dtype=torch.long, device=device)
+            out_ent = torch.empty(bsz, max_new_tokens, dtype=torch.float32, device=device)
+            tok_buf = torch.empty(bsz, 1, dtype=torch.long, device=device)
+            pos_buf = (pos[:, -1:] + 1).clone()
+            ent_buf = torch.empty(bsz, 1, dtype=torch.float32, device=device)
+            finished = torch.zeros(bsz, dtype=torch.bool, device=device)
+            high_count = torch.zeros((), dtype=torch.float32, device=device)
+            real_count = 0
+            n_done = 0
+            graph = None
+            graph_logits = None
+
+            def step_eager():
+                if fastpath is not None:
+                    fastpath.set_entropy(ent_buf)
+                elif patched:
+                    state.entropy = ent_buf
+                hid = backbone(input_ids=tok_buf, attention_mask=slot_mask, position_ids=pos_buf, cache=cache,
+                               use_cache=True).last_hidden_state[:, -1]
+                return head(hid).float()
+
+            for step in range(max_new_tokens):
+                # the entropy of the raw distribution that produces this token routes it next step
+                ent = tsallis_entropy(logits, q) if patched else torch.zeros(bsz, device=device)
+                nxt = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
+                if eos is not None:
+                    nxt = nxt.masked_fill(finished, pad_token_id)
+                    unfinished_before = ~finished
+                    finished = finished | torch.isin(nxt, eos)
+                out_tokens[:, step] = nxt
+                out_ent[:, step] = ent
+                n_done = step + 1
+                if step == max_new_tokens - 1 or (eos is not None and bool(finished.all())):
+                    break
+                if patched:
+                    live = unfinished_before if eos is not None else None
+                    hi = ~(ent <= state.config.threshold)
+                    if live is not None:
+                        high_count += (hi & live).sum()
+                        real_count += int(live.sum())
+                    else:
+                        high_count += hi.sum()
+                        real_count += bsz
+                tok_buf.copy_(nxt[:, None])
+                ent_buf.copy_(ent[:, None])
+                slot_mask[:, 0, 0, t_prompt + step] = True
+                if record_plans:
+                    if fastpath is not None:
+                        fastpath.records.append({})
+                if graph is not None:
+                    graph.replay()
+                    logits = graph_logits
+                elif cuda_graph and step >= 1 and not record_plans:
+                    graph, graph_logits = _capture(step_eager)
+                    if graph is None:
+                        cuda_graph = False
+                        logits = step_eager()
+                    else:
+                        used_graph = True
+                        graph.replay()
+                        logits = graph_logits
+                else:
+                    logits = step_eager()
+                pos_buf += 1
+                if record_plans:
+                    plans_out.append(fastpath.records[-1] if fastpath is not None else
+                                     {k: v.expert_weights.clone() for k, v in state.plans.items()})
+            sequences = torch.cat([input_ids, out_tokens[:, :n_done]], dim=1)
+            ent_done = out_ent[:, :n_done].clone()
+    finally:
+        if fastpath is not None:
+            fastpath.remove()
+        if patched:
+            state.entropy, state.labels = prev_inputs
+        if was_training:
+            model.train()
+    if not return_dict:
+        return sequences
+    return GenerationOutput(sequences=sequences, prompt_entropy=p_ent, entropy=ent_done,
+                            high_fraction=(float(high_count) / real_count) if real_count else float("nan"),
+                            plans=plans_out, cuda_graph=used_graph)
+
+
+def _capture(step_fn):
+    """Capture one decode step as a CUDA graph. Returns (graph, static logits) or (None, None).
+
+    The step before the capture ran eagerly (warm-up: kernels chosen, workspaces allocated). The
+    capture itself executes nothing, so the static cache and its position counter are untouched;
+    every replay advances them exactly like an eager step.
+    """
+    try:
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = step_fn()
+        return graph, logits
+    except Exception as exc:  # anything that syncs or allocates outside the pool inside the step
+        warnings.warn(f"alter_kernels.generate: CUDA graph capture failed ({type(exc).__name__}: {exc}); "
+                      "decoding eagerly", RuntimeWarning, stacklevel=3)
+        return None, None
+
+
+# --------------------------------------------------------------------------- HF integration
+class GatedDecoding:
+    """Hooks that make Hugging Face ``model.generate(...)`` do gated decoding on a patched model.
+
+    Installed by :func:`gated_decoding`; remove with :meth:`remove` or use as a context manager.
+
+    - a forward pre-hook on the top-level model: on a call that starts a sequence (no cache or
+      an empty one) it sets the prompt's routing entropies (``prefill="base"``: base-model pass
+      with the positions HF passes; ``"high"``: +inf everywhere); on a one-token decode call it
+      sets the entropy saved by the previous call;
+    - a forward hook on the top-level model: S_q of the raw last-position logits the model just
+      returned (``outputs.logits[:, -1]``, before any logits processor or warper) is saved; it
+      routes the token sampled from them in the next call.
+
+    Supported: greedy and multinomial sampling (any processors / warpers), left-padded batches,
+    DynamicCache and StaticCache. Not supported: beam search / assisted decoding (rows are
+    reordered or several tokens are verified per call); a multi-token call on a non-empty cache
+    raises.
+    """
+
+    def __init__(self, model: nn.Module, prefill: str = "base"):
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"gated_decoding: prefill must be one of {PREFILL_MODES}, got {prefill!r}")
+        self.model = model
+        self.state = get_state(model)
+        self.prefill = prefill
+        self.q = self.state.config.q_route
+        self.last_entropy: torch.Tensor | None = None
+        self.prompt_entropy: torch.Tensor | None = None
+        self.step_entropies: list[torch.Tensor] = []
+        self._prev = (self.state.entropy, self.state.labels)
+        self._handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         model.register_forward_hook(self._post, with_kwargs=True)]
+
+    @staticmethod
+    def _past_length(cache) -> int:
+        if cache is None:
+            return 0
+        n = cache.get_seq_length()
+        return int(n)
+
+    def _pre(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise NotImplementedError("gated_decoding: calls with inputs_embeds instead of input_ids are not "
+                                      "supported (the base-model prefill pass needs the token ids)")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = self._past_length(cache)
+        n_new = input_ids.shape[1]
+        if past == 0:
+            if self.prefill == "base":
+                ent = prompt_entropy(self.model, input_ids, kwargs.get("attention_mask"),
+                                     kwargs.get("position_ids"), q=self.q)
+            else:
+                ent = torch.full(input_ids.shape, math.inf, device=input_ids.device)
+            self.prompt_entropy = ent
+            self.step_entropies = []
+        else:
+            if n_new != 1:
+                raise NotImplementedError(f"gated_decoding: a call with {n_new} new tokens on a cache of {past} "
+                                          "(assisted decoding / prompt continuation) is not supported")
+            if self.last_entropy is None or self.last_entropy.shape[0] != input_ids.shape[0]:
+                raise RuntimeError("gated_decoding: decode step without the previous step's entropy (beam search "
+                                   "or a changed batch is not supported)")
+            ent = self.last_entropy
+        self.state.entropy, self.state.labels = ent, None
+        return None
+
+    def _post(self, module, args, kwargs, output):
+        logits = output["logits"] if isinstance(output, dict) or hasattr(output, "keys") else output[0]
+        with torch.no_grad():
+            e = tsallis_entropy(logits[:, -1, :].detach(), self.q)[:, None]
+        self.last_entropy = e
+        self.step_entropies.append(e)
+        return None
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.state.entropy, self.state.labels = self._prev
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+def gated_decoding(model: nn.Module, prefill: str = "base") -> GatedDecoding:
+    """Make ``model.generate(...)`` route by token entropy (see :class:`GatedDecoding`).
+
+        with ak.gated_decoding(model):
+            out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64, do_sample=True, top_p=0.9)
+
+    Or keep the returned handle and call ``.remove()`` when done. While installed, every forward
+    of the model routes as in decoding (the prefill pass overrides set_routing_inputs), so install
+    it for generation only.
+    """
+    if not is_patched(model):
+        raise ValueError("gated_decoding: the model is not patched with ALTER (alter_kernels.patch)")
+    return GatedDecoding(model, prefill)
