@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 import warnings
 from typing import Sequence
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import _backend
 from .ops.entropy import lm_head_entropy, tsallis_entropy
 from .patch import AlterLinear, disable_adapters, get_state, is_patched
 
@@ -128,62 +130,152 @@ def _eos_tensor(eos_token_id, device) -> torch.Tensor | None:
 
 
 # --------------------------------------------------------------------------- fast adapter path
+SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
 class _FastAdapters:
     """Decode-shaped ALTER path installed on a patched model for the duration of :func:`generate`.
 
-    - routing: one small fused-by-hand plan per decoder layer (inference only: no labels, no
-      gradient masks), mathematically the reference ``route`` for labels=None; the per-step
-      high/low mask and temperatures are computed once per step and shared by all layers;
-    - each AlterLinear: ``y = W0 x (+b)``, ``u = A x`` (fp32), the E scaled copies of u side by
-      side ((N, E*r)) times the pre-scaled ``[B_0 | .. | B_N]^T`` ((E*r, d_out)) added by one addmm.
-      Four ops per linear, whatever the number of experts.
+    Same math as the generic path (``route`` with labels=None, then ``asym_lora``), fewer ops,
+    because at 1..8 tokens per step the cost is the number of op calls, not FLOPs:
+
+    - routing: per decoder layer one small plan (no labels, no gradient masks, no RoutingPlan);
+      the step's high/low mask and temperatures are computed once per step for all layers. The
+      expert weights are expanded once per layer to the rank-replicated layout
+      ``w_rep[n, e*r + j] = w[n, e]`` (a matmul with a 0/1 expander), tiled per group size;
+    - linears that read the same input (q/k/v, gate/up; o and down alone) form a group. The first
+      member called with a new input computes the adapter output of the whole group: one matmul
+      with the stacked, expert-replicated ``[A; A; ..]`` ((G*E*r) x d_in) gives the E copies of
+      ``u = A x`` per member, one in-place multiply by ``w_rep`` scales them, one matmul with the
+      block-diagonal, pre-scaled ``[B_0 | .. | B_N]^T`` blocks (plus the biases) gives every
+      member's delta; each member then runs ``addmm(delta_k, x, W0^T)``: one op, like nn.Linear.
+      Replicating A costs E*r rows of d_in per member and the block-diagonal B G-fold FLOPs on the
+      small side: both are small next to the d_out x d_in base GEMMs.
     """
 
-    def __init__(self, model: nn.Module, record: bool = False):
+    NATIVE_MAX_TOKENS = 16
+
+    def __init__(self, model: nn.Module, record: bool = False, native: bool | None = None):
         self.state = get_state(model)
+        self._native_route = _backend.native_op("decode_route") if native is not False else None
+        self._native_group = _backend.native_op("decode_group_linear") if native is not False else None
+        if native and (self._native_route is None or self._native_group is None):
+            raise RuntimeError("generate: native=True but the extension's decode ops are missing "
+                               f"({_backend.extension_error() or 'not built with csrc/cpu/asym_lora_decode.cpp'})")
+        self.native_used = False
         cfg = self.state.config
         self.threshold, self.tau_high, self.tau_low = cfg.threshold, cfg.tau_high, cfg.tau_low
         self.top_k = min(cfg.top_k, cfg.num_experts - 1)
         self.num_experts = cfg.num_experts
+        self.rank = cfg.rank
         self.record = record
         self.records: list[dict[str, torch.Tensor]] = []
         self.step_tau: torch.Tensor | None = None
         self.step_high: torch.Tensor | None = None
         self._step_entropy: torch.Tensor | None = None
         self._saved_hooks = []
-        self._saved_forwards = []
+        self._linears: list[AlterLinear] = []
         self.layers: dict[str, dict] = {}
         modules = dict(model.named_modules())
+        e, r = self.num_experts, self.rank
         for handle, layer_path in zip(self.state.hooks, self.state.routers):
             layer = modules[layer_path]
             router = layer.get_submodule("alter_router")
-            self.layers[layer_path] = {"router": router, "layer": layer, "hook_id": handle.id, "w": None}
+            dev = router.weight.device
+            self.layers[layer_path] = {"router": router, "layer": layer, "hook_id": handle.id, "w": None, "native": False,
+                                       "wg": None, "groups": [], "expanders": {}, "w_rep": {}, "device": dev}
+        by_parent: dict[str, dict[str, AlterLinear]] = {}
         for path, alin in self.state.replaced:
-            layer_path = alin._router.layer_name if alin._router is not None else None
-            if layer_path not in self.layers:
+            if alin._router is None or alin._router.layer_name not in self.layers:
                 raise RuntimeError(f"generate: AlterLinear {path} has no decoder-layer router")
-            self._saved_forwards.append(alin)
+            if alin.lora_B.shape[0] != e or alin.lora_A.shape[0] != r:
+                raise RuntimeError(f"generate: AlterLinear {path} does not match the adapter config")
+            parent, _, name = path.rpartition(".")
+            by_parent.setdefault(parent, {})[name] = alin
+            self._linears.append(alin)
+        # groups of linears reading one input (same parent module, HF passes the same tensor)
+        self._groups: list[tuple[dict, list[AlterLinear]]] = []
+        for parent, named in by_parent.items():
+            used = set()
+            for names in SHARED_INPUT_GROUPS:
+                members = [named[n] for n in names if n in named]
+                if len(members) >= 2 and len({m.base_layer.in_features for m in members}) == 1:
+                    self._groups.append(self._new_group(members))
+                    used.update(id(m) for m in members)
+            for alin in named.values():
+                if id(alin) not in used:
+                    self._groups.append(self._new_group([alin]))
+
+    def _new_group(self, members):
+        slot = self.layers[members[0]._router.layer_name]
+        g = len(members)
+        group = {"slot": slot, "g": g, "x": None, "x2": None, "parts": None}
+        slot["groups"].append(group)
+        if g not in slot["expanders"]:
+            e, r = self.num_experts, self.rank
+            ex = torch.zeros(e, g * e * r, device=slot["device"])
+            for k in range(g):
+                for ei in range(e):
+                    ex[ei, k * e * r + ei * r:k * e * r + (ei + 1) * r] = 1.0
+            slot["expanders"][g] = ex
+        return group, members
 
     # ---------------------------------------------------------------- install / remove
     def install(self):
-        for layer_path, slot in self.layers.items():
-            layer = slot["layer"]
-            hid = slot["hook_id"]
+        for slot in self.layers.values():
+            layer, hid = slot["layer"], slot["hook_id"]
             self._saved_hooks.append((layer, hid, layer._forward_pre_hooks[hid]))
             layer._forward_pre_hooks[hid] = self._make_hook(slot)
-        for alin in self._saved_forwards:
-            alin.forward = self._make_linear(alin, self.layers[alin._router.layer_name])
+            slot["wg"] = slot["router"].weight.detach().to(torch.float32)
+        e = self.num_experts
+        for group, members in self._groups:
+            a = members[0].lora_A
+            acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+            er = e * self.rank
+            group["acc"] = acc
+            group["dtype"] = members[0].base_layer.weight.dtype
+            # [A; A; ..] replicated per expert, stacked per member: (G*E*r, d_in), used transposed
+            group["a_t"] = torch.cat([m.lora_A.detach().to(acc).repeat(e, 1) for m in members]).t()
+            # block-diagonal pre-scaled [B_0 | .. | B_N]^T per member: (G*E*r, sum d_out)
+            d_outs = [m.base_layer.out_features for m in members]
+            bblk = torch.zeros(len(members) * er, sum(d_outs), dtype=acc, device=a.device)
+            col = 0
+            for k, m in enumerate(members):
+                bt = (m.lora_B.detach().to(acc) * m.scale).permute(0, 2, 1).reshape(er, d_outs[k])
+                bblk[k * er:(k + 1) * er, col:col + d_outs[k]] = bt
+                col += d_outs[k]
+            group["b_blk"] = bblk
+            group["d_outs"] = d_outs
+            biases = [m.base_layer.bias for m in members]
+            group["bias"] = None if all(b is None for b in biases) else torch.cat(
+                [(b.detach() if b is not None else torch.zeros(d, device=a.device)).to(acc)
+                 for b, d in zip(biases, d_outs)])
+            # for the native decode op: [A_1; ..; A_G] (G*r, d_in) and pre-scaled B^T (E, r, d_out)
+            group["native"] = (self._native_group is not None and a.device.type == "cpu"
+                               and group["dtype"] == acc and a.dtype == acc
+                               and all(m.base_layer.weight.dtype == acc for m in members))
+            if group["native"]:
+                group["a_cat"] = torch.cat([m.lora_A.detach() for m in members]).contiguous()
+                group["b_t"] = [(m.lora_B.detach() * m.scale).permute(0, 2, 1).contiguous() for m in members]
+                group["weights"] = [m.base_layer.weight for m in members]
+                group["biases"] = [m.base_layer.bias for m in members]
+            for k, alin in enumerate(members):
+                alin.forward = self._make_linear(alin, group, k)
+        self._all_native = all(grp["native"] for grp, _ in self._groups) and self._native_route is not None
         return self
 
     def remove(self):
         for layer, hid, fn in self._saved_hooks:
             layer._forward_pre_hooks[hid] = fn
         self._saved_hooks.clear()
-        for alin in self._saved_forwards:
+        for alin in self._linears:
             if "forward" in alin.__dict__:
                 del alin.forward
         for slot in self.layers.values():
             slot["w"] = None
+            slot["w_rep"] = {}
+            for group in slot["groups"]:
+                group["x"] = group["x2"] = group["parts"] = None
 
     # ---------------------------------------------------------------- per step
     def set_entropy(self, entropy: torch.Tensor):
@@ -194,7 +286,7 @@ class _FastAdapters:
             self._step_entropy.copy_(e)
             torch.le(self._step_entropy, self.threshold, out=self._low)
             torch.logical_not(self._low, out=self.step_high)
-            self.step_tau.copy_(torch.where(self.step_high, self._tau_hi, self._tau_lo))
+            torch.where(self.step_high, self._tau_hi, self._tau_lo, out=self.step_tau)
             return
         self._step_entropy = e.clone()
         self._low = e <= self.threshold
@@ -209,59 +301,86 @@ class _FastAdapters:
         e_count = self.num_experts
         k = self.top_k
         fast = self
+        first = None
 
         def hook(module, args, kwargs):
+            nonlocal first
             if not state.enabled:
                 slot["w"] = None
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             h = hidden.reshape(-1, hidden.shape[-1])
-            logits = h.to(torch.float32) @ router.weight.to(torch.float32)          # [N, E]
-            g = torch.softmax(logits / fast.step_tau, dim=-1)
-            if k == 0:
-                w_high = F.pad(torch.ones_like(g[:, :1]), (0, e_count - 1))
-            elif k == e_count - 1:                      # every forget expert joins: no top-k needed
-                w_high = torch.cat([torch.ones_like(g[:, :1]), g[:, 1:]], dim=1)
+            if fast._all_native and h.shape[0] <= fast.NATIVE_MAX_TOKENS and h.device.type == "cpu":
+                w = fast._native_route(h, slot["wg"], fast._step_entropy.view(-1), fast.threshold, fast.tau_high,
+                                       fast.tau_low, k)
+                slot["w"] = w
+                slot["native"] = True
+                fast.native_used = True
+                for group in slot["groups"]:
+                    group["x"] = group["x2"] = group["parts"] = None
+                if fast.record:
+                    fast.records[-1][router.layer_name] = w.clone()
+                return None
+            slot["native"] = False
+            if h.dtype != torch.float32:
+                h = h.to(torch.float32)
+            logits = torch.mm(h, slot["wg"])                                     # [N, E]
+            g = torch.softmax(logits.div_(fast.step_tau), dim=-1)
+            if first is None or first[0].device != g.device:
+                col0 = torch.zeros(1, e_count, dtype=torch.bool, device=g.device)
+                col0[0, 0] = True
+                first = (col0, torch.ones((), device=g.device))
+            if k == e_count - 1:                      # every forget expert joins: no top-k needed
+                w_high = torch.where(first[0], first[1], g)
             else:
-                top = g[:, 1:].topk(k, dim=-1).indices + 1
-                w_high = torch.zeros_like(g)
-                w_high[:, 0] = 1.0
-                w_high = w_high.scatter(1, top, g.gather(1, top))
-            w_low = F.one_hot(g.argmax(dim=-1), e_count).to(g.dtype)
+                w_high = torch.where(first[0], first[1], torch.zeros_like(g))
+                if k > 0:
+                    top = g[:, 1:].topk(k, dim=-1).indices + 1
+                    w_high = w_high.scatter_(1, top, g.gather(1, top))
+            w_low = torch.zeros_like(g).scatter_(1, g.argmax(dim=-1, keepdim=True), 1.0)
             w = torch.where(fast.step_high, w_high, w_low)
             slot["w"] = w
+            for gsize, ex in slot["expanders"].items():
+                slot["w_rep"][gsize] = torch.mm(w, ex)
+            for group in slot["groups"]:
+                group["x"] = group["x2"] = group["parts"] = None
             if fast.record:
                 fast.records[-1][router.layer_name] = w.detach().clone()
             return None
         return hook
 
-    def _make_linear(self, alin: AlterLinear, slot):
+    def _make_linear(self, alin: AlterLinear, group, k: int):
         base = alin.base_layer
         weight, bias = base.weight, base.bias
-        A = alin.lora_A
-        acc = torch.float64 if A.dtype == torch.float64 else torch.float32
-        e, d_out, r = alin.lora_B.shape
-        # pre-scaled [B_0 | ... | B_N]^T: (E*r, d_out), rows ordered (expert, rank) like u's copies
-        bcat_t = (alin.lora_B.detach().to(acc) * alin.scale).permute(0, 2, 1).reshape(e * r, d_out).contiguous()
-        a = A.detach().to(acc)
+        w_t = weight.t()
+        d_out = base.out_features
         state = self.state
+        slot = group["slot"]
+        gsize = group["g"]
+        native = self._native_group
 
         def forward(x: torch.Tensor, plan=None) -> torch.Tensor:
-            w = slot["w"]
-            if w is None or not state.enabled:
-                if not state.enabled:
-                    return F.linear(x, weight, bias)
-                raise RuntimeError("generate: fast ALTER path has no routing plan for this layer")
-            lead = x.shape[:-1]
-            x2 = x.reshape(-1, x.shape[-1])
-            y = F.linear(x2, weight, bias)
-            u = F.linear(x2 if x2.dtype == acc else x2.to(acc), a)                # [N, r] fp32
-            wu = (w.unsqueeze(-1) * u.unsqueeze(1)).reshape(u.shape[0], e * r)    # [N, E*r]
-            if y.dtype == acc:
-                y = torch.addmm(y, wu, bcat_t)
-            else:
-                y = y + (wu @ bcat_t).to(y.dtype)
-            return y.reshape(*lead, d_out)
+            if not state.enabled:
+                return F.linear(x, weight, bias)
+            if group["x"] is not x and slot["native"]:
+                group["x"] = x
+                group["parts"] = native(x.reshape(-1, x.shape[-1]), group["weights"], group["biases"],
+                                        group["a_cat"], group["b_t"], slot["w"])
+            if slot["native"]:
+                return group["parts"][k].view(*x.shape[:-1], d_out)
+            if group["x"] is not x:                   # first member to see this input: whole group
+                x2 = x.reshape(-1, x.shape[-1])
+                acc = group["acc"]
+                wu = torch.mm(x2 if x2.dtype == acc else x2.to(acc), group["a_t"])   # [N, G*E*r] u copies
+                wu.mul_(slot["w_rep"][gsize])                                          # * expert weights
+                delta = (torch.mm(wu, group["b_blk"]) if group["bias"] is None
+                         else torch.addmm(group["bias"], wu, group["b_blk"]))           # [N, sum d_out]
+                if delta.dtype != x2.dtype:
+                    delta = delta.to(x2.dtype)
+                group["x"], group["x2"] = x, x2
+                group["parts"] = delta.split(group["d_outs"], dim=1) if gsize > 1 else (delta,)
+            y = torch.addmm(group["parts"][k], group["x2"], w_t)
+            return y.view(*x.shape[:-1], d_out)
         return forward
 
 
@@ -275,6 +394,8 @@ class GenerationOutput:
     entropy           [B, n] entropy S_q of the raw distribution that produced each generated token
                       (= the routing entropy of that token when it is fed back)
     high_fraction     share of high-entropy routed tokens among the decode steps' inputs (real rows)
+    prefill_s         wall seconds of the prefill (prompt entropies + the prompt forward + first logits)
+    decode_s          wall seconds of the decode loop (synchronised on CUDA)
     plans             with record_plans=True: per forward (prefill first, then one per decode
                       step) a dict layer name -> expert weights [B*T_step, E]
     cuda_graph        whether the decode steps ran as a replayed CUDA graph
@@ -284,6 +405,8 @@ class GenerationOutput:
     prompt_entropy: torch.Tensor | None
     entropy: torch.Tensor
     high_fraction: float
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
     plans: list | None = None
     cuda_graph: bool = False
 
@@ -330,7 +453,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
              attention_mask: torch.Tensor | None = None, *, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             prefill: str | torch.Tensor = "base", fast: bool = True, cuda_graph: bool | None = None,
+             prefill: str | torch.Tensor = "base", fast: bool = True, native: bool | None = None,
+             cuda_graph: bool | None = None,
              record_plans: bool = False, return_dict: bool = False):
     """Gated (entropy-routed) generation with a static KV cache. Returns [B, T + n] token ids.
 
@@ -347,6 +471,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
         afterwards; the loop stops when every row has finished.
     fast: use the decode-shaped ALTER path (see _FastAdapters); False: the generic AlterLinear
         path through the dispatched ``asym_lora`` and ``route`` ops.
+    native: with fast=True on the CPU, use the extension's decode ops (``decode_route``,
+        ``decode_group_linear``) for forwards of at most 16 tokens when the model and adapter are
+        both fp32 (or fp64): None (default) when the extension has them, False never, True
+        require them.
     cuda_graph: capture the decode step as a CUDA graph and replay it (default: on for CUDA
         tensors with fast=True). Falls back to eager (with a warning) if the capture fails.
     record_plans: keep every forward's expert weights per layer (tests, analysis).
@@ -377,10 +505,12 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
     head = _lm_head(model)
     was_training = model.training
     model.eval()
-    fastpath = _FastAdapters(model, record=record_plans) if (patched and fast) else None
+    fastpath = _FastAdapters(model, record=record_plans, native=native) if (patched and fast) else None
     prev_inputs = (state.entropy, state.labels) if patched else None
     plans_out: list | None = [] if record_plans else None
     used_graph = False
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
     try:
         with torch.inference_mode():
             # ---------------------------------------------------------------- prefill
@@ -416,6 +546,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
                 plans_out.append(fastpath.records[-1] if fastpath is not None else
                                  {k: v.expert_weights.clone() for k, v in state.plans.items()})
 
+            sync()
+            t1 = time.perf_counter()
             # ---------------------------------------------------------------- decode
             out_tokens = torch.empty(bsz, max_new_tokens, dtype=torch.long, device=device)
             out_ent = torch.empty(bsz, max_new_tokens, dtype=torch.float32, device=device)
@@ -486,6 +618,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
                                      {k: v.expert_weights.clone() for k, v in state.plans.items()})
             sequences = torch.cat([input_ids, out_tokens[:, :n_done]], dim=1)
             ent_done = out_ent[:, :n_done].clone()
+            sync()
+            t2 = time.perf_counter()
     finally:
         if fastpath is not None:
             fastpath.remove()
@@ -497,7 +631,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
         return sequences
     return GenerationOutput(sequences=sequences, prompt_entropy=p_ent, entropy=ent_done,
                             high_fraction=(float(high_count) / real_count) if real_count else float("nan"),
-                            plans=plans_out, cuda_graph=used_graph)
+                            prefill_s=t1 - t0, decode_s=t2 - t1, plans=plans_out, cuda_graph=used_graph)
 
 
 def _capture(step_fn):
