@@ -172,7 +172,8 @@ class _FastAdapters:
         self.records: list[dict[str, torch.Tensor]] = []
         self.step_tau: torch.Tensor | None = None
         self.step_high: torch.Tensor | None = None
-        self._step_entropy: torch.Tensor | None = None
+        self._ent_flat: torch.Tensor | None = None
+        self._derived = False
         self._saved_hooks = []
         self._linears: list[AlterLinear] = []
         self.layers: dict[str, dict] = {}
@@ -209,7 +210,7 @@ class _FastAdapters:
     def _new_group(self, members):
         slot = self.layers[members[0]._router.layer_name]
         g = len(members)
-        group = {"slot": slot, "g": g, "x": None, "x2": None, "parts": None}
+        group = {"slot": slot, "g": g, "cache": [None, None, None]}     # cache: input, its 2D view, outputs
         slot["groups"].append(group)
         if g not in slot["expanders"]:
             e, r = self.num_experts, self.rank
@@ -225,8 +226,8 @@ class _FastAdapters:
         for slot in self.layers.values():
             layer, hid = slot["layer"], slot["hook_id"]
             self._saved_hooks.append((layer, hid, layer._forward_pre_hooks[hid]))
-            layer._forward_pre_hooks[hid] = self._make_hook(slot)
             slot["wg"] = slot["router"].weight.detach().to(torch.float32)
+            layer._forward_pre_hooks[hid] = self._make_hook(slot)
         e = self.num_experts
         for group, members in self._groups:
             a = members[0].lora_A
@@ -257,8 +258,11 @@ class _FastAdapters:
             if group["native"]:
                 group["a_cat"] = torch.cat([m.lora_A.detach() for m in members]).contiguous()
                 group["b_t"] = [(m.lora_B.detach() * m.scale).permute(0, 2, 1).contiguous() for m in members]
-                group["weights"] = [m.base_layer.weight for m in members]
-                group["biases"] = [m.base_layer.bias for m in members]
+                # plain tensors (detached views of the parameters): a Parameter argument sends the
+                # torch.ops call through the __torch_function__ path, several times slower
+                group["weights"] = [m.base_layer.weight.detach() for m in members]
+                group["biases"] = [m.base_layer.bias.detach() if m.base_layer.bias is not None else None
+                                   for m in members]
             for k, alin in enumerate(members):
                 alin.forward = self._make_linear(alin, group, k)
         self._all_native = all(grp["native"] for grp, _ in self._groups) and self._native_route is not None
@@ -275,25 +279,32 @@ class _FastAdapters:
             slot["w"] = None
             slot["w_rep"] = {}
             for group in slot["groups"]:
-                group["x"] = group["x2"] = group["parts"] = None
+                group["cache"][:] = [None, None, None]
 
     # ---------------------------------------------------------------- per step
     def set_entropy(self, entropy: torch.Tensor):
-        """Routing entropies of this forward's tokens ([B, T]); derive the shared high mask / tau."""
-        e = entropy.reshape(-1, 1).to(torch.float32)
-        if self._step_entropy is not None and self._step_entropy.shape == e.shape:
-            # in place: static addresses for CUDA graphs
-            self._step_entropy.copy_(e)
-            torch.le(self._step_entropy, self.threshold, out=self._low)
+        """Routing entropies of this forward's tokens ([B, T] fp32). Kept by reference (a view, no
+        copy: the decode loop passes its static buffer); the Python path derives the high mask and
+        temperatures from it lazily, once per forward, into static tensors."""
+        e = entropy.reshape(-1)
+        if e.dtype != torch.float32:
+            e = e.to(torch.float32)
+        self._ent_flat = e
+        self._derived = False
+
+    def _derive(self):
+        e = self._ent_flat.view(-1, 1)
+        if self.step_tau is not None and self.step_tau.shape == e.shape:
+            torch.le(e, self.threshold, out=self._low)                  # in place: static addresses
             torch.logical_not(self._low, out=self.step_high)
             torch.where(self.step_high, self._tau_hi, self._tau_lo, out=self.step_tau)
-            return
-        self._step_entropy = e.clone()
-        self._low = e <= self.threshold
-        self.step_high = ~self._low                             # NaN / +inf: high
-        self._tau_hi = torch.full_like(e, self.tau_high)
-        self._tau_lo = torch.full_like(e, self.tau_low)
-        self.step_tau = torch.where(self.step_high, self._tau_hi, self._tau_lo)
+        else:
+            self._low = e <= self.threshold
+            self.step_high = ~self._low                                  # NaN / +inf: high
+            self._tau_hi = torch.full_like(e, self.tau_high)
+            self._tau_lo = torch.full_like(e, self.tau_low)
+            self.step_tau = torch.where(self.step_high, self._tau_hi, self._tau_lo)
+        self._derived = True
 
     def _make_hook(self, slot):
         router = slot["router"]
@@ -302,6 +313,10 @@ class _FastAdapters:
         k = self.top_k
         fast = self
         first = None
+        caches = [grp["cache"] for grp in slot["groups"]]
+        native_route = self._native_route
+        wg = slot["wg"]
+        threshold, tau_high, tau_low = float(self.threshold), float(self.tau_high), float(self.tau_low)
 
         def hook(module, args, kwargs):
             nonlocal first
@@ -310,18 +325,18 @@ class _FastAdapters:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             h = hidden.reshape(-1, hidden.shape[-1])
+            for c in caches:
+                c[0] = None
             if fast._all_native and h.shape[0] <= fast.NATIVE_MAX_TOKENS and h.device.type == "cpu":
-                w = fast._native_route(h, slot["wg"], fast._step_entropy.view(-1), fast.threshold, fast.tau_high,
-                                       fast.tau_low, k)
+                w = native_route(h, wg, fast._ent_flat, threshold, tau_high, tau_low, k)
                 slot["w"] = w
                 slot["native"] = True
-                fast.native_used = True
-                for group in slot["groups"]:
-                    group["x"] = group["x2"] = group["parts"] = None
                 if fast.record:
                     fast.records[-1][router.layer_name] = w.clone()
                 return None
             slot["native"] = False
+            if not fast._derived:
+                fast._derive()
             if h.dtype != torch.float32:
                 h = h.to(torch.float32)
             logits = torch.mm(h, slot["wg"])                                     # [N, E]
@@ -342,8 +357,6 @@ class _FastAdapters:
             slot["w"] = w
             for gsize, ex in slot["expanders"].items():
                 slot["w_rep"][gsize] = torch.mm(w, ex)
-            for group in slot["groups"]:
-                group["x"] = group["x2"] = group["parts"] = None
             if fast.record:
                 fast.records[-1][router.layer_name] = w.detach().clone()
             return None
@@ -358,29 +371,32 @@ class _FastAdapters:
         slot = group["slot"]
         gsize = group["g"]
         native = self._native_group
+        cache = group["cache"]
+
+        def compute(x: torch.Tensor) -> None:
+            """First member of the group to see ``x``: the outputs (native) or deltas of all members."""
+            x2 = x.reshape(-1, x.shape[-1])
+            cache[0], cache[1] = x, x2
+            if slot["native"]:
+                cache[2] = native(x2, group["weights"], group["biases"], group["a_cat"], group["b_t"], slot["w"])
+                return
+            acc = group["acc"]
+            wu = torch.mm(x2 if x2.dtype == acc else x2.to(acc), group["a_t"])     # [N, G*E*r] u copies
+            wu.mul_(slot["w_rep"][gsize])                                          # * expert weights
+            delta = (torch.mm(wu, group["b_blk"]) if group["bias"] is None
+                     else torch.addmm(group["bias"], wu, group["b_blk"]))           # [N, sum d_out]
+            if delta.dtype != x2.dtype:
+                delta = delta.to(x2.dtype)
+            cache[2] = delta.split(group["d_outs"], dim=1) if gsize > 1 else (delta,)
 
         def forward(x: torch.Tensor, plan=None) -> torch.Tensor:
-            if not state.enabled:
-                return F.linear(x, weight, bias)
-            if group["x"] is not x and slot["native"]:
-                group["x"] = x
-                group["parts"] = native(x.reshape(-1, x.shape[-1]), group["weights"], group["biases"],
-                                        group["a_cat"], group["b_t"], slot["w"])
+            if cache[0] is not x:
+                if not state.enabled:
+                    return F.linear(x, weight, bias)
+                compute(x)
             if slot["native"]:
-                return group["parts"][k].view(*x.shape[:-1], d_out)
-            if group["x"] is not x:                   # first member to see this input: whole group
-                x2 = x.reshape(-1, x.shape[-1])
-                acc = group["acc"]
-                wu = torch.mm(x2 if x2.dtype == acc else x2.to(acc), group["a_t"])   # [N, G*E*r] u copies
-                wu.mul_(slot["w_rep"][gsize])                                          # * expert weights
-                delta = (torch.mm(wu, group["b_blk"]) if group["bias"] is None
-                         else torch.addmm(group["bias"], wu, group["b_blk"]))           # [N, sum d_out]
-                if delta.dtype != x2.dtype:
-                    delta = delta.to(x2.dtype)
-                group["x"], group["x2"] = x, x2
-                group["parts"] = delta.split(group["d_outs"], dim=1) if gsize > 1 else (delta,)
-            y = torch.addmm(group["parts"][k], group["x2"], w_t)
-            return y.view(*x.shape[:-1], d_out)
+                return cache[2][k].view(*x.shape[:-1], d_out)
+            return torch.addmm(cache[2][k], cache[1], w_t).view(*x.shape[:-1], d_out)
         return forward
 
 
@@ -555,8 +571,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
             pos_buf = (pos[:, -1:] + 1).clone()
             ent_buf = torch.empty(bsz, 1, dtype=torch.float32, device=device)
             finished = torch.zeros(bsz, dtype=torch.bool, device=device)
-            high_count = torch.zeros((), dtype=torch.float32, device=device)
-            real_count = 0
+            high_count, real_count = 0, 0
             n_done = 0
             graph = None
             graph_logits = None
@@ -576,22 +591,12 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
                 nxt = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
                 if eos is not None:
                     nxt = nxt.masked_fill(finished, pad_token_id)
-                    unfinished_before = ~finished
                     finished = finished | torch.isin(nxt, eos)
                 out_tokens[:, step] = nxt
                 out_ent[:, step] = ent
                 n_done = step + 1
                 if step == max_new_tokens - 1 or (eos is not None and bool(finished.all())):
                     break
-                if patched:
-                    live = unfinished_before if eos is not None else None
-                    hi = ~(ent <= state.config.threshold)
-                    if live is not None:
-                        high_count += (hi & live).sum()
-                        real_count += int(live.sum())
-                    else:
-                        high_count += hi.sum()
-                        real_count += bsz
                 tok_buf.copy_(nxt[:, None])
                 ent_buf.copy_(ent[:, None])
                 slot_mask[:, 0, 0, t_prompt + step] = True
@@ -618,6 +623,15 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
                                      {k: v.expert_weights.clone() for k, v in state.plans.items()})
             sequences = torch.cat([input_ids, out_tokens[:, :n_done]], dim=1)
             ent_done = out_ent[:, :n_done].clone()
+            if patched and n_done > 1:
+                # share of high-entropy inputs among the decode steps' live rows (computed once, here)
+                fed = ent_done[:, :n_done - 1]
+                live = torch.ones_like(fed, dtype=torch.bool)
+                if eos is not None:
+                    hit = torch.isin(out_tokens[:, :n_done - 1], eos).long().cumsum(1)
+                    live = torch.cat([torch.ones_like(live[:, :1]), hit[:, :-1] == 0], 1)
+                high_count = (~(fed <= state.config.threshold) & live).sum()
+                real_count = int(live.sum())
             sync()
             t2 = time.perf_counter()
     finally:
