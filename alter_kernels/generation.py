@@ -210,7 +210,7 @@ class _FastAdapters:
     def _new_group(self, members):
         slot = self.layers[members[0]._router.layer_name]
         g = len(members)
-        group = {"slot": slot, "g": g, "cache": [None, None, None]}     # cache: input, its 2D view, outputs
+        group = {"slot": slot, "g": g, "cache": [None, None, None, 0]}  # input, its 2D view, outputs, members left
         slot["groups"].append(group)
         if g not in slot["expanders"]:
             e, r = self.num_experts, self.rank
@@ -279,7 +279,7 @@ class _FastAdapters:
             slot["w"] = None
             slot["w_rep"] = {}
             for group in slot["groups"]:
-                group["cache"][:] = [None, None, None]
+                group["cache"][:] = [None, None, None, 0]
 
     # ---------------------------------------------------------------- per step
     def set_entropy(self, entropy: torch.Tensor):
@@ -326,7 +326,7 @@ class _FastAdapters:
             hidden = args[0] if args else kwargs["hidden_states"]
             h = hidden.reshape(-1, hidden.shape[-1])
             for c in caches:
-                c[0] = None
+                c[0] = c[1] = c[2] = None
             if fast._all_native and h.shape[0] <= fast.NATIVE_MAX_TOKENS and h.device.type == "cpu":
                 w = native_route(h, wg, fast._ent_flat, threshold, tau_high, tau_low, k)
                 slot["w"] = w
@@ -394,9 +394,15 @@ class _FastAdapters:
                 if not state.enabled:
                     return F.linear(x, weight, bias)
                 compute(x)
+                cache[3] = gsize
+            part = cache[2][k]
+            cache[3] -= 1
+            x2 = cache[1]
+            if cache[3] == 0:                          # every member served: release the activations
+                cache[0] = cache[1] = cache[2] = None
             if slot["native"]:
-                return cache[2][k].view(*x.shape[:-1], d_out)
-            return torch.addmm(cache[2][k], cache[1], w_t).view(*x.shape[:-1], d_out)
+                return part.view(*x.shape[:-1], d_out)
+            return torch.addmm(part, x2, w_t).view(*x.shape[:-1], d_out)
         return forward
 
 
