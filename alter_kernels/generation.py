@@ -232,25 +232,10 @@ class _FastAdapters:
         for group, members in self._groups:
             a = members[0].lora_A
             acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-            er = e * self.rank
             group["acc"] = acc
             group["dtype"] = members[0].base_layer.weight.dtype
-            # [A; A; ..] replicated per expert, stacked per member: (G*E*r, d_in), used transposed
-            group["a_t"] = torch.cat([m.lora_A.detach().to(acc).repeat(e, 1) for m in members]).t()
-            # block-diagonal pre-scaled [B_0 | .. | B_N]^T per member: (G*E*r, sum d_out)
-            d_outs = [m.base_layer.out_features for m in members]
-            bblk = torch.zeros(len(members) * er, sum(d_outs), dtype=acc, device=a.device)
-            col = 0
-            for k, m in enumerate(members):
-                bt = (m.lora_B.detach().to(acc) * m.scale).permute(0, 2, 1).reshape(er, d_outs[k])
-                bblk[k * er:(k + 1) * er, col:col + d_outs[k]] = bt
-                col += d_outs[k]
-            group["b_blk"] = bblk
-            group["d_outs"] = d_outs
-            biases = [m.base_layer.bias for m in members]
-            group["bias"] = None if all(b is None for b in biases) else torch.cat(
-                [(b.detach() if b is not None else torch.zeros(d, device=a.device)).to(acc)
-                 for b, d in zip(biases, d_outs)])
+            group["members"] = members
+            group["py_ready"] = False          # the pure-PyTorch tensors are built on first use
             # for the native decode op: [A_1; ..; A_G] (G*r, d_in) and pre-scaled B^T (E, r, d_out)
             group["native"] = (self._native_group is not None and a.device.type == "cpu"
                                and group["dtype"] == acc and a.dtype == acc
@@ -362,6 +347,28 @@ class _FastAdapters:
             return None
         return hook
 
+    def _build_python(self, group) -> None:
+        """Tensors of the pure-PyTorch group path (built when a forward first needs them)."""
+        members, acc, e = group["members"], group["acc"], self.num_experts
+        er = e * self.rank
+        dev = members[0].lora_A.device
+        # [A; A; ..] replicated per expert, stacked per member: (G*E*r, d_in), used transposed
+        group["a_t"] = torch.cat([m.lora_A.detach().to(acc).repeat(e, 1) for m in members]).t()
+        # block-diagonal pre-scaled [B_0 | .. | B_N]^T per member: (G*E*r, sum d_out)
+        d_outs = [m.base_layer.out_features for m in members]
+        bblk = torch.zeros(len(members) * er, sum(d_outs), dtype=acc, device=dev)
+        col = 0
+        for k, m in enumerate(members):
+            bt = (m.lora_B.detach().to(acc) * m.scale).permute(0, 2, 1).reshape(er, d_outs[k])
+            bblk[k * er:(k + 1) * er, col:col + d_outs[k]] = bt
+            col += d_outs[k]
+        group["b_blk"] = bblk
+        group["d_outs"] = d_outs
+        biases = [m.base_layer.bias for m in members]
+        group["bias"] = None if all(b is None for b in biases) else torch.cat(
+            [(b.detach() if b is not None else torch.zeros(d, device=dev)).to(acc) for b, d in zip(biases, d_outs)])
+        group["py_ready"] = True
+
     def _make_linear(self, alin: AlterLinear, group, k: int):
         base = alin.base_layer
         weight, bias = base.weight, base.bias
@@ -372,6 +379,7 @@ class _FastAdapters:
         gsize = group["g"]
         native = self._native_group
         cache = group["cache"]
+        fast = self
 
         def compute(x: torch.Tensor) -> None:
             """First member of the group to see ``x``: the outputs (native) or deltas of all members."""
@@ -380,6 +388,8 @@ class _FastAdapters:
             if slot["native"]:
                 cache[2] = native(x2, group["weights"], group["biases"], group["a_cat"], group["b_t"], slot["w"])
                 return
+            if not group["py_ready"]:
+                fast._build_python(group)
             acc = group["acc"]
             wu = torch.mm(x2 if x2.dtype == acc else x2.to(acc), group["a_t"])     # [N, G*E*r] u copies
             wu.mul_(slot["w_rep"][gsize])                                          # * expert weights
@@ -554,19 +564,18 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
             causal = torch.ones(t_prompt, t_prompt, dtype=torch.bool, device=device).tril()
             prefill_mask = torch.zeros(bsz, 1, t_prompt, max_len, dtype=torch.bool, device=device)
             prefill_mask[:, :, :, :t_prompt] = causal[None, None] & attention_mask.bool()[:, None, None, :]
-            if fastpath is not None:
-                fastpath.install()
-                fastpath.set_entropy(p_ent)
-                if record_plans:
-                    fastpath.records.append({})
-            elif patched:
+            # the prefill (many tokens: FLOP-bound) goes through the generic path, i.e. the dispatched
+            # route / asym_lora kernels; the decode-shaped path is installed for the steps after it
+            if patched:
                 state.entropy, state.labels = p_ent, None
             hidden = backbone(input_ids=input_ids, attention_mask=prefill_mask, position_ids=pos, cache=cache,
                               use_cache=True).last_hidden_state[:, -1]
             logits = head(hidden).float()                                    # [B, V]
             if record_plans:
-                plans_out.append(fastpath.records[-1] if fastpath is not None else
-                                 {k: v.expert_weights.clone() for k, v in state.plans.items()})
+                plans_out.append({k: v.expert_weights.clone() for k, v in state.plans.items()})
+            if fastpath is not None:
+                state.entropy = None
+                fastpath.install()
 
             sync()
             t1 = time.perf_counter()

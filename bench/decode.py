@@ -71,7 +71,7 @@ def build(name: str, device, seed=0):
     return base, gated, n_params
 
 
-def variants(base, gated, quick: bool, native_available: bool):
+def variants(base, gated, quick: bool, native_available: bool, with_hf: bool = True):
     def ak_gen(model, **kw):
         def run(ids, new):
             out = ak.generate(model, ids, new, return_dict=True, **kw)
@@ -97,7 +97,7 @@ def variants(base, gated, quick: bool, native_available: bool):
     if native_available:
         out["gated_python"] = ak_gen(gated, native=False)
     out["reference"] = ref_gen
-    if not quick:
+    if with_hf:
         out["hf_base"] = hf(base, False)
         out["hf_gated"] = hf(gated, True)
     return out
@@ -111,10 +111,10 @@ class _null:
         return False
 
 
-def bench_config(name, device, batches, prompt, new, reps, quick, memory):
+def bench_config(name, device, batches, prompt, new, reps, quick, memory, with_hf):
     base, gated, n_params = build(name, device)
     native_available = _backend.native_op("decode_group_linear") is not None and device.type == "cpu"
-    runs = variants(base, gated, quick, native_available)
+    runs = variants(base, gated, quick, native_available, with_hf and not quick)
     rows = []
     for bsz in batches:
         g = torch.Generator().manual_seed(bsz)
@@ -184,6 +184,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--hf-configs", default="tiny", help="configs on which HF generate is also timed (slow)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,8 +196,8 @@ def main(argv=None):
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     for name in configs:
-        rows += bench_config(name, device, batches, prompt, new, reps if name == "tiny" else max(2, reps // 2),
-                             args.quick, not args.no_memory)
+        rows += bench_config(name, device, batches, prompt, new, reps if name == "tiny" else max(3, reps // 2),
+                             args.quick, not args.no_memory, name in args.hf_configs.split(","))
     results = {"machine": machine(), "args": vars(args), "backends": ak.backends(),
                "native_decode_ops": _backend.native_op("decode_group_linear") is not None,
                "note": "ratios are measured side by side (interleaved repetitions, medians); the machine may be "
