@@ -162,7 +162,6 @@ class _FastAdapters:
         if native and (self._native_route is None or self._native_group is None):
             raise RuntimeError("generate: native=True but the extension's decode ops are missing "
                                f"({_backend.extension_error() or 'not built with csrc/cpu/asym_lora_decode.cpp'})")
-        self.native_used = False
         cfg = self.state.config
         self.threshold, self.tau_high, self.tau_low = cfg.threshold, cfg.tau_high, cfg.tau_low
         self.top_k = min(cfg.top_k, cfg.num_experts - 1)
