@@ -16,6 +16,7 @@ from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
 from .patch import (AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter_parameters, adapter_state_dict,
                     clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction, is_patched,
                     last_plans, patch, router_loss, routing_inputs, set_routing_inputs, token_entropy, unpatch)
+from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
 from .reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
 from .reference.routing import RoutingPlan
 from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
@@ -31,4 +32,5 @@ __all__ = [
     "last_plans", "add_plan_hook", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
     "get_state", "is_patched", "backends", "use_backend", "init_from_peft",
     "unlearn", "UnlearnResult", "add_forget_experts", "UnlearnError", "UnlearnDivergedError", "DataError",
+    "generate", "gated_decoding", "GatedDecoding", "GenerationOutput", "prompt_entropy",
 ]

@@ -432,12 +432,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- base-model entropies
 @torch.no_grad()
 def token_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  q: float | None = None) -> torch.Tensor:
+                  q: float | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Routing entropies e [B, T] from the base model (adapters off), spec 2.
 
     e[:, t] = S_q(softmax(z_{t-1})): the entropy of the distribution that predicted token t,
     from the final hidden states and the LM head through ``lm_head_entropy`` (no [B, T, V]
     logits kept). Positions with no real predecessor (the first, and left padding) get +inf.
+    Positions are counted over real tokens (``position_ids``, by default from
+    ``attention_mask``), so a left-padded row gets the entropies of the row alone.
     """
     q = get_state(model).config.q_route if (q is None and is_patched(model)) else (1.5 if q is None else q)
     backbone = getattr(model, "model", None) or model.get_decoder()
@@ -447,9 +449,12 @@ def token_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     for attr in ("final_logit_softcapping", "logit_scale"):
         if getattr(getattr(model, "config", None), attr, None) not in (None, 1.0):
             raise NotImplementedError(f"token_entropy: models with config.{attr} are not supported yet")
+    if attention_mask is not None and position_ids is None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     ctx = disable_adapters(model) if is_patched(model) else contextlib.nullcontext()
     with ctx:
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
     ent = lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))   # [B, T]
     routed = torch.full_like(ent, math.inf)
     routed[:, 1:] = ent[:, :-1]
