@@ -1,4 +1,5 @@
-"""The build: the extension, the dispatch table, the warning without it, and the CMake library."""
+"""The build: the extension, the dispatch table, the warning without it, the CMake library and
+the C++ program that calls an op through it."""
 import os
 import shutil
 import subprocess
@@ -64,7 +65,7 @@ def test_cmake_builds_the_ops_library_against_libtorch(tmp_path):
     prefix = torch.utils.cmake_prefix_path
     jobs = os.environ.get("MAX_JOBS", "2")
     subprocess.run(["cmake", "-S", ROOT, "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}",
-                    "-DALTER_WITH_CUDA=OFF"], check=True, capture_output=True)
+                    "-DALTER_WITH_CUDA=OFF", "-DALTER_BUILD_EXAMPLES=ON"], check=True, capture_output=True)
     res = subprocess.run(["cmake", "--build", str(build), f"-j{jobs}"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     lib = build / "libalter_ops.so"
@@ -75,3 +76,7 @@ def test_cmake_builds_the_ops_library_against_libtorch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().isdigit()
+    # the C++ program: calls an op through the dispatcher and checks it against libtorch
+    res = subprocess.run([str(build / "alter_embed_check")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert res.stdout.count(" ok") == 4, res.stdout
