@@ -21,12 +21,7 @@ TOK = toy_tokenizer(FORGET + RETAIN)
 LR = 3e-2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @torch.no_grad()

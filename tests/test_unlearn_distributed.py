@@ -38,12 +38,7 @@ EXAMPLE = os.path.join(ROOT, "python", "distributed_unlearn.py")
 LRS = ["--lr-A", "1e-2", "--lr-B", "1e-2", "--lr-router", "1e-2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # ------------------------------------------------------------------ in process: the normalisation

@@ -12,12 +12,7 @@ from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
 from alter_kernels.unlearn.trainer import DEFAULTS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ TOK = toy_tokenizer(FORGET + RETAIN + toy_rows(4, seed=3, offset=3))
 FAST = dict(progress=False, eval_each_epoch=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def model():
