@@ -206,7 +206,6 @@ class _FastAdapters:
             self._saved_hooks.append((layer, hid, layer._forward_pre_hooks[hid]))
             slot["wg"] = slot["router"].weight.detach().to(torch.float32)
             layer._forward_pre_hooks[hid] = self._make_hook(slot)
-        e = self.num_experts
         for group, members in self._groups:
             a = members[0].lora_A
             acc = torch.float64 if a.dtype == torch.float64 else torch.float32

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import machine, md_table, peak_memory, time_fn, write_results  # noqa: E402
+from bench.common import machine, md_table, peak_memory, write_results  # noqa: E402
 
 import alter_kernels as ak  # noqa: E402
 from alter_kernels import _backend  # noqa: E402

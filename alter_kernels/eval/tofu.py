@@ -18,7 +18,7 @@ Definitions (as TOFU / open-unlearning compute them):
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

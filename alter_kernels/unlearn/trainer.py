@@ -306,7 +306,6 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     # ---------------------------------------------------------------- schedule, resume
     spe = steps_per_epoch(len(f_ex), batch_size)
     total = max_steps if max_steps is not None else epochs * spe
-    n_epochs = math.ceil(total / spe)
     fp = _fingerprint(method, f_ex, r_ex, {k: v for k, v in hp.items()}, seed, batch_size)
     history: list[dict] = []
     metrics: list[dict] = []
@@ -604,7 +603,6 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
     if mapping and len(mapping) > n_avail:
         raise UnlearnError(f"unlearn: the forget data has {len(mapping)} domains {sorted(mapping)} but only "
                            f"{n_avail} trainable forget expert(s); use a config with more experts")
-    experts = list(range(first, first + n_avail))
     if mapping:
         assign = labels
     else:
