@@ -107,7 +107,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict_config: bool 
     path = os.fspath(path)
     cfg, _ = read_adapter_config(path)
     fields = _MUST_MATCH + (() if not strict_config else
-                            ("q_route", "threshold", "top_k", "tau_high", "tau_low"))
+                            ("q_route", "threshold", "top_k", "tau_high", "tau_low", "inference_entropy"))
     for name in fields:
         mine, theirs = getattr(state.config, name), getattr(cfg, name)
         if mine != theirs:

@@ -255,6 +255,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                     frozen_a.append(a)
         if method == "asymlora":
             hooks += _all_rows_update_a(model)
+            # AsymLoRA routes every token on the low path, in training and at inference: theta = +inf
+            # makes every entropy low, so the model needs none (saved so in the adapter config)
+            st = _patch.get_state(model)
+            st.config = cfg = dataclasses.replace(cfg, threshold=math.inf, inference_entropy="none")
     else:
         if _patch.is_patched(model):
             raise UnlearnError(f"unlearn: method {method!r} trains the full model; this model is patched with "
@@ -558,7 +562,8 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
                 raise UnlearnError("unlearn[lora]: the model is already patched with forget experts; plain LoRA "
                                    "needs a fresh model (or one patched with num_forget_experts=0)")
         else:
-            cfg = dataclasses.replace(base, num_forget_experts=0,
+            # one expert: both routing branches give it weight 1, so no entropy is needed at inference
+            cfg = dataclasses.replace(base, num_forget_experts=0, inference_entropy="none",
                                       rank=hp["rank"] or base.rank, alpha=hp["alpha"] or base.alpha,
                                       init_seed=base.init_seed if base.init_seed is not None else seed)
             _patch.patch(model, cfg)
