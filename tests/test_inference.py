@@ -214,3 +214,41 @@ def test_heads_without_plain_logits_fail_at_patch():
     backbone = tiny_llama(1).model                  # no LM head at all
     with pytest.raises(ak.PatchError, match="no LM head"):
         ak.patch(backbone, ak.AlterConfig())
+
+
+# --------------------------------------------------------------------------- evaluation loops
+def test_plain_hf_evaluation_loop_equals_explicit_routing(tmp_path):
+    """An evaluation harness that knows nothing of ALTER (load, then plain forwards and HF
+    generate) gets the numbers of the explicit routing inputs."""
+    trained = trained_model(7)
+    ak.save_adapter(trained, tmp_path / "adapter")
+    # loading, as a user would: base model, the adapter's config, the adapter
+    cfg, _ = ak.read_adapter_config(tmp_path / "adapter")
+    model = tiny_llama(7)
+    ak.patch(model, cfg)
+    ak.load_adapter(model, tmp_path / "adapter")
+    ak.get_state(model).config.threshold = ak.get_state(trained).config.threshold
+    g = torch.Generator().manual_seed(3)
+    questions = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 8, 3, 6)]
+    answers = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (4, 2, 6, 5)]
+    ids, mask = left_pad([q + a for q, a in zip(questions, answers)])
+    labels = torch.full_like(ids, -100)
+    for i, a in enumerate(answers):
+        labels[i, ids.shape[1] - len(a):] = ids[i, ids.shape[1] - len(a):]
+
+    def answer_nll(explicit: bool):
+        with torch.no_grad():
+            if explicit:
+                with ak.routing_inputs(model, entropy=ak.token_entropy(model, ids, mask)):
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+            else:
+                logits = model(input_ids=ids, attention_mask=mask).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
+        return (nll * (labels[:, 1:] != -100)).sum(1) / (labels[:, 1:] != -100).sum(1)
+
+    torch.testing.assert_close(answer_nll(False), answer_nll(True), rtol=0, atol=0)
+    q_ids, q_mask = left_pad(questions)
+    with torch.no_grad():
+        plain = model.generate(q_ids, attention_mask=q_mask, max_new_tokens=16, do_sample=False, pad_token_id=0,
+                               eos_token_id=None)
+    assert torch.equal(plain, ak.generate(model, q_ids, 16, attention_mask=q_mask))
