@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from alter_kernels.eval import (QAFormat, answer_nll, distinct_n, evaluate_tofu, forget_quality,
-                                harmonic_mean, lcs_length, load_rows, mcq_accuracy, model_utility,
+                                harmonic_mean, load_rows, mcq_accuracy, model_utility,
                                 repetition_rate, rouge_l, rouge_l_recall, rouge_tokens, split_stats,
-                                truth_ratio_score, truth_ratios, verbatim_rouge)
+                                truth_ratio_from_nll, truth_ratio_score, truth_ratios, verbatim_rouge)
 
 
 # ---------------------------------------------------------------- ROUGE-L
@@ -18,11 +18,50 @@ def test_rouge_tokens_like_rouge_score():
     assert rouge_tokens("  ") == []
 
 
-def test_lcs_known():
-    assert lcs_length("ABCBDAB", "BDCABA") == 4          # textbook example (BCBA)
-    assert lcs_length([], [1, 2]) == 0
-    assert lcs_length([1, 2, 3], [1, 2, 3]) == 3
-    assert lcs_length([1, 2, 3], [3, 2, 1]) == 1
+def test_rouge_is_stemmed_like_tofu():
+    # TOFU and open-unlearning score with rouge_score's RougeScorer(use_stemmer=True): "Incas" and
+    # "Inca" are one token after stemming (an unstemmed LCS gives recall 0.5 here)
+    assert rouge_l_recall("The Inca", "The Incas") == 1.0
+    assert rouge_tokens("The Incas", stem=True) == ["the", "inca"]
+    assert rouge_tokens("The Incas") == ["the", "incas"]
+    assert rouge_l_recall("She writes novels", "She wrote a novel") == pytest.approx(2 / 4)   # she, novel
+
+
+def _varied_pairs(n=400, seed=0):
+    import random
+    rng = random.Random(seed)
+    words = ["The", "author", "authors", "wrote", "writes", "writing", "novel", "novels", "born", "in",
+             "Paris", "1961", "Incas", "Inca", "running", "ran", "studies", "studied", "is", "a", "an",
+             "mystery", "mysteries", "Glass-Orchard", "award", "awarded", "awards", "city", "cities", "der",
+             "café", "naïve", "x", "of", "'s", "fathers", "father's", "happily", "happiness", "--", ""]
+    seps = [" ", " ", " ", ", ", ". ", "-", "; ", "\n", "!"]
+    def text():
+        k = rng.randint(0, 25)
+        return "".join(rng.choice(words) + rng.choice(seps) for _ in range(k)).strip()
+    pairs = [(text(), text()) for _ in range(n)]
+    # near-copies: a reference and an edited copy of it
+    for _ in range(n // 2):
+        ref = text()
+        toks = ref.split()
+        if rng.random() < 0.3:
+            rng.shuffle(toks)
+        pairs.append((" ".join(t.upper() if rng.random() < 0.2 else t for t in toks if rng.random() > 0.2), ref))
+    return pairs
+
+
+def test_rouge_equals_rouge_score_on_varied_pairs():
+    from rouge_score import rouge_scorer
+    ref = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = _varied_pairs()
+    assert len(pairs) >= 300
+    differ = 0
+    for pred, target in pairs:
+        want = ref.score(target, pred)["rougeL"]
+        got = rouge_l(pred, target)
+        assert (got["precision"], got["recall"], got["f"]) == (want.precision, want.recall, want.fmeasure)
+        unstemmed = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(target, pred)["rougeL"]
+        differ += unstemmed.recall != want.recall
+    assert differ > 0          # the pairs exercise the stemmer
 
 
 def test_rouge_l_hand_computed():
@@ -74,6 +113,19 @@ def test_forget_quality_ks():
     assert forget_quality(a, [x + 0.5 for x in b]) < 1e-3
     with pytest.raises(ValueError):
         forget_quality([], [1.0])
+
+
+def test_truth_ratio_geometric_and_arithmetic():
+    para, pert = [1.0, 2.0], [[1.5, 2.5], [2.0, float("nan")]]
+    geo = truth_ratio_from_nll(para, pert)
+    assert geo == pytest.approx([math.exp(1.0 - 2.0), 1.0])
+    ari = truth_ratio_from_nll(para, pert, "arithmetic")
+    assert ari == pytest.approx([(math.exp(-1.5) + math.exp(-2.5)) / 2 / math.exp(-1.0), 1.0])
+    assert ari[0] > geo[0]                 # Jensen: arithmetic mean >= geometric mean
+    with pytest.raises(ValueError, match="geometric"):
+        truth_ratio_from_nll(para, pert, "harmonic")
+    with pytest.raises(ValueError, match="no perturbed"):
+        truth_ratio_from_nll([1.0], [[float("nan")]])
 
 
 def test_truth_ratio_score():
