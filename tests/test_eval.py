@@ -174,6 +174,28 @@ def test_load_rows_errors(tmp_path):
         load_rows(bad)
 
 
+def test_load_rows_task_id_and_one_row_jsonl(tmp_path):
+    import warnings
+    rows = [dict(ROWS[i % 2], task_id=t) for i, t in enumerate(["1", "1", "2", "2", "3"])]
+    p = tmp_path / "forget10_perturbed.json"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))             # TOFU's files: JSON lines in .json
+    with pytest.warns(UserWarning, match=r"5 rows in 3 task_id groups \{'1': 2, '2': 2, '3': 1\}"):
+        assert len(load_rows(p)) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = load_rows(p, task_id="2")
+    assert len(got) == 2 and {r["task_id"] for r in got} == {"2"} and got[1]["perturbed_answer"] == ["B two."]
+    assert len(load_rows(p, task_id="1,3")) == 3
+    assert len(load_rows(rows, task_id=1)) == 2                               # in-memory rows, int id
+    with pytest.raises(ValueError, match="no rows with task_id '9'"):
+        load_rows(p, task_id="9")
+    with pytest.warns(UserWarning, match="has no task_id field"):
+        assert len(load_rows(ROWS, task_id="1")) == 2
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(ROWS[0]) + "\n")
+    assert load_rows(one)[0]["question"] == "Q1?"
+
+
 # ---------------------------------------------------------------- model-based, tiny random model
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
