@@ -61,10 +61,11 @@ def load_rows(src, name: str = "data", task_id=None) -> tuple[list[dict], str]:
 
     ``task_id``: keep only the rows whose ``task_id`` field equals it (compared as strings; a
     list / tuple / set, or a comma-separated string, keeps several groups). Without it, rows in
-    several task_id groups are all kept and a UserWarning names the groups and their counts.
+    several task_id groups are all kept and, when read from a file, a UserWarning names the
+    groups and their counts (in-memory rows were already chosen by the caller: no warning).
     """
     rows, where = _read_rows(src, name)
-    return _select_task(rows, where, name, task_id)
+    return _select_task(rows, where, name, task_id, warn=isinstance(src, (str, os.PathLike)))
 
 
 def _task_ids(task_id) -> list[str]:
@@ -78,10 +79,10 @@ def _groups_text(counts: Counter) -> str:
     return "{" + ", ".join(items) + (", ..." if len(counts) > 12 else "") + "}"
 
 
-def _select_task(rows: list, where: str, name: str, task_id) -> tuple[list, str]:
+def _select_task(rows: list, where: str, name: str, task_id, warn: bool = True) -> tuple[list, str]:
     counts = Counter(str(r["task_id"]) for r in rows if isinstance(r, dict) and "task_id" in r)
     if task_id is None:
-        if len(counts) > 1:
+        if len(counts) > 1 and warn:
             warnings.warn(f"{name}: {where} holds {len(rows)} rows in {len(counts)} task_id groups "
                           f"{_groups_text(counts)}; all of them are used. Keep one group with "
                           "load_rows(..., task_id=...) (alter-eval --task-id)", UserWarning, stacklevel=3)
