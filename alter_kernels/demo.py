@@ -30,6 +30,9 @@ METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_reta
 LR_SCALE: dict[str, float] = {"alter": 30, "asymlora": 300, "lora": 10, "ga": 100, "graddiff": 100,
                               "kl": 100, "npo": 100, "npo_retain": 100}
 BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3}
+# Greedy answers for ROUGE are generated up to TOFU's 200 new tokens, as alter-eval and
+# evaluate_tofu do (the models stop at eos long before on intact answers).
+EVAL_MAX_NEW_TOKENS = 200
 
 
 def method_hparams(name: str, scale: float | None = None) -> dict:
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
     mcq = load_rows(bench.path("mcq"), require=("question", "choices"))
     passages = load_rows(bench.path("passages"), require=("text",))
     fmt = QAFormat()
-    eval_kw = dict(fmt=fmt, batch_size=16, max_new_tokens=32)
+    eval_kw = dict(fmt=fmt, batch_size=16, max_new_tokens=EVAL_MAX_NEW_TOKENS)
 
     def evaluate(model, ref=None):
         r = evaluate_tofu(model, tok, forget, retain_eval, real, world, reference_truth_ratios=ref, **eval_kw)

@@ -44,7 +44,7 @@ from ..reference.losses import sequence_logprob
 from . import checkpoint as ckpt
 from . import distributed as D
 from . import methods as M
-from .data import DataError, Example, collate, epoch_order, pad_float, prepare, steps_per_epoch
+from .data import DataError, Example, collate, epoch_order, pad_float, prepare, report_rows, steps_per_epoch
 from .experts import freeze_leading_experts, frozen_experts
 from .subdomains import choose_k, init_router, kmeans, map_domain_labels, pooled_features
 
@@ -224,12 +224,15 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     dkw = dict(max_length=hp["max_length"], chat_template=hp["chat_template"], prompt_format=hp["prompt_format"])
     f_rows, f_ex = prepare(forget, tokenizer, "forget", **dkw)
     needs_retain = method in M.NEEDS_RETAIN
+    r_rows = None
     if retain is None and not needs_retain:
         r_ex = []
     else:
         if retain is None:
             raise DataError(f"retain: method {method!r} needs a retain set")
-        _, r_ex = prepare(retain, tokenizer, "retain", allow_empty=not needs_retain, **dkw)
+        r_rows, r_ex = prepare(retain, tokenizer, "retain", allow_empty=not needs_retain, **dkw)
+    if main:
+        report_rows(f_rows, r_rows, forget, retain)      # rows loaded (stderr); warns on forget/retain overlap
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     # ---------------------------------------------------------------- model set-up
