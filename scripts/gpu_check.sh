@@ -178,11 +178,14 @@ build_ext() {
     # dry run / --skip-build: no compilation. Check that the arch string parses and say what the
     # extension that is there can do.
     echo "build skipped ($([ "$DRY" = 1 ] && echo dry run || echo --skip-build)); on the GPU this step runs:"
-    echo "  MAX_JOBS=16 ALTER_CUDA_ARCHS=9.0a TORCH_CUDA_ARCH_LIST=9.0a $PY -m pip install -v -e . --no-build-isolation --no-deps"
+    echo "  MAX_JOBS=16 ALTER_CUDA_ARCHS=9.0a TORCH_CUDA_ARCH_LIST=9.0a $PY -m pip install -v -e . --no-build-isolation" \
+         "--no-deps --no-index --disable-pip-version-check"
   else
     : > "$DETAIL/build_pip.log"
+    # no package registry there: --no-index, and no version check (it would wait on the network)
     MAX_JOBS=16 ALTER_CUDA_ARCHS=9.0a TORCH_CUDA_ARCH_LIST=9.0a ALTER_FORCE_CUDA=1 \
-      "$PY" -m pip install -v -e . --no-build-isolation --no-deps > "$DETAIL/build_pip.log" 2>&1 &
+      "$PY" -m pip install -v -e . --no-build-isolation --no-deps --no-index --disable-pip-version-check \
+      > "$DETAIL/build_pip.log" 2>&1 &
     local pid=$! n=0
     # progress: ninja's [k/n] lines and errors, as they come
     tail -n +1 -f "$DETAIL/build_pip.log" --pid="$pid" 2>/dev/null \

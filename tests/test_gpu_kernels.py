@@ -357,10 +357,11 @@ def test_generate_cuda_graph_matches_eager():
     patched = transformers.LlamaForCausalLM(cfg).eval().to(DEV)
     patched.load_state_dict(base.state_dict())
     ak.patch(patched, ak.AlterConfig(rank=4, num_forget_experts=2, init_seed=0))
-    with torch.no_grad():
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():                    # non-zero experts and router: the adapters really act
         for name, p in ak.adapter_state_dict(patched).items():
             if name.endswith("lora_B") or name.endswith("alter_router.weight"):
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)).to(DEV) * 0.3)
+                p.copy_(torch.randn(p.shape, generator=g).to(DEV) * 0.3)
     ids = torch.randint(3, 97, (3, 9), generator=torch.Generator().manual_seed(2)).to(DEV)
     for m in (base, patched):
         graph = ak.generate(m, ids, 12, return_dict=True)
