@@ -37,16 +37,15 @@ from test_lm_head_entropy_kernels import run as lm_run
 MODE = os.environ.get("ALTER_GPU_CHECK") or ("full" if torch.cuda.is_available() else "")
 if MODE not in ("", "full", "tiny"):
     raise ValueError(f"ALTER_GPU_CHECK must be 'full' or 'tiny', got {MODE!r}")
+if MODE == "":
+    pytest.skip("no GPU; the CPU dry run (ALTER_GPU_CHECK=tiny) runs these through scripts/gpu_check.sh --dry-run",
+                allow_module_level=True)
+if MODE == "full" and not torch.cuda.is_available():
+    pytest.skip("ALTER_GPU_CHECK=full needs a GPU", allow_module_level=True)
 DEV = torch.device("cuda" if MODE == "full" else "cpu")
 FULL = MODE == "full"
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning"),
-    pytest.mark.skipif(MODE == "", reason="no GPU; the CPU dry run (ALTER_GPU_CHECK=tiny) runs these through "
-                                          "scripts/gpu_check.sh --dry-run"),
-    pytest.mark.skipif(FULL and not torch.cuda.is_available(), reason="ALTER_GPU_CHECK=full needs a GPU"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")]
 LARGE = pytest.mark.xdist_group("large")
 
 BF16, FP32, FP16 = torch.bfloat16, torch.float32, torch.float16
@@ -56,8 +55,6 @@ DT = {FP32: "fp32", BF16: "bf16", FP16: "fp16"}
 def fast_backends(op: str) -> list[str]:
     """Every non-reference backend of ``op`` on the test device (CUDA: cuda, triton (, torch);
     CPU dry run: cpp, triton interpreted (, torch))."""
-    if MODE == "":
-        return ["none"]
     return [b for b in _backend.available(op, DEV) if b != "reference"]
 
 
