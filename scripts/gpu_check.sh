@@ -152,7 +152,7 @@ step() {
 # --------------------------------------------------------------------------- the steps
 env_info() {
   echo "repo: $ROOT  commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')  dry run: $DRY"
-  echo "host: $(uname -srm), $(nproc) CPUs, python: $(command -v "$PY")"
+  echo "host: $(uname -srm), $(nproc --all) CPUs, python: $(command -v "$PY")"
   if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,utilization.gpu,clocks.sm,clocks.mem \
       --format=csv 2>&1 || true
