@@ -141,20 +141,20 @@ def decode_rows(d, dry):
     for r in d["rows"]:
         by[(r["config"], r["batch"], r["variant"])] = r
     for (cfg, bsz, var), r in sorted(by.items()):
-        if var != "gated":
+        if var not in ("alter_base", "alter_self", "alter_none"):    # bench/decode.py's ALTER variants
             continue
         shape = f"{cfg}, batch {bsz}"
-        out.append(row("decode_loop", "gated", r.get("decode_x_base"),
+        out.append(row("decode_loop", var, r.get("decode_x_base"),
                        f"{r.get('decode_tok_s', float('nan')):.0f} tok/s decode", dry, shape))
         hf = by.get((cfg, bsz, "hf_base"))
         base = by.get((cfg, bsz, "base"))
         if hf and "raw_seconds" in hf and "raw_seconds" in r:
-            out.append(row("decode_hf", "gated", _paired(hf["raw_seconds"]["total"], r["raw_seconds"]["total"]),
-                           "prefill included (gated: + the base-entropy pass)", dry, shape))
+            out.append(row("decode_hf", var, _paired(hf["raw_seconds"]["total"], r["raw_seconds"]["total"]),
+                           "prefill included (ALTER: + the base-entropy pass)", dry, shape))
         if hf and base and "raw_seconds" in hf and "raw_seconds" in base:
             out.append(row("decode_loop_hf", "base", _paired(hf["raw_seconds"]["total"],
                                                              base["raw_seconds"]["total"]), "", dry, shape))
-    return out or [row("decode_loop", "", None, "no gated rows", dry)]
+    return out or [row("decode_loop", "", None, "no ALTER rows", dry)]
 
 
 def main(argv=None):
