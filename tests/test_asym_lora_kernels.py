@@ -57,7 +57,7 @@ def run(fn, case, cast=None, seed=1):
         t[k] = v
     y = fn(t["x"], t["weight"], t["A"], t["B"], t["expert_weights"], case["scale"], case["a_grad_mask"],
            case["b_grad_mask"], t["bias"])
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.dtype)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(device=y.device, dtype=y.dtype)
     wrt = [k for k in GRAD_NAMES if t[k].requires_grad]
     grads = torch.autograd.grad(y, [t[k] for k in wrt], gy, allow_unused=True) if y.numel() else \
         [torch.zeros_like(t[k]) for k in wrt]

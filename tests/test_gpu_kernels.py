@@ -30,7 +30,8 @@ import alter_kernels as ak
 from alter_kernels import _backend
 from alter_kernels.reference.asym_lora import asym_lora_ref
 from alter_kernels.reference.entropy import tsallis_entropy_ref
-from test_asym_lora_kernels import GRAD_NAMES, make_case, tol_for
+from test_asym_lora_kernels import make_case, tol_for
+from test_asym_lora_kernels import run as lora_run  # y and gradients on the case's device
 from test_entropy_kernels import assert_criterion, cancellation_floor
 from test_lm_head_entropy_kernels import run as lm_run
 
@@ -256,27 +257,6 @@ def test_lm_head_edges(backend):
 # --------------------------------------------------------------------------- asym_lora
 def to_dev(case):
     return {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
-
-
-def lora_run(fn, case, cast=None, seed=1):
-    """y and the gradients of x, A, B, expert_weights (test_asym_lora_kernels.run, on DEV)."""
-    t = {}
-    for k in ("x", "weight", "A", "B", "expert_weights", "bias"):
-        v = case[k]
-        if v is not None and cast is not None:
-            v = v.to(cast)
-        if v is not None and k in GRAD_NAMES and (k != "expert_weights" or case["w_grad"]):
-            v = v.detach().requires_grad_(True)
-        t[k] = v
-    y = fn(t["x"], t["weight"], t["A"], t["B"], t["expert_weights"], case["scale"], case["a_grad_mask"],
-           case["b_grad_mask"], t["bias"])
-    gy = torch.randn(y.shape, device=DEV, generator=gen(seed)).to(y.dtype)
-    wrt = [k for k in GRAD_NAMES if t[k].requires_grad]
-    grads = torch.autograd.grad(y, [t[k] for k in wrt], gy, allow_unused=True) if y.numel() else \
-        [torch.zeros_like(t[k]) for k in wrt]
-    out = {"y": y.detach()}
-    out.update({k: (gr if gr is not None else torch.zeros_like(t[k])).detach() for k, gr in zip(wrt, grads)})
-    return out
 
 
 def check_lora(backend, case):
