@@ -42,6 +42,8 @@ def asym_lora_ref(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: tor
             ye_frozen_b = u @ B[e].detach().to(acc).t()
             ye = torch.where(b_grad_mask[:, e, None], ye, ye_frozen_b)
         we = w[:, e:e + 1]
-        # weight 0: the expert does not contribute at all (0, not 0 * inf = NaN), as in every backend
-        delta = delta + torch.where(we != 0, we * ye, torch.zeros((), dtype=acc, device=x.device))
+        # weight 0: the expert does not contribute at all (0, not 0 * inf = NaN), as in every backend;
+        # finite entries keep the plain product (and its gradient w.r.t. the weights)
+        delta = delta + torch.where((we != 0) | torch.isfinite(ye), we * ye,
+                                    torch.zeros((), dtype=acc, device=x.device))
     return base + (scale * delta).to(base.dtype)
