@@ -5,7 +5,6 @@ PNG through matplotlib when it is installed; otherwise an SVG written by hand (n
 from __future__ import annotations
 
 import math
-import os
 
 
 def plot_results(methods: dict, out_base: str, title: str = "Model utility vs forget quality") -> str:
