@@ -1,6 +1,7 @@
 """Build of alter_kernels and its C++ (and, where possible, CUDA) extension ``alter_kernels._C``.
 
-    pip install -e . --no-build-isolation        # against the torch that is installed
+    pip install -e . --no-build-isolation --no-deps   # against the torch that is installed
+                                                      # (pyproject.toml: the build requirements)
 
 Environment switches:
     ALTER_SKIP_CUDA=1         never build the CUDA kernels (CPU extension only)

@@ -1,20 +1,27 @@
 """Adapter files: ``adapter_config.json`` (the AlterConfig plus metadata) and
 ``adapter_model.safetensors`` (A, B and router tensors keyed by their path in the model).
 
-Files are written to a temporary name in the target directory and renamed into place, so a
-crash never leaves a half-written adapter file behind.
+Files are written with the package's atomic writer (:func:`alter_kernels._fsio.atomic_write`: a
+new temp file in the target directory, fsync, ``os.replace``), so a crash never leaves a
+half-written adapter file behind; a target directory or file that is a symbolic link is refused.
+
+Loading is strict: the config must carry every field that changes what the patched model
+computes (``REQUIRED_FIELDS``; a missing one is named, never defaulted), and every tensor must
+be finite. Fields added after the format's first release are the exception, so that older
+adapters keep loading: a missing ``inference_entropy`` means "base" (the rule they were trained
+for; docs/decoding.md).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ._fsio import OutputError, atomic_write, ensure_dir
 from .config import AlterConfig
 from .patch import adapter_state_dict, get_state
 
@@ -28,17 +35,9 @@ class AdapterError(ValueError):
     """An adapter directory does not match the model, or is damaged."""
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=d)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# AlterConfig fields that change the patched model's function: an adapter config must state them
+REQUIRED_FIELDS = ("rank", "alpha", "num_forget_experts", "q_route", "threshold", "top_k", "tau_high",
+                   "tau_low", "target_modules", "adapter_dtype")
 
 
 def _base_model_name(model: nn.Module) -> str | None:
@@ -55,7 +54,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict | None =
     from . import __version__
     state = get_state(model)
     path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+        ensure_dir(path)
+    except OutputError as exc:
+        raise AdapterError(f"save_adapter: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model).items()}
     meta = {
         "format": FORMAT,
@@ -69,14 +71,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict | None =
     }
     if extra:
         meta["extra"] = extra
-    _atomic_write(os.path.join(path, WEIGHTS_NAME),
-                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-    _atomic_write(os.path.join(path, CONFIG_NAME), write_json)
+    try:
+        atomic_write(os.path.join(path, WEIGHTS_NAME), save(tensors, metadata={"format": "pt"}))
+        atomic_write(os.path.join(path, CONFIG_NAME), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    except OutputError as exc:
+        raise AdapterError(f"save_adapter: {exc}") from None
     return path
 
 
@@ -85,7 +84,7 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[AlterConfig, dict]:
     if not os.path.isfile(cfg_path):
         raise AdapterError(f"load_adapter: {cfg_path} not found; expected an adapter directory written by save_adapter")
     try:
-        with open(cfg_path) as f:
+        with open(cfg_path, encoding="utf-8") as f:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterError(f"load_adapter: {cfg_path} is not valid JSON ({exc})") from exc
@@ -95,8 +94,17 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[AlterConfig, dict]:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise AdapterError(f"load_adapter: {cfg_path} has format_version {meta['format_version']}; this "
                            f"alter_kernels reads up to {FORMAT_VERSION}")
+    fields = meta["alter_config"]
+    if not isinstance(fields, dict):
+        raise AdapterError(f"load_adapter: 'alter_config' in {cfg_path} must be an object, got "
+                           f"{type(fields).__name__}")
+    missing = [f for f in REQUIRED_FIELDS if f not in fields]
+    if missing:
+        raise AdapterError(f"load_adapter: alter_config in {cfg_path} lacks field(s) {missing}; they change what the "
+                           "adapted model computes, so they are never defaulted (write the adapter with "
+                           "save_adapter, or add the fields)")
     try:
-        cfg = AlterConfig.from_dict(meta["alter_config"])
+        cfg = AlterConfig.from_dict(fields)
     except (TypeError, ValueError) as exc:
         raise AdapterError(f"load_adapter: bad alter_config in {cfg_path}: {exc}") from exc
     return cfg, meta
@@ -143,6 +151,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict_config: bool 
                                f"expected {tuple(p.shape)}")
         if not t.dtype.is_floating_point:
             raise AdapterError(f"load_adapter: tensor {name!r} has dtype {t.dtype}, expected a float dtype")
+        if not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise AdapterError(f"load_adapter: tensor {name!r} in {wpath} holds {n_bad} non-finite value(s) "
+                               "(NaN or inf); the adapter is damaged or comes from a diverged run")
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(tensors[name].to(device=p.device, dtype=p.dtype))

@@ -13,6 +13,19 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # forwards use the base model's); "none" every token high entropy, no extra work (opt-out).
 INFERENCE_ENTROPY = ("base", "self", "none")
 
+# Upper bound of num_forget_experts (every expert is a [d_out, r] B per patched linear and a router
+# column per layer; the dense routing plan is [tokens, N + 1]). The rank's bound, min(d_in, d_out)
+# of each target linear, depends on the model and is checked by ak.patch.
+MAX_FORGET_EXPERTS = 64
+
+
+class ConfigError(ValueError):
+    """A field of AlterConfig is out of range; ``field`` names it."""
+
+    def __init__(self, msg: str, field: str):
+        super().__init__(msg)
+        self.field = field
+
 
 @dataclasses.dataclass
 class AlterConfig:
@@ -53,21 +66,21 @@ class AlterConfig:
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
         def bad(name, got, want):
-            raise ValueError(f"AlterConfig.{name}: got {got!r}, expected {want}")
+            raise ConfigError(f"AlterConfig.{name}: got {got!r}, expected {want}", name)
 
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             bad("rank", self.rank, "an int >= 1")
         if not _finite_number(self.alpha) or self.alpha <= 0:
             bad("alpha", self.alpha, "a finite number > 0")
         if (not isinstance(self.num_forget_experts, int) or isinstance(self.num_forget_experts, bool)
-                or self.num_forget_experts < 0):
-            bad("num_forget_experts", self.num_forget_experts, "an int >= 0")
+                or not 0 <= self.num_forget_experts <= MAX_FORGET_EXPERTS):
+            bad("num_forget_experts", self.num_forget_experts, f"an int in 0..{MAX_FORGET_EXPERTS}")
         if not _finite_number(self.q_route) or self.q_route <= 0:
-            bad("q_route", self.q_route, "a finite number > 0 (1 means Shannon)")
+            bad("q_route", self.q_route, "a finite number > 0 (within 1e-6 of 1 means Shannon)")
         if not (_finite_number(self.threshold) or self.threshold in (math.inf, -math.inf)):
-            bad("threshold", self.threshold, "a number")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            bad("top_k", self.top_k, "an int >= 0")
+            bad("threshold", self.threshold, "a number (+-inf allowed, NaN not)")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
+            bad("top_k", self.top_k, "an int >= 1 (min(top_k, num_forget_experts) experts are mixed)")
         for name in ("tau_high", "tau_low"):
             v = getattr(self, name)
             if not _finite_number(v) or v <= 0:
@@ -78,6 +91,11 @@ class AlterConfig:
             bad("inference_entropy", self.inference_entropy, "one of " + ", ".join(map(repr, INFERENCE_ENTROPY)))
         if self.adapter_dtype not in ("float32", "float64", "bfloat16", "float16"):
             bad("adapter_dtype", self.adapter_dtype, "one of float32, float64, bfloat16, float16")
+        if not isinstance(self.router_grad_from_task, bool):
+            bad("router_grad_from_task", self.router_grad_from_task, "a bool")
+        if self.init_seed is not None and (not isinstance(self.init_seed, int) or isinstance(self.init_seed, bool)
+                                           or not 0 <= self.init_seed < 2 ** 64):
+            bad("init_seed", self.init_seed, "None or an int in 0..2**64-1")
 
     # ------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

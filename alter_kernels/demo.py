@@ -258,9 +258,8 @@ def main(argv=None) -> int:
                                               "retain_eval_rows": len(retain_eval), "build": bench.info},
            "total_seconds": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}
     path = os.path.join(args.out, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(_clean(out), f, indent=1)
-    os.replace(path + ".tmp", path)
+    from ._fsio import write_json
+    write_json(path, _clean(out))
     plot = plot_results({n: m for n, m in table.items() if "error" not in m}, os.path.join(args.out, "utility_vs_forget_quality"))
     print(f"\nwrote {path} and {plot} in {out['total_seconds']:.0f}s total")
     if failures:

@@ -276,6 +276,14 @@ def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
     if misses:
         raise PatchError(f"patch: target module(s) {misses[:4]} are {type(modules[misses[0]]).__name__}, "
                          "expected nn.Linear (quantised or fused layers are not supported)")
+    # a rank above min(d_in, d_out) adds no capacity; refuse it before allocating anything
+    max_rank = min(min(m.in_features, m.out_features) for _, m in targets)
+    if config.rank > max_rank:
+        p, m = min(targets, key=lambda t: min(t[1].in_features, t[1].out_features))
+        err = PatchError(f"patch: rank {config.rank} is too large: expected rank <= {max_rank}, the smallest "
+                         f"min(d_in, d_out) of the target linears ({p!r} is [{m.out_features}, {m.in_features}])")
+        err.field = "rank"
+        raise err
     hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
     why = check_model(model, config.inference_entropy)
     if why is not None:

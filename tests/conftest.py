@@ -32,3 +32,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "network: needs PyPI (skipped with ALTER_OFFLINE=1)")

@@ -369,13 +369,12 @@ def test_damaged_safetensors_file(tmp_path, damage):
 
 
 def test_save_leaves_nothing_half_written(tmp_path, monkeypatch):
-    import alter_kernels.adapter_io as io
+    from alter_kernels import _fsio
     model = ak.patch(tiny_llama())
 
-    def boom(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"partial")
+    def boom(fd):                      # the data is written, the flush to disk fails
         raise OSError("disk full")
-    monkeypatch.setattr(io, "save_file", boom)
+    monkeypatch.setattr(_fsio.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         ak.save_adapter(model, tmp_path / "a")
     assert os.listdir(tmp_path / "a") == []

@@ -113,7 +113,8 @@ def test_cli_bad_input(files, tmp_path, capsys):
     assert "no rows" in capsys.readouterr().err
     assert cli.main(base + ["--forget", str(files / "forget.json"), "--target-modules", "c_attn"]) == 1
     assert "none of the target modules" in capsys.readouterr().err
-    assert cli.main(base + ["--forget", str(files / "forget.json"), "--num-forget-experts", "many"]) == 1
+    assert cli.main(base + ["--forget", str(files / "forget.json"), "--num-forget-experts", "many"]) == 2   # usage
+    assert "--num-forget-experts: expected an int or 'auto'" in capsys.readouterr().err
     assert cli.main(["--model", str(tmp_path / "no-model"), "--forget", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert "cannot load" in capsys.readouterr().err
 

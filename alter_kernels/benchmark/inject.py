@@ -245,10 +245,8 @@ def build_benchmark(config: BenchmarkConfig | str = "default", cache_dir: str | 
     info["config"] = {"corpus": cfg.corpus.to_dict(), "model": asdict(cfg.model),
                       "recipe": asdict(cfg.recipe), "vocab_size": cfg.vocab_size,
                       "forget_split": cfg.forget_split}
-    tmp = info_path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, info_path)
+    from .._fsio import write_json
+    write_json(info_path, info)
     return Benchmark(root=root, config=cfg, data_dir=data_dir, tokenizer_dir=tok_dir,
                      finetuned_dir=ft_dir, retain_dir=rt_dir, info=info)
 

@@ -19,6 +19,8 @@ dw_e = s * <u, V_e>.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -132,8 +134,43 @@ class AsymLoraFunction(torch.autograd.Function):
                 dw if n_w else None, None, None, None, dbias)
 
 
+_finite_seen: dict = {}     # id(tensor) -> (weakref, (data_ptr, version), all finite)
+
+
+def params_finite(*ts) -> bool:
+    """Whether every tensor is finite, remembered per tensor until it changes (a parameter is
+    checked once per optimizer step, not once per call; keyed on the object, its data pointer and
+    its version counter). Skipped (True) while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return True
+    for t in ts:
+        try:
+            sig = (t.data_ptr(), t._version)
+        except RuntimeError:                    # inference tensors have no version counter
+            if not bool(torch.isfinite(t).all()):
+                return False
+            continue
+        key = id(t)
+        hit = _finite_seen.get(key)
+        if hit is None or hit[0]() is not t or hit[1] != sig:
+            ok = bool(torch.isfinite(t).all())
+            _finite_seen[key] = (weakref.ref(t, lambda _, k=key: _finite_seen.pop(k, None)), sig, ok)
+        elif not hit[2]:
+            return False
+        else:
+            continue
+        if not ok:
+            return False
+    return True
+
+
 def make_backend(impl: _Impl):
     def run(x, weight, A, B, w, scale, a_mask=None, b_mask=None, bias=None):
+        if not params_finite(A, B):
+            # inf/NaN in A or B: the fused GEMMs would turn an expert of weight 0 into 0 * inf = NaN;
+            # the reference skips experts of weight 0 exactly (docs/DESIGN.md, "inf / NaN")
+            from ..reference.asym_lora import asym_lora_ref
+            return asym_lora_ref(x, weight, A, B, w, scale, a_mask, b_mask, bias)
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or A.requires_grad or
                                         B.requires_grad or w.requires_grad or
                                         (bias is not None and bias.requires_grad)):

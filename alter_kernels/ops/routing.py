@@ -1,6 +1,8 @@
 """Dispatch point of the routing plan ``route`` (ALTER_SPEC section 3)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import _backend
@@ -37,6 +39,25 @@ _backend.register("route", "cpp", route_cpp,
 OP = "route"
 
 
+def _check_scalars(threshold, tau_high, tau_low, top_k) -> None:
+    """threshold: a number, +-inf allowed (every token low / high), NaN never; temperatures finite
+    > 0; top_k an int >= 0 (0: high-entropy tokens use the retain expert only)."""
+    for name, v in (("threshold", threshold), ("tau_high", tau_high), ("tau_low", tau_low)):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"{OP}: {name} must be a number, got {type(v).__name__}") from None
+        if math.isnan(f):
+            raise ValueError(f"{OP}: {name} is NaN; expected a number")
+        if name != "threshold" and not (math.isfinite(f) and f > 0):
+            raise ValueError(f"{OP}: {name} must be a finite number > 0, got {v!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"{OP}: top_k must be an int, got {type(top_k).__name__}")
+    if top_k < 0:
+        raise ValueError(f"{OP}: top_k must be >= 0 (the number of forget experts mixed into high-entropy "
+                         f"tokens), got {top_k}")
+
+
 def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tensor,
           threshold: float = 1.2, tau_high: float = 0.8, tau_low: float = 0.01, top_k: int = 3,
           labels: torch.Tensor | None = None) -> RoutingPlan:
@@ -61,7 +82,6 @@ def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tens
         # a data-dependent check: skipped while torch.compile traces (set_routing_inputs checks too)
         if not torch.compiler.is_compiling() and labels.numel() and int(labels.max()) >= e:
             raise ValueError(f"{OP}: label {int(labels.max())} out of range for {e} experts (0..{e - 1})")
-    if tau_high <= 0 or tau_low <= 0:
-        raise ValueError(f"{OP}: temperatures must be > 0, got tau_high={tau_high}, tau_low={tau_low}")
+    _check_scalars(threshold, tau_high, tau_low, top_k)
     return _backend.pick(OP, hidden.device).fn(hidden, router_weight, entropy, threshold, tau_high,
                                                tau_low, top_k, labels)

@@ -24,6 +24,8 @@ def asym_lora_ref(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: tor
     a_grad_mask [N] bool, b_grad_mask [N, E] bool -> [N, d_out] in x's dtype.
 
     The adapter path (A x, the expert mix) is computed in fp32 (float64 for float64 input).
+    An expert whose weight is 0 for a token contributes nothing to that token, even if its B (or
+    A x) holds inf / NaN; non-zero weights follow IEEE arithmetic.
     """
     acc = acc_dtype(x.dtype)
     base = F.linear(x, weight, bias)
@@ -39,5 +41,9 @@ def asym_lora_ref(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: tor
         if b_grad_mask is not None:
             ye_frozen_b = u @ B[e].detach().to(acc).t()
             ye = torch.where(b_grad_mask[:, e, None], ye, ye_frozen_b)
-        delta = delta + w[:, e:e + 1] * ye
+        we = w[:, e:e + 1]
+        # weight 0: the expert does not contribute at all (0, not 0 * inf = NaN), as in every backend;
+        # finite entries keep the plain product (and its gradient w.r.t. the weights)
+        delta = delta + torch.where((we != 0) | torch.isfinite(ye), we * ye,
+                                    torch.zeros((), dtype=acc, device=x.device))
     return base + (scale * delta).to(base.dtype)

@@ -16,7 +16,7 @@ SHANNON, Q2, GENERAL = 0, 1, 2
 
 
 def _mode(q: float) -> int:
-    return SHANNON if q == 1.0 else (Q2 if q == 2.0 else GENERAL)
+    return SHANNON if abs(q - 1.0) < 1e-6 else (Q2 if q == 2.0 else GENERAL)   # ops._checks.SHANNON_TOL
 
 
 @triton.jit

@@ -1,17 +1,43 @@
-"""Training checkpoints: trainable weights, optimizer, RNG states, step and history in one
-file, written to a temporary name and renamed into place (a crash never leaves half a file;
-the previous checkpoint stays until the new one is complete)."""
+"""Training checkpoints without pickled code.
+
+``checkpoint.pt`` holds tensors only (trainable weights, optimizer moments, RNG states) and is
+read with ``torch.load(weights_only=True)``: a tampered file cannot run code, it is refused.
+Everything else (step, method, fingerprint, history, optimizer hyper-parameters, the python and
+numpy RNG states, ``extra``) is JSON. That JSON is stored inside ``checkpoint.pt`` as a uint8
+tensor (so weights and state always come from the same atomic write) and, for people and
+tools, also as the sidecar ``checkpoint.json`` (written right after, atomically; informational:
+resuming reads the copy inside ``checkpoint.pt``).
+
+The JSON encodes the non-tensor structure with a few tags: ``{"__tensor__": key}`` (a tensor
+of the .pt file), ``{"__ndarray__": key, "dtype": ...}`` (a numpy array stored as a tensor),
+``{"__tuple__": [...]}`` and ``{"__dict__": [[k, v], ...]}`` (a dict with non-string keys, such
+as the optimizer's per-parameter state). Decoding builds only dicts, lists, tuples, numbers,
+strings, tensors and numpy arrays.
+
+Both files are written with :func:`alter_kernels._fsio.atomic_write` (temp file, fsync,
+``os.replace``): a crash leaves the previous complete checkpoint.
+"""
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
-import tempfile
+import zipfile
 
 import numpy as np
 import torch
 
+from .._fsio import atomic_write, write_json
+
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+SIDECAR_NAME = "checkpoint.json"
+FORMAT_VERSION = 2
+_META_KEY = "meta_json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, truncated, not ours, or holding more than tensors."""
 
 
 def rng_state() -> dict:
@@ -29,45 +55,125 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=d)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# --------------------------------------------------------------------------- JSON <-> tensors
+_TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__")
+
+
+def _encode(obj, tensors: dict, path: str):
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = f"t{len(tensors)}"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64) if obj.dtype.kind in "ui"
+                                        else np.ascontiguousarray(obj))
+        return {"__ndarray__": key, "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors, f"{path}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not any(k in _TAGS for k in obj):
+            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__dict__": [[_encode(k, tensors, path), _encode(v, tensors, f"{path}[{k!r}]")]
+                             for k, v in obj.items()]}
+    raise TypeError(f"checkpoint: cannot store {type(obj).__name__} at {path} (only tensors, numbers, strings, "
+                    "lists, tuples and dicts)")
+
+
+def _decode(obj, tensors: dict):
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy().astype(np.dtype(obj["dtype"]))
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {_hashable(_decode(k, tensors)): _decode(v, tensors) for k, v in obj["__dict__"]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _hashable(k):
+    return tuple(k) if isinstance(k, list) else k
+
+
+def encode_checkpoint(state: dict) -> tuple[dict, dict]:
+    """state -> (tensors for checkpoint.pt, JSON-able metadata)."""
+    tensors: dict = {}
+    meta = _encode(state, tensors, "checkpoint")
+    return tensors, meta
+
+
+def atomic_torch_save(tensors: dict, path: str) -> None:
+    """torch.save of a flat dict of tensors through the package's atomic writer."""
+    atomic_write(path, writer=lambda f: torch.save(tensors, f))
 
 
 def save_checkpoint(out_dir: str, *, method: str, step: int, trainable: dict, optimizer, history: list,
                     fingerprint: str, extra: dict | None = None) -> str:
     path = os.path.join(out_dir, CHECKPOINT_NAME)
-    atomic_torch_save({
+    state = {
         "format_version": FORMAT_VERSION,
         "method": method,
-        "step": step,
+        "step": int(step),
         "trainable": {k: v.detach().cpu().clone() for k, v in trainable.items()},
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
         "history": history,
         "fingerprint": fingerprint,
         "extra": extra or {},
-    }, path)
+    }
+    tensors, meta = encode_checkpoint(state)
+    text = json.dumps(meta, indent=None)
+    tensors[_META_KEY] = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8)
+    atomic_torch_save(tensors, path)
+    write_json(os.path.join(out_dir, SIDECAR_NAME), {k: v for k, v in meta.items() if k != "trainable"}
+               | {"tensors_file": CHECKPOINT_NAME, "note": "informational copy; resuming reads the JSON "
+                                                           "stored inside checkpoint.pt"})
     return path
 
 
 def load_checkpoint(out_dir: str) -> dict | None:
+    """The checkpoint in ``out_dir`` (None if there is none). Raises CheckpointError, naming the file,
+    for anything but a complete checkpoint of this format (never runs code from the file)."""
     path = os.path.join(out_dir, CHECKPOINT_NAME)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise CheckpointError(f"resume: {path} is not a regular file")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise RuntimeError(f"resume: {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ck, dict) or ck.get("format_version", 0) > FORMAT_VERSION or "step" not in ck:
-        raise RuntimeError(f"resume: {path} is not an alter_kernels checkpoint this version can read")
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        raise CheckpointError(f"resume: refusing to load {path}: it holds objects other than tensors, which could "
+                              f"run code (a tampered file, or one written by alter_kernels < 0.2); delete it and "
+                              f"start without --resume{' (' + why[0] + ')' if why else ''}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
+            TypeError, IndexError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"resume: {path} is truncated or corrupted and cannot be read "
+                              f"({type(exc).__name__}{': ' + msg if msg else ''}); delete it and start without "
+                              "--resume") from None
+    bad = f"resume: {path} is not an alter_kernels checkpoint this version can read"
+    if (not isinstance(tensors, dict) or _META_KEY not in tensors
+            or not all(isinstance(v, torch.Tensor) for v in tensors.values())):
+        raise CheckpointError(f"{bad} (expected tensors and a {_META_KEY!r} entry)")
+    try:
+        meta = json.loads(bytes(tensors.pop(_META_KEY).numpy().tobytes()).decode("utf-8"))
+        ck = _decode(meta, tensors)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{bad} (its metadata does not decode: {exc})") from None
+    if (not isinstance(ck, dict) or not isinstance(ck.get("format_version"), int)
+            or ck["format_version"] > FORMAT_VERSION or not isinstance(ck.get("step"), int)
+            or not isinstance(ck.get("trainable"), dict) or "optimizer" not in ck or "rng" not in ck):
+        raise CheckpointError(bad)
     return ck

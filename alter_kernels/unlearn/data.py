@@ -112,8 +112,7 @@ def _read_rows(src, name: str) -> tuple[list, str]:
             raise DataError(f"{name}: file {path} not found (expected a .json, .jsonl or .txt file, "
                             "or hf:NAME[:CONFIG][@SPLIT])")
         low = path.lower()
-        with open(path, encoding="utf-8") as f:
-            raw = f.read()
+        raw = _read_text(path, name)
         if low.endswith(".txt"):
             blocks = [b.strip() for b in raw.replace("\r\n", "\n").split("\n\n")]
             return [{"text": b} for b in blocks if b], path
@@ -156,6 +155,23 @@ def _read_rows(src, name: str) -> tuple[list, str]:
     if isinstance(src, Sequence) or hasattr(src, "__iter__"):
         return list(src), "<in-memory rows>"
     raise DataError(f"{name}: expected a list of dict rows or a path, got {type(src).__name__}")
+
+
+def _read_text(path: str, name: str) -> str:
+    """The file's text; DataError naming the file when it is a directory, unreadable or not UTF-8."""
+    if os.path.isdir(path):
+        raise DataError(f"{name}: {path} is a directory; expected a .json, .jsonl or .txt file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read {path} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{name}: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
+                        f"line {line}); save it as UTF-8") from None
 
 
 def _load_hf(spec: str) -> list[dict]:

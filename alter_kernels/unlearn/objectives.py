@@ -23,8 +23,8 @@ def shift(logits: torch.Tensor, labels: torch.Tensor, *per_token: torch.Tensor):
 
 
 def tsallis_max(q: float, vocab: int) -> float:
-    """Largest S_q over V outcomes (the uniform distribution); log V for q = 1."""
-    if q == 1.0:
+    """Largest S_q over V outcomes (the uniform distribution); log V for q within 1e-6 of 1."""
+    if abs(q - 1.0) < 1e-6:
         return math.log(vocab)
     return (1.0 - vocab ** (1.0 - q)) / (q - 1.0)
 

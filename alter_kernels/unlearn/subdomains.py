@@ -86,9 +86,18 @@ def silhouette(x: torch.Tensor, assign: torch.Tensor) -> float:
     return float(sum(s) / len(s))
 
 
-def choose_k(x: torch.Tensor, max_k: int = 8, seed: int = 0) -> int:
+def _bar(it, desc, unit):
+    if not desc:
+        return it
+    from tqdm.auto import tqdm
+    return tqdm(it, desc=desc, unit=unit, dynamic_ncols=True)
+
+
+def choose_k(x: torch.Tensor, max_k: int = 8, seed: int = 0, desc: str | None = None) -> int:
+    """The k in 2..max_k (and < the number of points) with the best silhouette (1 if none);
+    desc: a progress line over the candidates."""
     best, best_s = 1, -2.0
-    for k in range(2, min(max_k, x.shape[0] - 1) + 1):
+    for k in _bar(range(2, min(max_k, x.shape[0] - 1) + 1), desc, "k"):
         s = silhouette(x, kmeans(x, k, seed)[0])
         if s > best_s:
             best, best_s = k, s
@@ -96,16 +105,16 @@ def choose_k(x: torch.Tensor, max_k: int = 8, seed: int = 0) -> int:
 
 
 @torch.no_grad()
-def pooled_features(model, examples: list[Example], pad_id: int, batch_size: int = 8, device=None
-                    ) -> list[torch.Tensor]:
+def pooled_features(model, examples: list[Example], pad_id: int, batch_size: int = 8, device=None,
+                    desc: str | None = None) -> list[torch.Tensor]:
     """Mean-pooled hidden states of the base model (adapters off), one [n, d] tensor per entry of
     HF's ``hidden_states`` (entry i is the input of decoder layer i; the last is the final
-    normed state)."""
+    normed state). desc: a progress line over the batches."""
     device = device or next(model.parameters()).device
     ctx = _patch.disable_adapters(model) if _patch.is_patched(model) else _null()
     feats: list[list[torch.Tensor]] = []
     with ctx:
-        for s in range(0, len(examples), batch_size):
+        for s in _bar(range(0, len(examples), batch_size), desc, "batch"):
             ids, att, _ = collate(examples[s:s + batch_size], pad_id)
             ids, att = ids.to(device), att.to(device)
             out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)

@@ -23,11 +23,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from typing import Any, Callable
@@ -38,7 +42,9 @@ import torch
 import importlib
 
 _patch = importlib.import_module("alter_kernels.patch")  # the module (ak.patch is the function)
-from ..adapter_io import save_adapter
+from .._fsio import (OutDirLock, OutputError, atomic_dir, check_dir_target, check_file_target, clean_stale_temp,
+                     ensure_dir, is_within, write_json)
+from ..adapter_io import CONFIG_NAME, WEIGHTS_NAME, save_adapter
 from ..config import AlterConfig
 from ..reference.losses import sequence_logprob
 from . import checkpoint as ckpt
@@ -46,6 +52,7 @@ from . import distributed as D
 from . import methods as M
 from .data import DataError, Example, collate, epoch_order, pad_float, prepare, report_rows, steps_per_epoch
 from .experts import freeze_leading_experts, frozen_experts
+from .options import OptionError, check_expert_count, validate_options
 from .subdomains import choose_k, init_router, kmeans, map_domain_labels, pooled_features
 
 DEFAULTS: dict[str, Any] = {
@@ -81,6 +88,15 @@ DEFAULTS: dict[str, Any] = {
 
 class UnlearnError(RuntimeError):
     """The run cannot proceed as asked."""
+
+
+class UnlearnInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run with ``out_dir``: the run finished its current step, wrote
+    ``checkpoint`` (the state after ``step`` steps) and stopped; ``resume=True`` continues."""
+
+    def __init__(self, msg: str, step: int, checkpoint: str | None):
+        super().__init__(msg)
+        self.step, self.checkpoint = step, checkpoint
 
 
 class UnlearnDivergedError(UnlearnError):
@@ -135,20 +151,28 @@ def _batched(n: int, bs: int):
         yield list(range(s, min(n, s + bs)))
 
 
-def _map_batches(n: int, bs: int, fn, ctx=None, lockstep: bool = False) -> list:
+def _bar(it, desc: str | None, unit: str = "batch"):
+    """``it`` with a tqdm progress line named ``desc`` (None: no line)."""
+    if not desc:
+        return it
+    from tqdm.auto import tqdm
+    return tqdm(it, desc=desc, unit=unit, dynamic_ncols=True)
+
+
+def _map_batches(n: int, bs: int, fn, ctx=None, lockstep: bool = False, desc: str | None = None) -> list:
     """fn(idx) for each batch of indices, concatenated; with a DistContext the batches are split
     round-robin over the ranks (the same batches as one process: bit-identical results) and
-    gathered, so every rank gets the whole list."""
+    gathered, so every rank gets the whole list. desc: a progress line (single process)."""
     groups = list(_batched(n, bs))
     if ctx is None:
-        per = [fn(idx) for idx in groups]
+        per = [fn(idx) for idx in _bar(groups, desc)]
     else:
         per = ctx.map_batches(len(groups), lambda j: fn(groups[j]), lockstep=lockstep)
     return [x for part in per for x in part]
 
 
 @torch.no_grad()
-def _entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct, ctx=None):
+def _entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct, ctx=None, desc=None):
     """Per example: routing entropies e_t (q_route) and base S_{q_s} of the same distributions."""
     def one(idx):
         ids, att, _ = collate([exs[i] for i in idx], pad_id)
@@ -157,20 +181,110 @@ def _entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct
         s = _patch.token_entropy(model, ids, att, q=q_struct).float().cpu()
         return [(e[j, :len(exs[i].input_ids)].clone(), s[j, :len(exs[i].input_ids)].clone())
                 for j, i in enumerate(idx)]
-    pairs = _map_batches(len(exs), bs, one, ctx)
+    pairs = _map_batches(len(exs), bs, one, ctx, desc=desc)
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 @torch.no_grad()
-def _ref_logps(model, exs: list[Example], pad_id, bs, dev, ctx=None) -> list[float]:
+def _ref_logps(model, exs: list[Example], pad_id, bs, dev, ctx=None, desc=None) -> list[float]:
     def one(idx):
         ids, att, lab = collate([exs[i] for i in idx], pad_id)
         logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).logits
         return sequence_logprob(logits, lab.to(dev)).float().cpu().tolist()
-    return _map_batches(len(exs), bs, one, ctx)
+    return _map_batches(len(exs), bs, one, ctx, desc=desc)
+
+
+# ----------------------------------------------------------------------------------- output directory
+_OUT_FILES = ("metrics.json", "history.json", ckpt.CHECKPOINT_NAME, ckpt.SIDECAR_NAME, "run.json")
+
+
+def prepare_out_dir(out_dir, model=None, method: str = "alter") -> str:
+    """Check ``out_dir`` before any work: create it, refuse it if it is (or sits under) a file or
+    a symlinked output, if it is unwritable, if it equals or contains the model's own directory
+    (a full-parameter run would overwrite the base weights), or if an output name there is a
+    directory or a symlink. Raises OutputError or OptionError (option "out_dir")."""
+    out_dir = os.fspath(out_dir)
+    src = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if isinstance(src, str) and src and os.path.isdir(src) and is_within(src, out_dir):
+        raise OptionError("out_dir", "", out_dir,
+                          detail=f"{out_dir} contains (or is) the model's directory {src}; the run would write over "
+                                 "its inputs; choose an output directory outside it")
+    try:
+        ensure_dir(out_dir)
+    except FileExistsError:
+        raise OutputError(f"{out_dir} exists and is not a directory") from None
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"cannot create the output directory {out_dir} ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to the output directory {out_dir} (permission denied)")
+    for name in _OUT_FILES:
+        check_file_target(os.path.join(out_dir, name))
+    sub = os.path.join(out_dir, "adapter" if method in M.ADAPTER_METHODS else "model")
+    check_dir_target(sub)
+    if method in M.ADAPTER_METHODS:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            check_file_target(os.path.join(sub, name))
+    return out_dir
+
+
+def _guard_out_dir(fn):
+    """unlearn(..., out_dir=...): check out_dir (prepare_out_dir), hold its lock for the whole run
+    (the main process of a data-parallel run) and remove temp files a killed run left there."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            b = sig.bind(*args, **kwargs)
+            mode = D.resolve_mode(b.arguments.get("distributed"))
+        except (TypeError, ValueError):
+            return fn(*args, **kwargs)                # fn raises the error
+        out_dir = b.arguments.get("out_dir")
+        if out_dir is None:
+            return fn(*args, **kwargs)
+        if mode is not None:
+            import torch.distributed as dist
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
+            if rank != 0:
+                return fn(*args, **kwargs)
+        method = str(b.arguments.get("method", "alter")).lower().replace("-", "_").replace("+", "_")
+        prepare_out_dir(out_dir, b.arguments.get("model"), method)
+        with OutDirLock(out_dir):
+            clean_stale_temp(out_dir, os.path.join(out_dir, "adapter"))
+            return fn(*args, **kwargs)
+    return run
+
+
+class _DeferredSigint:
+    """While active (main thread, default SIGINT handler only), Ctrl-C sets ``raised`` instead of
+    interrupting: the loop finishes its step, checkpoints and stops. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        return False
 
 
 # ----------------------------------------------------------------------------------- main entry
+@_guard_out_dir
 def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_config: AlterConfig | None = None,
             epochs: int = 3, max_steps: int | None = None, batch_size: int = 4, seed: int = 0, device=None,
             progress: bool = True, out_dir: str | None = None, callback: Callable | None = None,
@@ -198,13 +312,7 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     if unknown:
         raise TypeError(f"unlearn: unknown option(s) {unknown}; known options are {sorted(DEFAULTS)}")
     hp = {**DEFAULTS, **hparams}
-    if hp["struct_mode"] not in ("drift", "grad_norm"):
-        raise ValueError(f"unlearn: struct_mode must be 'drift' or 'grad_norm', got {hp['struct_mode']!r}")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"unlearn: {name} must be an int >= 1, got {v!r}")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"unlearn: max_steps must be None or an int >= 1, got {max_steps!r}")
+    validate_options(hp, epochs=epochs, batch_size=batch_size, max_steps=max_steps, seed=seed)
     if tokenizer is None:
         raise ValueError("unlearn: tokenizer= is required (the rows are text)")
     if device is not None:
@@ -244,9 +352,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     f_dom = [0] * len(f_ex)
     orig_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     frozen_a: list = []
+    show = progress and main
     if method in M.ADAPTER_METHODS:
         cfg, f_dom, domain_map, trained_experts = _setup_adapter(model, method, f_ex, r_ex, alter_config, hp,
-                                                                 pad_id, batch_size, seed, dev)
+                                                                 pad_id, batch_size, seed, dev, progress=show)
         cfg = _patch.get_state(model).config
         n_frozen = frozen_experts(model) if method != "lora" else 0
         hooks += freeze_leading_experts(model, n_frozen)
@@ -277,9 +386,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     f_cache = r_cache = None
     if method == "alter":
         q_route = cfg.q_route
-        f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx)
-        r_cache = (_entropy_cache(model, r_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx) if r_ex
-                   else ([], []))
+        f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx,
+                                 desc=show and "entropy cache (forget)")
+        r_cache = (_entropy_cache(model, r_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx,
+                                  desc=show and "entropy cache (retain)") if r_ex else ([], []))
         if hp["threshold_quantile"] is not None and frozen_experts(model):
             warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
                           f"unlearning) and keeps its threshold {cfg.threshold}")
@@ -288,7 +398,8 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
             st.config = dataclasses.replace(cfg, threshold=_quantile_threshold(f_ex + r_ex, f_cache[0] + r_cache[0],
                                                                                hp["threshold_quantile"]))
             cfg = st.config
-    f_ref = _ref_logps(model, f_ex, pad_id, batch_size, dev, ctx) if method in ("npo", "npo_retain") else None
+    f_ref = (_ref_logps(model, f_ex, pad_id, batch_size, dev, ctx, desc=show and "reference log-probs (forget)")
+             if method in ("npo", "npo_retain") else None)
 
     # ---------------------------------------------------------------- data parallel, optimizer
     fwd = model
@@ -319,7 +430,7 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     start = 0
     last_ckpt = None
     if out_dir is not None and main:
-        os.makedirs(out_dir, exist_ok=True)
+        ensure_dir(out_dir)
     trainable = (lambda: _patch.adapter_state_dict(model)) if method in M.ADAPTER_METHODS else \
         (lambda: dict(model.state_dict()))
     if hp["resume"]:
@@ -381,8 +492,15 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
         bar = tqdm(total=total, initial=start, desc=f"unlearn[{method}]", unit="step", dynamic_ncols=True)
     all_params = [p for g in optimizer.param_groups for p in g["params"]]
     model.train()
+    sigint = _DeferredSigint().__enter__() if out_dir is not None and ctx is None else None
     try:
         for step in range(start, total):
+            if sigint is not None and sigint.raised:   # Ctrl-C during the previous step: checkpoint, stop
+                save_ck(step)
+                _write_json(os.path.join(out_dir, "history.json"), history)
+                raise UnlearnInterrupted(f"unlearn[{method}]: interrupted after step {step} of {total}; the "
+                                         f"checkpoint {last_ckpt} holds that state (resume=True continues)",
+                                         step, last_ckpt)
             epoch, k = divmod(step, spe)
             t0 = time.perf_counter()
             batch = _make_batch(step, epoch, k, batch_size, seed, f_ex, r_ex, f_dom, f_cache, r_cache, f_ref,
@@ -453,6 +571,8 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
             _epoch_metrics(metrics, history, e, None, method, hp, f_ex, r_ex, None, None, pad_id, batch_size, dev)
         metrics.sort(key=lambda m: m["epoch"])
     finally:
+        if sigint is not None:
+            sigint.__exit__()
         if bar is not None:
             bar.close()
         for h in hooks:
@@ -496,8 +616,9 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
                 sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             if main:
-                model.save_pretrained(model_dir, **({"state_dict": sd} if sd is not None else {}))
-                tokenizer.save_pretrained(model_dir)
+                atomic_dir(model_dir, lambda d: (model.save_pretrained(d, **({"state_dict": sd} if sd is not None
+                                                                            else {})),
+                                                 tokenizer.save_pretrained(d)))
         if ctx is not None:
             ctx.barrier()
     return UnlearnResult(model=model, method=method, history=history, metrics=metrics,
@@ -555,8 +676,9 @@ def prepare_alter(model, forget, retain, tokenizer, alter_config: AlterConfig | 
 
 
 # ----------------------------------------------------------------------------------- pieces
-def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed, dev):
-    """Patch (if needed), assign forget rows to experts, initialise the router."""
+def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed, dev, progress: bool = False):
+    """Patch (if needed), assign forget rows to experts, initialise the router. progress: a
+    progress line for each pass over the data (k-means features, choosing N, router init)."""
     if method == "lora":
         base = alter_config or hp["base_config"] or AlterConfig()
         if _patch.is_patched(model):
@@ -594,10 +716,12 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
             elif want is None:
                 n = base.num_forget_experts
             elif want == "auto":
-                feats_f = pooled_features(model, f_ex, pad_id, bs, dev)
-                n = choose_k(feats_f[-1], hp["kmeans_max_k"], seed) if len(f_ex) > 2 else 1
+                feats_f = pooled_features(model, f_ex, pad_id, bs, dev, desc=progress and "k-means: forget features")
+                n = (choose_k(feats_f[-1], hp["kmeans_max_k"], seed, desc=progress and "k-means: choosing N")
+                     if len(f_ex) > 2 else 1)
             else:
                 n = int(want)
+                check_expert_count(n, len(f_ex))
             if n < 1:
                 raise UnlearnError(f"unlearn[{method}]: needs at least one forget expert, got {n}")
             base = dataclasses.replace(base, num_forget_experts=n, rank=hp["rank"] or base.rank,
@@ -606,6 +730,8 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
         cfg = base
         if cfg.num_forget_experts < 1:
             raise UnlearnError(f"unlearn[{method}]: alter_config.num_forget_experts must be >= 1")
+        if alter_config is not None:                  # N given by the caller: at most one expert per forget row
+            check_expert_count(cfg.num_forget_experts, len(f_ex))
         _patch.patch(model, cfg)
         n_avail = cfg.num_forget_experts
     if mapping and len(mapping) > n_avail:
@@ -619,15 +745,15 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
             assign = [first] * len(f_ex)
         else:
             if feats_f is None:
-                feats_f = pooled_features(model, f_ex, pad_id, bs, dev)
+                feats_f = pooled_features(model, f_ex, pad_id, bs, dev, desc=progress and "k-means: forget features")
             a, _ = kmeans(feats_f[-1], k, seed=seed)
             assign = [first + int(x) for x in a]
         mapping = {f"cluster{c - first}": c for c in sorted(set(assign))}
     if hp["router_init"]:
         if feats_f is None:
-            feats_f = pooled_features(model, f_ex, pad_id, bs, dev)
+            feats_f = pooled_features(model, f_ex, pad_id, bs, dev, desc=progress and "router init: forget features")
         if r_ex and n_frozen == 0:
-            feats_r = pooled_features(model, r_ex, pad_id, bs, dev)
+            feats_r = pooled_features(model, r_ex, pad_id, bs, dev, desc=progress and "router init: retain features")
         init_router(model, feats_f, torch.tensor(assign), feats_r, sorted(set(assign)), init_retain=n_frozen == 0)
     return cfg, assign, mapping, sorted(set(assign))
 
@@ -751,8 +877,4 @@ def _load_into(own: torch.Tensor, full: torch.Tensor) -> None:
 
 
 def _write_json(path, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1, default=str)

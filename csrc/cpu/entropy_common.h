@@ -40,7 +40,7 @@ constexpr int64_t kBlock = 2048;  // elements folded per max/accumulate step (fi
 enum QMode : int { kShannon = 0, kQ2 = 1, kQ3 = 2, kQHalf = 3, kQ15 = 4, kGeneral = 5 };
 
 inline int q_mode(double q) {
-  if (q == 1.0) return kShannon;
+  if (std::fabs(q - 1.0) < 1e-6) return kShannon;  // Shannon within 1e-6 of q = 1 (no 0/0), as the Python ops
   if (q == 2.0) return kQ2;
   if (q == 3.0) return kQ3;
   if (q == 0.5) return kQHalf;

@@ -216,7 +216,7 @@ int pick_threads(int64_t V, int64_t per_thread) {
 
 template <typename F>
 void dispatch_mode(double q, F&& f) {
-  if (q == 1.0) f(std::integral_constant<int, kShannon>{});
+  if (std::fabs(q - 1.0) < 1e-6) f(std::integral_constant<int, kShannon>{});  // Shannon within 1e-6 of 1
   else if (q == 2.0) f(std::integral_constant<int, kQ2>{});
   else f(std::integral_constant<int, kGeneral>{});
 }

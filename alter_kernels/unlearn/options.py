@@ -1,0 +1,117 @@
+"""Range checks of every option of :func:`alter_kernels.unlearn` (and of ``alter-unlearn``), run
+before any work: a value out of range raises :class:`OptionError` naming the option, what was
+expected and what was given, instead of a run that trains the wrong thing and exits 0 (a
+negative learning rate relearns the forget set; a negative warm-up makes the rate negative).
+
+| option | accepted |
+|---|---|
+| lr, lr_A, lr_B, lr_router | finite, > 0 |
+| weight_decay, grad_clip | finite, >= 0 (grad_clip 0: off) |
+| beta, gamma, lam, rho | finite, >= 0 |
+| npo_beta, struct_q | finite, > 0 (struct_q within 1e-6 of 1: Shannon) |
+| warmup_steps, checkpoint_every, eval_max_examples | int >= 0 |
+| epochs, batch_size | int >= 1; max_steps: None or int >= 1; seed: int in [0, 2**32) |
+| max_length | int >= 2 |
+| kmeans_max_k | int in [1, MAX_FORGET_EXPERTS] |
+| num_forget_experts | None, "auto" or int in [1, MAX_FORGET_EXPERTS] (and <= the forget rows) |
+| rank / alpha (shortcuts) | None, or int >= 1 / finite > 0 (rank <= min(d_in, d_out): checked by ak.patch) |
+| threshold_quantile | None or in (0, 1) |
+| prompt_format | a format string whose only field is {question} |
+"""
+from __future__ import annotations
+
+import math
+import string
+
+from ..config import MAX_FORGET_EXPERTS, AlterConfig
+
+
+class OptionError(ValueError):
+    """An option is out of its range. ``option`` is its name in ``unlearn`` (``hparams`` key or
+    argument); the CLI turns it into the flag."""
+
+    def __init__(self, option: str, expected: str, got=None, detail: str | None = None):
+        self.option, self.expected, self.got = option, expected, got
+        self.detail = detail or f"expected {expected}, got {got!r}"
+        super().__init__(f"unlearn: {option}: {self.detail}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _positive(name, v):
+    if not _is_num(v) or not math.isfinite(v) or v <= 0:
+        raise OptionError(name, "a finite number > 0", v)
+
+
+def _non_negative(name, v):
+    if not _is_num(v) or not math.isfinite(v) or v < 0:
+        raise OptionError(name, "a finite number >= 0", v)
+
+
+def _int_at_least(name, v, lo, hi=None):
+    if not _is_int(v) or v < lo or (hi is not None and v > hi):
+        raise OptionError(name, f"an int >= {lo}" if hi is None else f"an int in {lo}..{hi}", v)
+
+
+def check_prompt_format(fmt, name: str = "prompt_format") -> None:
+    if not isinstance(fmt, str):
+        raise OptionError(name, "a string with a {question} field", fmt)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None]
+    except ValueError as exc:
+        raise OptionError(name, "", fmt, detail=f"is not a valid format string ({exc}); write literal braces as "
+                                                f"{{{{ and }}}}, got {fmt!r}") from None
+    others = sorted({f for f in fields if f != "question"})
+    if others or "question" not in fields:
+        what = (f"has field(s) {', '.join('{' + f + '}' for f in others)}" if others else "has no {question} field")
+        raise OptionError(name, "", fmt, detail=f"{what}; expected a format string whose only field is {{question}} "
+                                                f"(write literal braces as {{{{ and }}}}), got {fmt!r}")
+
+
+def validate_options(hp: dict, *, epochs=1, batch_size=1, max_steps=None, seed=0) -> None:
+    """Raise OptionError for the first option of ``hp`` (a DEFAULTS-shaped dict) or of the
+    run arguments that is out of range."""
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        _int_at_least(name, v, 1)
+    if max_steps is not None:
+        _int_at_least("max_steps", max_steps, 1)
+    if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+        raise OptionError("seed", "an int in 0..2**32-1", seed)
+    for name in ("lr", "lr_A", "lr_B", "lr_router", "npo_beta", "struct_q"):
+        _positive(name, hp[name])
+    for name in ("weight_decay", "grad_clip", "beta", "gamma", "lam", "rho"):
+        _non_negative(name, hp[name])
+    for name in ("warmup_steps", "checkpoint_every", "eval_max_examples"):
+        _int_at_least(name, hp[name], 0)
+    _int_at_least("max_length", hp["max_length"], 2)
+    _int_at_least("kmeans_max_k", hp["kmeans_max_k"], 1, MAX_FORGET_EXPERTS)
+    n = hp["num_forget_experts"]
+    if n is not None and n != "auto":
+        if not _is_int(n) or not 1 <= n <= MAX_FORGET_EXPERTS:
+            raise OptionError("num_forget_experts", f"'auto' or an int in 1..{MAX_FORGET_EXPERTS}", n)
+    if hp["rank"] is not None:
+        _int_at_least("rank", hp["rank"], 1)
+    if hp["alpha"] is not None:
+        _positive("alpha", hp["alpha"])
+    q = hp["threshold_quantile"]
+    if q is not None and (not _is_num(q) or not 0.0 < q < 1.0):
+        raise OptionError("threshold_quantile", "None or a number in (0, 1)", q)
+    if hp["struct_mode"] not in ("drift", "grad_norm"):
+        raise OptionError("struct_mode", "'drift' or 'grad_norm'", hp["struct_mode"])
+    check_prompt_format(hp["prompt_format"])
+    if hp["base_config"] is not None and not isinstance(hp["base_config"], AlterConfig):
+        raise OptionError("base_config", "None or an AlterConfig", type(hp["base_config"]).__name__)
+
+
+def check_expert_count(n_experts: int, n_rows: int, name: str = "num_forget_experts") -> None:
+    """More forget experts than forget rows leaves experts without data (and k-means cannot
+    make more clusters than points)."""
+    if n_experts > n_rows:
+        raise OptionError(name, "", n_experts, detail=f"{n_experts} forget experts for {n_rows} forget row(s); "
+                                                      f"expected at most one expert per forget row")
