@@ -29,7 +29,7 @@ METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_reta
 # Nothing else differs between methods: same data, epochs, batch size, seed.
 LR_SCALE: dict[str, float] = {"alter": 30, "asymlora": 300, "lora": 10, "ga": 100, "graddiff": 100,
                               "kl": 100, "npo": 100, "npo_retain": 100}
-BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3}
+BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3, "lr_router": 1e-3}
 
 
 def method_hparams(name: str, scale: float | None = None) -> dict:
