@@ -157,7 +157,8 @@ def init_router(model, forget_feats: list[torch.Tensor], forget_assign: torch.Te
 
 
 # --------------------------------------------------------------------------- prefix-match router
-ROUTER_BETA = 10.0      # W_g scale at init: a matched key gives its expert logit 10, the retain bias 5
+ROUTER_BETA = 40.0      # W_g scale at init: a matched key gives its expert logit 40, the retain bias 20 (a gap
+                        # of 20 / tau_high: forget experts get gate ~1e-11 on retain rows, ~1 on matched rows)
 
 
 @torch.no_grad()
