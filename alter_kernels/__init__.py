@@ -15,7 +15,8 @@ from .interop import init_from_peft
 from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
 from .patch import (AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter_parameters, adapter_state_dict,
                     clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction, is_patched,
-                    last_plans, patch, router_loss, routing_inputs, set_routing_inputs, token_entropy, unpatch)
+                    last_plans, patch, router_loss, routing_inputs, set_inference_entropy, set_routing_inputs, token_entropy,
+                    unpatch)
 from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
 from .reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
 from .reference.routing import RoutingPlan
@@ -28,7 +29,7 @@ __all__ = [
     "patch", "unpatch", "save_adapter", "load_adapter", "read_adapter_config",
     "tsallis_entropy", "lm_head_entropy", "asym_lora", "route",
     "inverted_hinge_loss", "npo_loss", "sequence_logprob", "token_nll",
-    "set_routing_inputs", "routing_inputs", "clear_routing_inputs", "disable_adapters", "token_entropy",
+    "set_routing_inputs", "routing_inputs", "set_inference_entropy", "clear_routing_inputs", "disable_adapters", "token_entropy",
     "last_plans", "add_plan_hook", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
     "get_state", "is_patched", "backends", "use_backend", "init_from_peft",
     "unlearn", "UnlearnResult", "add_forget_experts", "UnlearnError", "UnlearnDivergedError", "DataError",

@@ -41,6 +41,15 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+def _base_model_name(model: nn.Module) -> str | None:
+    """The base model as ``from_pretrained`` was given it: a local directory becomes an absolute
+    path (so the adapter can be found from any working directory), a hub name stays as it is."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if isinstance(name, str) and name and os.path.isdir(name):
+        return os.path.abspath(name)
+    return name or None
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> str:
     """Write the adapter of a patched model to directory ``path`` (created if needed)."""
     from . import __version__
@@ -52,7 +61,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict | None =
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "alter_kernels_version": __version__,
-        "base_model": getattr(getattr(model, "config", None), "_name_or_path", None),
+        "base_model": _base_model_name(model),
         "base_model_class": type(model).__name__,
         "alter_config": state.config.to_dict(),
         "modules": [p for p, _ in state.replaced],
@@ -107,7 +116,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict_config: bool 
     path = os.fspath(path)
     cfg, _ = read_adapter_config(path)
     fields = _MUST_MATCH + (() if not strict_config else
-                            ("q_route", "threshold", "top_k", "tau_high", "tau_low"))
+                            ("q_route", "threshold", "top_k", "tau_high", "tau_low", "inference_entropy"))
     for name in fields:
         mine, theirs = getattr(state.config, name), getattr(cfg, name)
         if mine != theirs:

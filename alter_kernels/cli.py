@@ -23,6 +23,12 @@ import sys
 METHOD_HELP = None
 
 
+def unescape_newlines(text: str) -> str:
+    """A prompt format typed in a shell: the two characters backslash-n become a newline (as the
+    default is shown in --help)."""
+    return text.replace("\\n", "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .unlearn.methods import DESCRIPTIONS
     methods = "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
@@ -105,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--max-length", type=int, default=512, help="truncate rows (and split passages) to this many tokens")
     g.add_argument("--chat-template", action="store_true", help="wrap questions with the tokenizer's chat template")
-    g.add_argument("--prompt-format", default="Question: {question}\nAnswer:",
-                   help="prompt of a question without --chat-template ({question} is replaced)")
+    g.add_argument("--prompt-format", default="Question: {question}\nAnswer:", type=unescape_newlines,
+                   help="prompt of a question without --chat-template ({question} is replaced; a typed \\n "
+                        "is a newline) (default: %(default)r)")
     g.add_argument("--eval-max-examples", type=int, default=256,
                    help="rows of each set scored (answer NLL) at the end of every epoch")
     g.add_argument("--no-eval", action="store_true", help="skip the per-epoch NLL evaluation")

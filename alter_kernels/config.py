@@ -8,6 +8,11 @@ from typing import Any
 
 ROUTER_INPUTS = ("prefix_match", "token")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Which entropies route the tokens of a forward that has no routing inputs (ALTER_SPEC section 2):
+# "base" the base model's (adapters off) next-token distributions, as in training (default);
+# "self" the adapted model's previous-step logits in decoding (prompts and teacher-forced
+# forwards use the base model's); "none" every token high entropy, no extra work (opt-out).
+INFERENCE_ENTROPY = ("base", "self", "none")
 
 
 @dataclasses.dataclass
@@ -27,6 +32,7 @@ class AlterConfig:
     tau_high: float = 0.8
     tau_low: float = 0.01
     target_modules: tuple = DEFAULT_TARGETS
+    inference_entropy: str = "base"  # "base" | "self" | "none": see INFERENCE_ENTROPY above
     # Additions around the contract (documented in README / docs/DESIGN.md).
     adapter_dtype: str = "float32"  # A, B and the router are kept in this dtype (fp32 by default)
     router_grad_from_task: bool = False  # spec 4: W_g learns from the router loss only
@@ -83,6 +89,8 @@ class AlterConfig:
             bad("router_keys", self.router_keys, "an int >= 0")
         if not _finite_number(self.router_match) or not -1.0 < self.router_match < 1.0:
             bad("router_match", self.router_match, "a number in (-1, 1)")
+        if self.inference_entropy not in INFERENCE_ENTROPY:
+            bad("inference_entropy", self.inference_entropy, "one of " + ", ".join(map(repr, INFERENCE_ENTROPY)))
         if self.adapter_dtype not in ("float32", "float64", "bfloat16", "float16"):
             bad("adapter_dtype", self.adapter_dtype, "one of float32, float64, bfloat16, float16")
 

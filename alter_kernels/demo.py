@@ -30,6 +30,9 @@ METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_reta
 LR_SCALE: dict[str, float] = {"alter": 30, "asymlora": 300, "lora": 10, "ga": 100, "graddiff": 100,
                               "kl": 100, "npo": 100, "npo_retain": 100}
 BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3, "lr_router": 1e-3}
+# Greedy answers for ROUGE are generated up to TOFU's 200 new tokens, as alter-eval and
+# evaluate_tofu do (the models stop at eos long before on intact answers).
+EVAL_MAX_NEW_TOKENS = 200
 
 
 def method_hparams(name: str, scale: float | None = None) -> dict:
@@ -138,6 +141,7 @@ def main(argv=None) -> int:
     from .benchmark.inject import build_benchmark
     from .benchmark.plot import plot_results
     from .eval import QAFormat, evaluate_tofu, load_rows, mcq_accuracy, verbatim_rouge
+    from .patch import get_state, is_patched
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
     mcq = load_rows(bench.path("mcq"), require=("question", "choices"))
     passages = load_rows(bench.path("passages"), require=("text",))
     fmt = QAFormat()
-    eval_kw = dict(fmt=fmt, batch_size=16, max_new_tokens=32)
+    eval_kw = dict(fmt=fmt, batch_size=16, max_new_tokens=EVAL_MAX_NEW_TOKENS)
 
     def evaluate(model, ref=None):
         r = evaluate_tofu(model, tok, forget, retain_eval, real, world, reference_truth_ratios=ref, **eval_kw)
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
                         "retain": res_retain["forget"]["generations"][i]} for i in show_f],
             "retain": [{"question": retain_eval[i]["question"], "answer": retain_eval[i]["answer"],
                         "finetuned": res_ft["retain"]["generations"][i]} for i in show_r]}
-    failures, hparams_used = [], {}
+    failures, hparams_used, rules = [], {}, {}
     for name in methods:
         model = copy.deepcopy(finetuned)
         print(f"-- {name}: unlearning {len(forget)} forget rows, {epochs} epochs")
@@ -219,6 +223,8 @@ def main(argv=None) -> int:
         r = evaluate(model, ref)
         details[name] = r
         table[name] = _summary(r, secs)
+        # every score and generation above went through the model's default inference rule
+        rules[name] = get_state(model).config.inference_entropy if is_patched(model) else None
         for g, i in zip(gens["forget"], show_f):
             g[name] = r["forget"]["generations"][i]
         for g, i in zip(gens["retain"], show_r):
@@ -246,7 +252,8 @@ def main(argv=None) -> int:
                                        "mcq_forget_accuracy", "mcq_retain_accuracy", "verbatim_forget_rouge")}
              for n, d in details.items()}
     out = {"methods": table, "checks": checks, "hm_fq_utility_ratio": scores, "details": extra,
-           "generations": gens, "hparams": hparams_used, "benchmark": {"root": bench.root, "quick": args.quick, "epochs": epochs,
+           "generations": gens, "hparams": hparams_used,
+           "inference_entropy": rules, "benchmark": {"root": bench.root, "quick": args.quick, "epochs": epochs,
                                               "forget_rows": len(forget), "retain_rows": len(retain_all),
                                               "retain_eval_rows": len(retain_eval), "build": bench.info},
            "total_seconds": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}

@@ -1,20 +1,24 @@
 """Gated decoding: entropy-routed generation with an ALTER-patched model (ALTER_SPEC sections 2, 3).
 
 Every token is routed by the entropy of the distribution that predicted it,
-``e_t = S_q(softmax(z_{t-1}))`` with ``q = config.q_route``:
+``e_t = S_q(softmax(z_{t-1}))`` with ``q = config.q_route``, from the source the model's
+``config.inference_entropy`` names (the same rule as every other forward of the model, see
+:mod:`alter_kernels.inference`):
 
-- prompt tokens (prefill): from a base-model pass (adapters off) through ``lm_head_entropy`` (no
-  [B, T, V] logits kept), +inf at the first real token and on left padding; or, in the cheap
-  ``prefill="high"`` mode, +inf for every prompt token (no extra pass);
-- generated tokens: the entropy of the patched model's *raw* next-token logits of the step that
-  produced them (before temperature, top-k/top-p or any HF logits processor), computed with
-  ``tsallis_entropy`` on the last logits. It routes that token when it is fed back in the next step.
+- "base" (default): the frozen base model's distributions. Prompt tokens from a base pass over
+  the prompt (``lm_head_entropy``: no [B, T, V] logits kept), +inf at the first real token and
+  after left padding; generated tokens from a base stream decoded beside the adapted one;
+- "self": prompt tokens as "base"; each generated token by S_q of the adapted model's *raw*
+  logits that produced it (before temperature, top-k/top-p or any HF logits processor);
+- "none": every token high entropy.
 
 Two entry points:
 
 - :func:`generate`: a fast decode loop (static KV cache, in-place step buffers, a decode-shaped
-  adapter path, CUDA graphs on GPU). Works on unpatched models too (plain decoding).
-- :func:`gated_decoding`: hooks that make Hugging Face ``model.generate(...)`` do gated decoding.
+  adapter path, the base stream as extra batch rows of the same GEMMs, CUDA graphs on GPU).
+  Works on unpatched models too (plain decoding).
+- HF ``model.generate(...)`` (and ``pipeline``) route through the model's own hooks;
+  :func:`gated_decoding` chooses another rule for a block and records the entropies.
 """
 from __future__ import annotations
 
@@ -29,8 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _backend
-from .ops.entropy import tsallis_entropy
-from .patch import AlterLinear, get_state, is_patched, router_features, token_entropy
+from .config import INFERENCE_ENTROPY
+from .hf import backbone_of, cache_kwarg, lm_head_of, position_ids_from_mask
+from .inference import routing_from_next
+from .ops.entropy import lm_head_entropy, tsallis_entropy
+from .patch import AlterLinear, add_plan_hook, get_state, is_patched, router_features, token_entropy
 
 __all__ = ["generate", "GenerationOutput", "gated_decoding", "GatedDecoding", "prompt_entropy",
            "sample_next_token"]
@@ -39,35 +46,10 @@ PREFILL_MODES = ("base", "high")
 
 
 # --------------------------------------------------------------------------- helpers
-def _backbone(model: nn.Module) -> nn.Module:
-    bb = getattr(model, "model", None)
-    if isinstance(bb, nn.Module):
-        return bb
-    if hasattr(model, "get_decoder"):
-        return model.get_decoder()
-    raise TypeError(f"{type(model).__name__}: cannot find the decoder backbone (model.model)")
-
-
-def _lm_head(model: nn.Module) -> nn.Module:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        raise TypeError(f"{type(model).__name__}: the model has no output embeddings (LM head)")
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(getattr(model, "config", None), attr, None) not in (None, 1.0):
-            raise NotImplementedError(f"alter_kernels.generation: models with config.{attr} are not supported")
-    return head
-
-
 def _q_route(model: nn.Module, q: float | None) -> float:
     if q is not None:
         return float(q)
     return get_state(model).config.q_route if is_patched(model) else 1.5
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only (left padding: the first real token is position 0)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
 
 
 def prompt_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -148,6 +130,7 @@ class _FastAdapters:
         self.rank = cfg.rank
         self.record = record
         self.records: list[dict[str, torch.Tensor]] = []
+        self.adapted_rows: int | None = None   # two streams: rows from here on are base rows (no adapter)
         self.step_tau: torch.Tensor | None = None
         self.step_high: torch.Tensor | None = None
         self._ent_flat: torch.Tensor | None = None
@@ -296,10 +279,12 @@ class _FastAdapters:
                 c[0] = c[1] = c[2] = None
             if fast._all_native and h.shape[0] <= fast.NATIVE_MAX_TOKENS and h.device.type == "cpu":
                 w = native_route(h, wg, fast._ent_flat, threshold, tau_high, tau_low, k)
+                if fast.adapted_rows is not None:
+                    w[fast.adapted_rows:] = 0
                 slot["w"] = w
                 slot["native"] = True
                 if fast.record:
-                    fast.records[-1][router.layer_name] = w.clone()
+                    fast.records[-1][router.layer_name] = w[:fast.adapted_rows].clone()
                 return None
             slot["native"] = False
             if not fast._derived:
@@ -321,11 +306,13 @@ class _FastAdapters:
                     w_high = w_high.scatter_(1, top, g.gather(1, top))
             w_low = torch.zeros_like(g).scatter_(1, g.argmax(dim=-1, keepdim=True), 1.0)
             w = torch.where(fast.step_high, w_high, w_low)
+            if fast.adapted_rows is not None:
+                w[fast.adapted_rows:] = 0
             slot["w"] = w
             for gsize, ex in slot["expanders"].items():
                 slot["w_rep"][gsize] = torch.mm(w, ex)
             if fast.record:
-                fast.records[-1][router.layer_name] = w.detach().clone()
+                fast.records[-1][router.layer_name] = w[:fast.adapted_rows].detach().clone()
             return None
         return hook
 
@@ -413,6 +400,7 @@ class GenerationOutput:
     plans             with record_plans=True: per forward (prefill first, then one per decode
                       step) a dict layer name -> expert weights [B*T_step, E]
     cuda_graph        whether the decode steps ran as a replayed CUDA graph
+    inference_entropy which entropies routed the generated tokens ("base", "self", "none")
     """
 
     sequences: torch.Tensor
@@ -423,6 +411,7 @@ class GenerationOutput:
     decode_s: float = 0.0
     plans: list | None = None
     cuda_graph: bool = False
+    inference_entropy: str | None = None
 
 
 def _check_generate_args(model, input_ids, max_new_tokens, attention_mask, prefill, temperature, top_k, top_p):
@@ -467,19 +456,25 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
              attention_mask: torch.Tensor | None = None, *, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             prefill: str | torch.Tensor = "base", fast: bool = True, native: bool | None = None,
-             cuda_graph: bool | None = None,
+             prefill: str | torch.Tensor | None = None, entropy: str | None = None, fast: bool = True,
+             native: bool | None = None, cuda_graph: bool | None = None,
              record_plans: bool = False, return_dict: bool = False):
     """Gated (entropy-routed) generation with a static KV cache. Returns [B, T + n] token ids.
 
     model: a Hugging Face causal LM (Llama family), patched with ALTER or not (unpatched: plain
         decoding with the same loop, for comparisons).
     input_ids [B, T], attention_mask [B, T] (left padding only; None: no padding).
-    prefill: "base" (default: base-model entropies of the prompt, one extra forward over the
-        prompt with adapters off), "high" (cheap: every prompt token high entropy, no extra pass)
-        or a [B, T] tensor of routing entropies.
-    Each generated token is routed, when fed back, by S_q of the raw logits that produced it
-    (q = config.q_route), before temperature / top-k / top-p.
+    entropy: which entropies route the generated tokens: "base", "self" or "none" (default: the
+        model's ``config.inference_entropy``, the rule every other forward of the model follows).
+        "base": the base model's next-token distribution, from a base stream that runs beside the
+        adapted one as extra batch rows through the same frozen GEMMs (weights read once per step,
+        its own KV cache rows; the adapters only touch the adapted rows); its logits come out of
+        the same LM-head GEMM and only their entropy is kept. "self": S_q of the adapted model's
+        raw logits that produced the token (before temperature / top-k / top-p). "none": every
+        token high entropy.
+    prefill: how the prompt tokens are routed: "base" (base-model entropies of the prompt, from a
+        base pass over the prompt with adapters off; the default unless entropy is "none"),
+        "high" (every prompt token high entropy) or a [B, T] tensor of routing entropies.
     do_sample, temperature, top_k, top_p, generator: sampling (greedy when do_sample is False).
     eos_token_id: int or list; a finished row gets pad_token_id (default: the first eos id)
         afterwards; the loop stops when every row has finished.
@@ -494,14 +489,21 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
     record_plans: keep every forward's expert weights per layer (tests, analysis).
     return_dict: return a :class:`GenerationOutput` instead of the sequences.
     """
+    patched = is_patched(model)
+    state = get_state(model) if patched else None
+    mode = entropy if entropy is not None else (state.config.inference_entropy if patched else "none")
+    if mode not in INFERENCE_ENTROPY:
+        raise ValueError(f"generate: entropy must be one of {INFERENCE_ENTROPY} or None, got {entropy!r}")
+    if prefill is None:
+        prefill = "high" if mode == "none" else "base"
     _check_generate_args(model, input_ids, max_new_tokens, attention_mask, prefill, temperature, top_k, top_p)
     from transformers import StaticCache
 
     device = input_ids.device
     input_ids = input_ids.long()
     bsz, t_prompt = input_ids.shape
-    patched = is_patched(model)
-    state = get_state(model) if patched else None
+    two_stream = patched and mode == "base"      # base rows beside the adapted ones
+    rows = 2 * bsz if two_stream else bsz
     q = _q_route(model, None)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -515,11 +517,19 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
         raise ValueError("generate: cuda_graph=True needs CUDA tensors")
 
     max_len = t_prompt + max_new_tokens
-    backbone = _backbone(model)
-    head = _lm_head(model)
+    backbone = backbone_of(model)
+    head = lm_head_of(model)
     was_training = model.training
     model.eval()
     fastpath = _FastAdapters(model, record=record_plans, native=native) if (patched and fast) else None
+    if fastpath is not None and two_stream:
+        fastpath.adapted_rows = bsz
+    plan_hook = None
+    if patched and not fast and two_stream:
+        def zero_base_rows(plan, layer_name):          # generic path: base rows get no adapter
+            if plan.num_tokens == rows:
+                plan.expert_weights[bsz:] = 0
+        plan_hook = add_plan_hook(model, zero_base_rows)
     prev_inputs = (state.entropy, state.labels) if patched else None
     plans_out: list | None = [] if record_plans else None
     used_graph = False
@@ -529,44 +539,67 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
         with torch.inference_mode():
             # ---------------------------------------------------------------- prefill
             pos = position_ids_from_mask(attention_mask)
+            cache = StaticCache(config=model.config, max_cache_len=max_len)
+            # 4D boolean mask over the static cache slots: a key is visible if it is a real token
+            # already written (slots > current step stay False); updated in place per step.
+            slot_mask = torch.zeros(rows, 1, 1, max_len, dtype=torch.bool, device=device)
+            slot_mask[:, 0, 0, :t_prompt] = attention_mask.bool().repeat(rows // bsz, 1)
+            causal = torch.ones(t_prompt, t_prompt, dtype=torch.bool, device=device).tril()
+            prefill_mask = torch.zeros(bsz, 1, t_prompt, max_len, dtype=torch.bool, device=device)
+            prefill_mask[:, :, :, :t_prompt] = causal[None, None] & attention_mask.bool()[:, None, None, :]
+            base_cache, last_base = None, None
             if patched:
-                if isinstance(prefill, torch.Tensor):
+                if isinstance(prefill, torch.Tensor) and not two_stream:
                     p_ent = prefill.to(device=device, dtype=torch.float32)
-                elif prefill == "base":
-                    p_ent = prompt_entropy(model, input_ids, attention_mask, pos, q=q)
+                elif prefill == "base" or two_stream:
+                    # the base pass over the prompt: its entropies route the prompt, and with two
+                    # streams its KV cache becomes the base rows of the decode cache
+                    base_cache = StaticCache(config=model.config, max_cache_len=max_len) if two_stream else None
+                    nxt_ent = _base_pass(model, backbone, head, input_ids, prefill_mask if two_stream else
+                                         attention_mask, pos, base_cache, q)
+                    last_base = nxt_ent[:, -1]
+                    p_ent = routing_from_next(nxt_ent, attention_mask)
+                    if isinstance(prefill, torch.Tensor):
+                        p_ent = prefill.to(device=device, dtype=torch.float32)
+                    elif prefill == "high":
+                        p_ent = torch.full((bsz, t_prompt), math.inf, device=device)
                 else:
                     p_ent = torch.full((bsz, t_prompt), math.inf, device=device)
             else:
                 p_ent = None
-            cache = StaticCache(config=model.config, max_cache_len=max_len)
-            # 4D boolean mask over the static cache slots: a key is visible if it is a real token
-            # already written (slots > current step stay False); updated in place per step.
-            slot_mask = torch.zeros(bsz, 1, 1, max_len, dtype=torch.bool, device=device)
-            slot_mask[:, 0, 0, :t_prompt] = attention_mask.bool()
-            causal = torch.ones(t_prompt, t_prompt, dtype=torch.bool, device=device).tril()
-            prefill_mask = torch.zeros(bsz, 1, t_prompt, max_len, dtype=torch.bool, device=device)
-            prefill_mask[:, :, :, :t_prompt] = causal[None, None] & attention_mask.bool()[:, None, None, :]
             # the prefill (many tokens: FLOP-bound) goes through the generic path, i.e. the dispatched
             # route / asym_lora kernels; the decode-shaped path is installed for the steps after it
             if patched:
                 state.entropy, state.labels = p_ent, None
             hidden = backbone(input_ids=input_ids, attention_mask=prefill_mask, position_ids=pos, cache=cache,
                               use_cache=True).last_hidden_state[:, -1]
+            if patched:
+                state.entropy = None
             logits = head(hidden).float()                                    # [B, V]
             if record_plans:
                 plans_out.append({k: v.expert_weights.clone() for k, v in state.plans.items()})
+            if two_stream:
+                _stack_static_caches(cache, base_cache)
+                base_cache = None
             if fastpath is not None:
-                state.entropy = None
                 fastpath.install()
+
+            def next_entropy(step_logits, base_logits):
+                """S_q of the distribution that produced the token sampled from ``step_logits``."""
+                if not patched or mode == "none":
+                    return torch.full((bsz,), math.inf, device=device)
+                return tsallis_entropy(base_logits if mode == "base" else step_logits, q)
 
             sync()
             t1 = time.perf_counter()
             # ---------------------------------------------------------------- decode
             out_tokens = torch.empty(bsz, max_new_tokens, dtype=torch.long, device=device)
             out_ent = torch.empty(bsz, max_new_tokens, dtype=torch.float32, device=device)
-            tok_buf = torch.empty(bsz, 1, dtype=torch.long, device=device)
-            pos_buf = (pos[:, -1:] + 1).clone()
-            ent_buf = torch.empty(bsz, 1, dtype=torch.float32, device=device)
+            tok_buf = torch.empty(rows, 1, dtype=torch.long, device=device)
+            pos_buf = (pos[:, -1:] + 1).repeat(rows // bsz, 1)
+            ent_buf = torch.empty(rows, 1, dtype=torch.float32, device=device)
+            if patched:
+                state.entropy = ent_buf        # explicit: the model's own inference rule stays out
             finished = torch.zeros(bsz, dtype=torch.bool, device=device)
             high_count, real_count = 0, 0
             n_done = 0
@@ -576,15 +609,13 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
             def step_eager():
                 if fastpath is not None:
                     fastpath.set_entropy(ent_buf)
-                elif patched:
-                    state.entropy = ent_buf
                 hid = backbone(input_ids=tok_buf, attention_mask=slot_mask, position_ids=pos_buf, cache=cache,
                                use_cache=True).last_hidden_state[:, -1]
-                return head(hid).float()
+                return head(hid)                    # [rows, V]: one LM-head GEMM for both streams
 
+            # the entropy of the distribution that produces a token routes it when it is fed back
+            ent = last_base if (patched and mode == "base") else next_entropy(logits, None)
             for step in range(max_new_tokens):
-                # the entropy of the raw distribution that produces this token routes it next step
-                ent = tsallis_entropy(logits, q) if patched else torch.zeros(bsz, device=device)
                 nxt = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
                 if eos is not None:
                     nxt = nxt.masked_fill(finished, pad_token_id)
@@ -594,30 +625,32 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
                 n_done = step + 1
                 if step == max_new_tokens - 1 or (eos is not None and bool(finished.all())):
                     break
-                tok_buf.copy_(nxt[:, None])
-                ent_buf.copy_(ent[:, None])
+                tok_buf.copy_(nxt[:, None].repeat(rows // bsz, 1))
+                ent_buf.copy_(ent[:, None].repeat(rows // bsz, 1))
                 slot_mask[:, 0, 0, t_prompt + step] = True
                 if record_plans:
                     if fastpath is not None:
                         fastpath.records.append({})
                 if graph is not None:
                     graph.replay()
-                    logits = graph_logits
+                    out_all = graph_logits
                 elif cuda_graph and step >= 1 and not record_plans:
                     graph, graph_logits = _capture(step_eager)
                     if graph is None:
                         cuda_graph = False
-                        logits = step_eager()
+                        out_all = step_eager()
                     else:
                         used_graph = True
                         graph.replay()
-                        logits = graph_logits
+                        out_all = graph_logits
                 else:
-                    logits = step_eager()
+                    out_all = step_eager()
+                logits = out_all[:bsz].float()
+                ent = next_entropy(logits, out_all[bsz:] if two_stream else None)
                 pos_buf += 1
                 if record_plans:
                     plans_out.append(fastpath.records[-1] if fastpath is not None else
-                                     {k: v.expert_weights.clone() for k, v in state.plans.items()})
+                                     {k: v.expert_weights[:bsz].clone() for k, v in state.plans.items()})
             sequences = torch.cat([input_ids, out_tokens[:, :n_done]], dim=1)
             ent_done = out_ent[:, :n_done].clone()
             if patched and n_done > 1:
@@ -634,6 +667,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
     finally:
         if fastpath is not None:
             fastpath.remove()
+        if plan_hook is not None:
+            plan_hook.remove()
         if patched:
             state.entropy, state.labels = prev_inputs
         if was_training:
@@ -642,7 +677,33 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32
         return sequences
     return GenerationOutput(sequences=sequences, prompt_entropy=p_ent, entropy=ent_done,
                             high_fraction=(float(high_count) / real_count) if real_count else float("nan"),
-                            prefill_s=t1 - t0, decode_s=t2 - t1, plans=plans_out, cuda_graph=used_graph)
+                            prefill_s=t1 - t0, decode_s=t2 - t1, plans=plans_out, cuda_graph=used_graph,
+                            inference_entropy=mode if patched else None)
+
+
+def _base_pass(model, backbone, head, input_ids, mask, pos, cache, q: float) -> torch.Tensor:
+    """Base-model (adapters off) S_q [B, T] at every prompt position; fills ``cache`` if given."""
+    state = get_state(model)
+    kw = {cache_kwarg(backbone): cache} if cache is not None else {}
+    prev, state.enabled = state.enabled, False
+    try:
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                          **kw).last_hidden_state
+    finally:
+        state.enabled = prev
+    return lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None)).float()
+
+
+def _stack_static_caches(cache, other) -> None:
+    """Append ``other``'s batch rows to ``cache`` (two prefilled StaticCaches of one length): the
+    decode steps then run both streams as one batch."""
+    for la, lb in zip(cache.layers, other.layers):
+        if not (hasattr(la, "keys") and hasattr(lb, "keys")) or int(la.get_seq_length()) != int(lb.get_seq_length()):
+            raise RuntimeError("generate: cannot stack the base and adapted KV caches (unexpected cache layout)")
+        la.keys = torch.cat([la.keys, lb.keys])
+        la.values = torch.cat([la.values, lb.values])
+        if hasattr(la, "batch_size"):
+            la.batch_size = la.keys.shape[0]
 
 
 def _capture(step_fn):
@@ -666,85 +727,62 @@ def _capture(step_fn):
 
 # --------------------------------------------------------------------------- HF integration
 class GatedDecoding:
-    """Hooks that make Hugging Face ``model.generate(...)`` do gated decoding on a patched model.
+    """A block in which HF ``model.generate(...)`` uses a chosen inference rule, with a record.
 
-    Installed by :func:`gated_decoding`; remove with :meth:`remove` or use as a context manager.
+    A patched model already routes every forward, HF ``generate`` included, by its inference rule
+    (``config.inference_entropy``, see :mod:`alter_kernels.inference`); this context manager is
+    for choosing another rule or prompt routing for a while, and for reading what routed:
 
-    - a forward pre-hook on the top-level model: on a call that starts a sequence (no cache or
-      an empty one) it sets the prompt's routing entropies (``prefill="base"``: base-model pass
-      with the positions HF passes; ``"high"``: +inf everywhere); on a one-token decode call it
-      sets the entropy saved by the previous call;
-    - a forward hook on the top-level model: S_q of the raw last-position logits the model just
-      returned (``outputs.logits[:, -1]``, before any logits processor or warper) is saved; it
-      routes the token sampled from them in the next call.
+    - ``entropy``: "base", "self" or "none" for the block (None: keep the model's);
+    - ``prefill``: "base" (prompt tokens by base-model entropies) or "high" (every prompt token
+      high entropy);
+    - ``prompt_entropy`` [B, T]: the routing entropies of the last prompt (prefill) forward;
+      ``step_entropies``: per forward from the prefill on, [B, 1], the entropy of the distribution that produced the token sampled from that forward's
+      logits (it routes that token when it is fed back).
 
-    Supported: greedy and multinomial sampling (any processors / warpers), left-padded batches,
-    DynamicCache and StaticCache. Not supported: beam search / assisted decoding (rows are
-    reordered or several tokens are verified per call); a multi-token call on a non-empty cache
-    raises.
+    While installed, explicit routing inputs are cleared (restored on exit), so that every
+    forward routes by the rule.
     """
 
-    def __init__(self, model: nn.Module, prefill: str = "base"):
+    def __init__(self, model: nn.Module, prefill: str = "base", entropy: str | None = None):
         if prefill not in PREFILL_MODES:
             raise ValueError(f"gated_decoding: prefill must be one of {PREFILL_MODES}, got {prefill!r}")
+        if entropy is not None and entropy not in INFERENCE_ENTROPY:
+            raise ValueError(f"gated_decoding: entropy must be one of {INFERENCE_ENTROPY} or None, got {entropy!r}")
         self.model = model
         self.state = get_state(model)
-        self.prefill = prefill
-        self.q = self.state.config.q_route
-        self.last_entropy: torch.Tensor | None = None
+        self.rule = self.state.inference
+        if self.rule is None:
+            raise ValueError("gated_decoding: this patched model has no LM head to take entropies from")
         self.prompt_entropy: torch.Tensor | None = None
         self.step_entropies: list[torch.Tensor] = []
-        self._prev = (self.state.entropy, self.state.labels)
-        self._handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         model.register_forward_hook(self._post, with_kwargs=True)]
+        self._stream = None
+        self._prev = (self.state.config.inference_entropy, self.rule.prefill_high, self.state.entropy,
+                      self.state.labels)
+        if entropy is not None:
+            self.state.config.inference_entropy = entropy
+        self.rule.prefill_high = prefill == "high"
+        self.state.entropy = self.state.labels = None
+        self._handles = [model.register_forward_hook(self._post)]
 
-    @staticmethod
-    def _past_length(cache) -> int:
-        if cache is None:
-            return 0
-        n = cache.get_seq_length()
-        return int(n)
-
-    def _pre(self, module, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
-            raise NotImplementedError("gated_decoding: calls with inputs_embeds instead of input_ids are not "
-                                      "supported (the base-model prefill pass needs the token ids)")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = self._past_length(cache)
-        n_new = input_ids.shape[1]
-        if past == 0:
-            if self.prefill == "base":
-                ent = prompt_entropy(self.model, input_ids, kwargs.get("attention_mask"),
-                                     kwargs.get("position_ids"), q=self.q)
-            else:
-                ent = torch.full(input_ids.shape, math.inf, device=input_ids.device)
-            self.prompt_entropy = ent
+    def _post(self, module, args, output):
+        stream = self.rule.last_stream
+        if stream is None:
+            return None
+        if stream is not self._stream:                 # a forward that started a sequence
+            self._stream = stream
+            self.prompt_entropy = self.rule.last_entropy
             self.step_entropies = []
-        else:
-            if n_new != 1:
-                raise NotImplementedError(f"gated_decoding: a call with {n_new} new tokens on a cache of {past} "
-                                          "(assisted decoding / prompt continuation) is not supported")
-            if self.last_entropy is None or self.last_entropy.shape[0] != input_ids.shape[0]:
-                raise RuntimeError("gated_decoding: decode step without the previous step's entropy (beam search "
-                                   "or a changed batch is not supported)")
-            ent = self.last_entropy
-        self.state.entropy, self.state.labels = ent, None
-        return None
-
-    def _post(self, module, args, kwargs, output):
-        logits = output["logits"] if isinstance(output, dict) or hasattr(output, "keys") else output[0]
-        with torch.no_grad():
-            e = tsallis_entropy(logits[:, -1, :].detach(), self.q)[:, None]
-        self.last_entropy = e
-        self.step_entropies.append(e)
+        self.step_entropies.append(stream.next_entropy[:, -1:].clone())
         return None
 
     def remove(self):
         for h in self._handles:
             h.remove()
+        if self._handles:
+            (self.state.config.inference_entropy, self.rule.prefill_high, self.state.entropy,
+             self.state.labels) = self._prev
         self._handles = []
-        self.state.entropy, self.state.labels = self._prev
 
     def __enter__(self):
         return self
@@ -754,16 +792,15 @@ class GatedDecoding:
         return False
 
 
-def gated_decoding(model: nn.Module, prefill: str = "base") -> GatedDecoding:
-    """Make ``model.generate(...)`` route by token entropy (see :class:`GatedDecoding`).
+def gated_decoding(model: nn.Module, prefill: str = "base", entropy: str | None = None) -> GatedDecoding:
+    """HF ``model.generate(...)`` with a chosen inference rule for a block (see :class:`GatedDecoding`).
 
-        with ak.gated_decoding(model):
+        with ak.gated_decoding(model, entropy="self") as gd:
             out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64, do_sample=True, top_p=0.9)
 
-    Or keep the returned handle and call ``.remove()`` when done. While installed, every forward
-    of the model routes as in decoding (the prefill pass overrides set_routing_inputs), so install
-    it for generation only.
+    Without arguments it changes nothing about routing (a patched model always routes by its
+    rule) and only records the entropies. Or keep the returned handle and call ``.remove()``.
     """
     if not is_patched(model):
         raise ValueError("gated_decoding: the model is not patched with ALTER (alter_kernels.patch)")
-    return GatedDecoding(model, prefill)
+    return GatedDecoding(model, prefill, entropy)

@@ -11,9 +11,10 @@ Module instances are swapped, no HF forward is copied:
   layer's AlterLinears read that plan.
 
 Routing inputs (token entropies, and domain labels while unlearning) come in through
-:func:`set_routing_inputs` / :func:`routing_inputs`. Without entropies, every token counts as
-high-entropy (e = +inf): the retain expert is on and the router mixes in its top-k forget
-experts. :func:`token_entropy` computes the spec's entropies with a base-model pass.
+:func:`set_routing_inputs` / :func:`routing_inputs`. A forward given none routes by the model's
+inference rule (``AlterConfig.inference_entropy``, :mod:`alter_kernels.inference`): by default the
+base model's entropies, computed by the model itself, in every forward and decoding path.
+:func:`token_entropy` computes the same entropies for a whole batch with one base-model pass.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .config import AlterConfig
+from .config import INFERENCE_ENTROPY, AlterConfig
+from .hf import backbone_of, lm_head_of, position_ids_from_mask
+from .inference import InferenceRule, check_model, routing_from_next
 from .ops.asym_lora import asym_lora
 from .ops.entropy import lm_head_entropy
 from .ops.routing import route
@@ -45,6 +48,8 @@ class AlterState:
         self.config = config
         self.entropy: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
+        self.auto_entropy: torch.Tensor | None = None         # set by the inference rule for one forward
+        self.inference = None                                # the InferenceRule (alter_kernels.inference)
         self.enabled = True
         self.plans: dict[str, RoutingPlan] = {}
         self.hooks: list = []
@@ -183,6 +188,8 @@ def _backbone_pre_hook(state: AlterState):
     """Remember the forward's 2D attention mask and KV cache (prefix-match router: which tokens are
     real, and where the running prefix state of incremental decoding lives)."""
     def hook(module, args, kwargs):
+        if not state.enabled:                   # a base-model pass (adapters off): not routed
+            return None
         att = kwargs.get("attention_mask")
         state.route_mask = att if isinstance(att, torch.Tensor) and att.dim() == 2 else None
         cache = kwargs.get("past_key_values", None)
@@ -202,6 +209,8 @@ def _backbone_pre_hook(state: AlterState):
 
 def _backbone_post_hook(state: AlterState):
     def hook(module, args, kwargs, out):
+        if not state.enabled:
+            return None
         # h0 and the mask stay: gradient checkpointing re-runs the layers after this forward
         state.route_cache = None
         state.route_past = 0
@@ -230,42 +239,62 @@ class PrefixRouterState:
         if h is None or past == 0:
             self.hist[layer] = m
         else:
-            self.hist[layer] = torch.cat([h[:, :past], m], 1)
+            self.hist[layer] = torch.cat([_tile_rows(h[:, :past], m.shape[0]), m], 1)
 
-    def reorder(self, beam_idx: torch.Tensor) -> None:
+    # mirrors of the cache's own operations (beam search, assisted decoding, contrastive search),
+    # with the same semantics as the inference rule's EntropyStream beside it
+    def reorder_cache(self, cache, beam_idx) -> None:
         for k, h in self.hist.items():
             self.hist[k] = h.index_select(0, beam_idx.to(h.device))
 
-    def crop(self, length: int) -> None:
+    def crop(self, cache, *args, **kwargs) -> None:
+        keep = int(cache.get_seq_length())
         for k, h in self.hist.items():
-            self.hist[k] = h[:, :length] if length >= 0 else h[:, :length]
+            self.hist[k] = h[:, :keep]
 
-    def select(self, idx) -> None:
+    def batch_repeat_interleave(self, cache, repeats) -> None:
         for k, h in self.hist.items():
-            self.hist[k] = h[idx]
+            self.hist[k] = h.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, cache, indices) -> None:
+        for k, h in self.hist.items():
+            self.hist[k] = h[indices]
+
+
+def _tile_rows(t: torch.Tensor, b: int) -> torch.Tensor:
+    """ak.generate's fast path decodes the base stream as extra batch rows after the adapted ones
+    (the same sequences): a state of B rows continues a batch of k*B rows by tiling."""
+    if t.shape[0] == b or t.shape[0] == 0 or b % t.shape[0]:
+        return t
+    return t.repeat(b // t.shape[0], *([1] * (t.dim() - 1)))
+
+
+_PREFIX_MIRRORED = ("reorder_cache", "crop", "batch_repeat_interleave", "batch_select_indices")
 
 
 def prefix_state(cache, create: bool = True) -> PrefixRouterState | None:
-    """The prefix-router state attached to an HF cache (made, and the cache's reorder / crop /
-    batch-select wrapped to follow it, on first use)."""
+    """The prefix-router state attached to an HF cache object (``cache._alter_prefix_state``),
+    made on first use; the cache's reorder / crop / batch operations are mirrored on it."""
     st = getattr(cache, PREFIX_STATE_ATTR, None)
     if st is None and create:
         st = PrefixRouterState()
         try:
-            object.__setattr__(cache, PREFIX_STATE_ATTR, st)
+            setattr(cache, PREFIX_STATE_ATTR, st)
         except (AttributeError, TypeError):
             return None
-        for name, fn in (("reorder_cache", st.reorder), ("crop", st.crop), ("batch_select_indices", st.select)):
+        for name in _PREFIX_MIRRORED:
             orig = getattr(cache, name, None)
-            if orig is None:
+            if not callable(orig):
                 continue
 
-            def wrapped(*a, _orig=orig, _fn=fn, **kw):
+            def wrapped(*a, _orig=orig, _name=name, **kw):
                 out = _orig(*a, **kw)
-                _fn(*a, **kw)
+                ps = getattr(cache, PREFIX_STATE_ATTR, None)
+                if ps is not None:
+                    getattr(ps, _name)(cache, *a, **kw)
                 return out
             try:
-                object.__setattr__(cache, name, wrapped)
+                setattr(cache, name, wrapped)
             except (AttributeError, TypeError):
                 pass
     return st
@@ -303,6 +332,8 @@ def prefix_match_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Te
         ps = prefix_state(cache)
         if ps is not None:
             prev = ps.last(router.layer_name) if state.route_past > 0 else None
+            if prev is not None:
+                prev = _tile_rows(prev, b)
             if prev is not None and prev.shape[0] == b:
                 a = torch.maximum(a, prev.unsqueeze(1).to(a.dtype))
             ps.append(router.layer_name, a.detach(), state.route_past)
@@ -345,7 +376,8 @@ def make_plan(state: AlterState, router: LayerRouter, hidden: torch.Tensor) -> R
     lead = hidden.shape[:-1]
     h = router_features(router, hidden)                        # detached: the router learns from its own loss only
     n = h.shape[0]
-    ent = _expand_tokens(state.entropy, lead, "entropy", math.inf)
+    ent = _expand_tokens(state.entropy if state.entropy is not None else state.auto_entropy, lead, "entropy",
+                         math.inf)
     if ent is None:
         ent = torch.full((n,), math.inf, device=h.device)
     ent = ent.reshape(-1).to(device=h.device, dtype=torch.float32)
@@ -432,6 +464,11 @@ def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
         raise PatchError(f"patch: target module(s) {misses[:4]} are {type(modules[misses[0]]).__name__}, "
                          "expected nn.Linear (quantised or fused layers are not supported)")
     hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
+    why = check_model(model, config.inference_entropy)
+    if why is not None:
+        raise PatchError(f"patch: inference_entropy={config.inference_entropy!r} needs the model's next-token "
+                         f"entropies, but {why}; patch with AlterConfig(inference_entropy='none') (every token "
+                         "high entropy) or pass routing inputs to every forward")
 
     state = AlterState(config)
     state.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -469,8 +506,11 @@ def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
         layer.add_module(ROUTER_ATTR, r)
         state.hooks.append(layer.register_forward_pre_hook(_layer_pre_hook(r), with_kwargs=True))
         state.routers.append(layer_path)
+    if check_model(model, "base") is None:         # the model can give entropies: install the rule
+        state.inference = InferenceRule(model, state)
     # the module that owns the decoder layers' ModuleList (the backbone): its forward's 2D attention
-    # mask and KV cache feed the prefix-match router
+    # mask and KV cache feed the prefix-match router (registered after the inference rule's hooks,
+    # whose base pass runs first, with the adapters off, and is ignored here)
     first = state.routers[0]
     owner_path = first.rpartition(".")[0].rpartition(".")[0]
     owner = model.get_submodule(owner_path) if owner_path else model
@@ -493,6 +533,8 @@ def unpatch(model: nn.Module) -> nn.Module:
     state = get_state(model)
     for h in state.hooks + getattr(state, "backbone_hooks", []):
         h.remove()
+    if state.inference is not None:
+        state.inference.remove()
     for path, alin in state.replaced:
         _set_child(model, path, alin.base_layer)
     for layer_path in state.routers:
@@ -530,6 +572,20 @@ def set_routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
 
 def clear_routing_inputs(model: nn.Module) -> None:
     set_routing_inputs(model, None, None)
+
+
+def set_inference_entropy(model: nn.Module, mode: str) -> None:
+    """Change which entropies route a forward without routing inputs: "base", "self" or "none"
+    (see :mod:`alter_kernels.inference`). Saved with the adapter (it is part of the config)."""
+    state = get_state(model)
+    if mode not in INFERENCE_ENTROPY:
+        raise ValueError(f"set_inference_entropy: got {mode!r}, expected one of "
+                         f"{', '.join(map(repr, INFERENCE_ENTROPY))}")
+    if mode != "none" and state.inference is None:
+        from .hf import head_problem
+        raise PatchError(f"set_inference_entropy: {mode!r} needs the model's next-token entropies, but "
+                         f"{head_problem(model)}")
+    state.config.inference_entropy = mode
 
 
 @contextlib.contextmanager
@@ -614,24 +670,13 @@ def token_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     ``attention_mask``), so a left-padded row gets the entropies of the row alone.
     """
     q = get_state(model).config.q_route if (q is None and is_patched(model)) else (1.5 if q is None else q)
-    backbone = getattr(model, "model", None) or model.get_decoder()
-    head = model.get_output_embeddings()
-    if head is None:
-        raise PatchError("token_entropy: the model has no output embeddings (LM head)")
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(getattr(model, "config", None), attr, None) not in (None, 1.0):
-            raise NotImplementedError(f"token_entropy: models with config.{attr} are not supported yet")
+    backbone = backbone_of(model)
+    head = lm_head_of(model)
     if attention_mask is not None and position_ids is None:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        position_ids = position_ids_from_mask(attention_mask)
     ctx = disable_adapters(model) if is_patched(model) else contextlib.nullcontext()
     with ctx:
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
     ent = lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))   # [B, T]
-    routed = torch.full_like(ent, math.inf)
-    routed[:, 1:] = ent[:, :-1]
-    if attention_mask is not None:
-        prev_real = torch.zeros_like(attention_mask, dtype=torch.bool)
-        prev_real[:, 1:] = attention_mask[:, :-1].bool()
-        routed = torch.where(prev_real, routed, torch.full_like(routed, math.inf))
-    return routed
+    return routing_from_next(ent, attention_mask)

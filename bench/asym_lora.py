@@ -11,6 +11,12 @@ Adapter overhead = time - base time. Also the decode (small N, forward only, no 
 cat GEMM vs per-token gather in the C++ kernel.
 
     python bench/asym_lora.py [--quick] [--out DIR] [--threads T]
+    # the GPU target of issue 15 (scripts/gpu_check.sh): overhead_pct <= 15, x_peft <= 1.1
+    python bench/asym_lora.py --device cuda --dtype bf16 --shapes 4096:8192 --iters 20 --no-decode
+
+--dtype sets x and the base weight (bf16: a bf16 model); --adapter-dtype the adapter parameters
+(default fp32, the default of both ak.AlterConfig.adapter_dtype and PEFT's autocast of LoRA
+weights). overhead_pct = (time - base time) / base time, in percent.
 """
 from __future__ import annotations
 
@@ -78,14 +84,14 @@ def peft_linear(base, r, alpha):
     return model
 
 
-def bench_shape(d, n, E, r, device, iters, warmup, backends):
+def bench_shape(d, n, E, r, device, iters, warmup, backends, dtype=torch.float32, adapter_dtype=torch.float32):
     torch.manual_seed(0)
     alpha = 2 * r
     scale = alpha / r
-    base = nn.Linear(d, d, bias=False).to(device)
+    base = nn.Linear(d, d, bias=False).to(device=device, dtype=dtype)
     base.weight.requires_grad_(False)
-    x0 = torch.randn(n, d, device=device)
-    gy = torch.randn(n, d, device=device)
+    x0 = torch.randn(n, d, device=device).to(dtype)
+    gy = torch.randn(n, d, device=device).to(dtype)
     rows = []
 
     def fwd_bwd(module_fn, params):
@@ -107,11 +113,14 @@ def bench_shape(d, n, E, r, device, iters, warmup, backends):
     cases = []
     cases.append(("base", lambda x: base(x), []))
     pm = peft_linear(base, r, alpha).to(device)
+    for p in pm.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(adapter_dtype)
     cases.append(("peft", lambda x: pm(x), [p for p in pm.parameters() if p.requires_grad]))
-    naive = NaiveHydra(base, r, E, scale).to(device)
+    naive = NaiveHydra(base, r, E, scale).to(device=device, dtype=dtype)
     cases.append(("naive", lambda x: naive(x), [naive.A, naive.B, naive.router]))
-    A = nn.Parameter(torch.randn(r, d, device=device) / math.sqrt(d))
-    B = nn.Parameter(torch.randn(E, d, r, device=device) * 0.01)
+    A = nn.Parameter((torch.randn(r, d, device=device) / math.sqrt(d)).to(adapter_dtype))
+    B = nn.Parameter((torch.randn(E, d, r, device=device) * 0.01).to(adapter_dtype))
     w, high, b_mask = make_plan(n, E, device)
     for be in backends:
         def fn(x, be=be):
@@ -121,20 +130,16 @@ def bench_shape(d, n, E, r, device, iters, warmup, backends):
     # round-robin timing: every iteration runs every case once, so load changes on a shared
     # machine hit all cases alike; median and min per case
     import statistics
-    import time as _time
-    from bench.common import sync
+    from bench.common import timed_call
     runs = {name: (fwd_bwd(fn, params), fwd_only(fn)) for name, fn, params in cases}
     tfb = {name: [] for name in runs}
     tfo = {name: [] for name in runs}
     for it in range(warmup + iters):
         for name, (fb, fo) in runs.items():
             for store, f in ((tfb, fb), (tfo, fo)):
-                sync(device)
-                t0 = _time.perf_counter()
-                f()
-                sync(device)
+                t = timed_call(f, device)        # CUDA events on a GPU, perf_counter on the CPU
                 if it >= warmup:
-                    store[name].append(_time.perf_counter() - t0)
+                    store[name].append(t)
     res = {}
     for name, fn, params in cases:
         mem = peak_memory(fwd_bwd(fn, params), device)
@@ -143,8 +148,9 @@ def bench_shape(d, n, E, r, device, iters, warmup, backends):
     tp = res["peft"][0]
     tn = res["naive"][0]
     for name, (t, tf, mem, tmin) in res.items():
-        row = {"d": d, "N": n, "E": E, "r": r, "impl": name, "fwd_bwd_ms": t * 1e3, "fwd_bwd_min_ms": tmin * 1e3,
-               "fwd_ms": tf * 1e3,
+        row = {"d": d, "N": n, "E": E, "r": r, "dtype": str(dtype).replace("torch.", ""),
+               "impl": name, "fwd_bwd_ms": t * 1e3, "fwd_bwd_min_ms": tmin * 1e3,
+               "fwd_ms": tf * 1e3, "overhead_pct": (t - tb) / tb * 100.0,
                "peak_MiB": mem / 2 ** 20, "x_peft": t / tp, "overhead_ms": (t - tb) * 1e3,
                "overhead_vs_naive": (t - tb) / (tn - tb) if tn > tb else float("nan")}
         rows.append(row)
@@ -191,7 +197,11 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=0, help="timed round-robin iterations (default 7, quick 3)")
     ap.add_argument("--no-decode", action="store_true", help="skip the small-N decode table")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="x and the base weight")
+    ap.add_argument("--adapter-dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed round-robin iterations (default 2, quick 1)")
     args = ap.parse_args(argv)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -207,28 +217,33 @@ def main(argv=None):
     iters, warmup = (3, 1) if args.quick else (7, 2)
     if args.iters:
         iters = args.iters
+    if args.warmup:
+        warmup = args.warmup
     backends = [b for b in _backend.available("asym_lora", device) if b not in ("reference",)
                 and not (b == "triton" and device.type == "cpu")]
     rows = []
     for d, n in shapes:
-        rows += bench_shape(d, n, E, r, device, iters, warmup, backends)
+        rows += bench_shape(d, n, E, r, device, iters, warmup, backends, dtypes[args.dtype],
+                            dtypes[args.adapter_dtype])
         print(md_table([x for x in rows if x["d"] == d and x["N"] == n],
                        ["d", "N", "impl", "fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_MiB", "x_peft", "overhead_ms",
-                        "overhead_vs_naive"]), flush=True)
+                        "overhead_pct", "overhead_vs_naive"]), flush=True)
     decode = []
     if device.type == "cpu" and not args.no_decode:
         decode = bench_decode(512 if args.quick else 2048, E, r, [1, 4, 8, 16, 32, 64], 5 if args.quick else 20)
         print(md_table(decode, ["d", "N", "base_us", "cat_us", "gather_us", "ak_asym_lora_us", "ak_vs_base"]))
     md = ("# asym_lora benchmark\n\n" + f"machine: {machine()}\n\nautomatic backend: {ak.backends(device)}\n\n"
           "## forward + backward (times in ms, overhead = time above the bare base linear)\n\n"
-          + md_table(rows, ["d", "N", "E", "r", "impl", "fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_MiB",
-                            "x_peft", "overhead_ms", "overhead_vs_naive"]))
+          + f"dtype {args.dtype}, adapter dtype {args.adapter_dtype}, {iters} timed round-robin iterations "
+          f"after {warmup} warm-up ones\n\n"
+          + md_table(rows, ["d", "N", "E", "r", "dtype", "impl", "fwd_bwd_ms", "fwd_bwd_min_ms", "fwd_ms", "peak_MiB",
+                            "x_peft", "overhead_ms", "overhead_pct", "overhead_vs_naive"]))
     if decode:
         md += ("\n## decode path, forward only, no grad (C++ kernel: cat GEMM vs per-token gather; us)\n\n"
                + md_table(decode, ["d", "N", "base_us", "cat_us", "gather_us", "ak_asym_lora_us", "ak_vs_base"]))
     stem = os.path.join(args.out, "asym_lora" + ("_quick" if args.quick else "") + f"_{device.type}"
                         + (f"_{args.tag}" if args.tag else ""))
-    paths = write_results(stem, {"machine": machine(), "rows": rows, "decode": decode}, md)
+    paths = write_results(stem, {"machine": machine(), "args": vars(args), "rows": rows, "decode": decode}, md)
     print("wrote", *paths)
 
 

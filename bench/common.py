@@ -1,6 +1,8 @@
 """Shared helpers of the benchmarks: timing, peak memory, machine description, JSON + markdown output.
 
-Timing: median of ``iters`` runs after ``warmup`` runs (CUDA: synchronised).
+Timing: median of ``iters`` runs after ``warmup`` runs (CUDA: each run between two CUDA events,
+so host-side launch gaps before the first kernel do not count and no host timer resolution
+limits a sub-millisecond kernel; CPU: perf_counter).
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the memory in use before the call;
 on CPU, the peak of the running sum of tensor allocations recorded by torch.profiler
 (profile_memory=True) during one call: the extra memory the call needs, O(N) vs O(N*V) shows.
@@ -24,6 +26,22 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def timed_call(fn: Callable, device="cpu") -> float:
+    """Seconds of one fn() call: CUDA events around it on a CUDA device (synchronised after),
+    perf_counter on the CPU."""
+    if torch.device(device).type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def time_fn(fn: Callable, device="cpu", warmup: int = 2, iters: int = 5, min_time: float = 0.0) -> float:
     """Median seconds of fn() over ``iters`` runs (more while their sum is under min_time)."""
     for _ in range(warmup):
@@ -31,13 +49,24 @@ def time_fn(fn: Callable, device="cpu", warmup: int = 2, iters: int = 5, min_tim
     sync(device)
     times = []
     while len(times) < iters or sum(times) < min_time:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(timed_call(fn, device))
         if len(times) >= 1000:
             break
     return statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes: int = 2 << 30, iters: int = 10) -> dict:
+    """Device-to-device copy bandwidth through torch (dst.copy_(src)), counting the bytes read
+    plus the bytes written (the convention of the issue and of the device notes: ~4.3 TB/s on an
+    H200). The bar for a memory-bound kernel that reads its input once."""
+    device = torch.device(device)
+    n = max(1, nbytes // 2)
+    src = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device=device, warmup=2, iters=iters)
+    out = {"bytes": 2 * n, "time_ms": t * 1e3, "GB_s": 2 * 2 * n / t / 1e9}
+    del src, dst
+    return out
 
 
 def peak_memory(fn: Callable, device="cpu") -> int:
@@ -81,8 +110,18 @@ def machine() -> dict:
                     break
     except OSError:
         pass
+    info["cuda"] = torch.version.cuda
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception:                 # not installed, or broken
+        info["triton"] = None
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["gpu_sms"] = props.multi_processor_count
+        info["gpu_memory_GiB"] = round(props.total_memory / 2**30, 1)
     return info
 
 

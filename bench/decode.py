@@ -10,13 +10,17 @@ and router so that routing and adapters really run, and theta at the median prom
 that both branches are taken):
 
     base          ak.generate on the unpatched model (same static-cache loop)
-    gated         ak.generate on the patched model, base-model prefill entropies (the default)
-    gated_high    same, cheap prefill (every prompt token high entropy, no extra base pass)
-    gated_python  gated with the pure-PyTorch fast path (native decode ops off)
+    alter_base    ak.generate on the patched model with inference_entropy="base" (the default):
+                  base-model entropies for prompt and generated tokens; the base stream decodes
+                  beside the adapted one as extra batch rows of the same GEMMs
+    alter_self    inference_entropy="self": generated tokens routed by the adapted logits' entropy
+                  (prompt by the base pass), one stream
+    alter_none    inference_entropy="none": every token high entropy, no entropy work at all
+    alter_base_python   alter_base with the pure-PyTorch fast path (native decode ops off)
     reference     ak.generate(fast=False) under ak.use_backend("reference"): the generic
                   AlterLinear path (one route + one asym_lora per linear), the naive baseline
-    hf_base / hf_gated   transformers' model.generate (DynamicCache) on the base model, and on
-                  the patched model with ak.gated_decoding (not with --quick)
+    hf_base / hf_alter   transformers' model.generate (DynamicCache) on the base model, and on
+                  the patched model (its default inference rule; not with --quick)
 
 Per variant: decode tok/s = B * (new - 1) / decode seconds (steady state, the loop after the
 first token; from GenerationOutput.decode_s), end-to-end tok/s = B * new / total seconds
@@ -83,32 +87,25 @@ def variants(base, gated, quick: bool, native_available: bool, with_hf: bool = T
             out = ak.generate(gated, ids, new, fast=False, return_dict=True)
         return out.prefill_s, out.decode_s
 
-    def hf(model, gd):
+    def hf(model):
         def run(ids, new):
             t0 = time.perf_counter()
-            ctx = ak.gated_decoding(model) if gd else _null()
-            with ctx, torch.inference_mode():
+            with torch.inference_mode():
                 model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                                do_sample=False, pad_token_id=0, eos_token_id=None)
             return None, time.perf_counter() - t0
         return run
 
-    out = {"base": ak_gen(base), "gated": ak_gen(gated), "gated_high": ak_gen(gated, prefill="high")}
+    out = {"base": ak_gen(base), "alter_base": ak_gen(gated, entropy="base"),
+           "alter_self": ak_gen(gated, entropy="self"), "alter_none": ak_gen(gated, entropy="none")}
     if native_available:
-        out["gated_python"] = ak_gen(gated, native=False)
-    out["reference"] = ref_gen
+        out["alter_base_python"] = ak_gen(gated, entropy="base", native=False)
+    if not quick:
+        out["reference"] = ref_gen
     if with_hf:
-        out["hf_base"] = hf(base, False)
-        out["hf_gated"] = hf(gated, True)
+        out["hf_base"] = hf(base)
+        out["hf_alter"] = hf(gated)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def bench_config(name, device, batches, prompt, new, reps, quick, memory, with_hf):

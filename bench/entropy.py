@@ -10,6 +10,16 @@ lm_head_entropy on hidden [N, d] x weight [V, d] against the materialised path
     python bench/entropy.py                 # N {512, 2048, 8192} x V {32000, 128256}; lm-head d {1024, 4096}
     python bench/entropy.py --quick         # small sizes, a few seconds
     python bench/entropy.py --n 2048 --v 32000 --d 1024 --out /tmp/b
+    # the GPU targets of issue 15 (scripts/gpu_check.sh runs these):
+    python bench/entropy.py --device cuda --dtype bf16 --n 8192 --v 128256 --no-lm-head --max-logits-gb 8
+    python bench/entropy.py --device cuda --dtype bf16 --lm-n 8192 --lm-v 128256 --d 4096 --no-tsallis
+
+On CUDA, tsallis_entropy is also compared with torch's device-to-device copy (``--copy-baseline``,
+on by default there): x_copy_bw = the kernel's bandwidth (logits bytes read once / time) over the
+copy's (bytes read + written / time); target >= 0.8. lm_head_entropy is compared with the bare
+[N, d] x [d, V] GEMM in the input dtype (x_vs_gemm; fwd+bwd: against the GEMM's forward and
+its two backward GEMMs, dH = G W and dW = G^T H); target <= 1.25. mem_vs_logits: peak extra
+memory / the fp32 [N, V] logits that a materialised path would hold.
 
 Shapes whose fp32 logits exceed --max-logits-gb are skipped (and listed as skipped): the
 reference needs several copies of them. Writes <out>/entropy.json and <out>/entropy.md.
@@ -33,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import alter_kernels as ak  # noqa: E402
 from alter_kernels import _backend  # noqa: E402
-from common import machine, md_table, peak_memory, time_fn, write_results  # noqa: E402
+from common import copy_bandwidth, machine, md_table, peak_memory, time_fn, write_results  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,7 +120,7 @@ def backend_fn(op, backend, *args, **kw):
     return f
 
 
-def bench_tsallis(args, device, dtype, rows, skipped):
+def bench_tsallis(args, device, dtype, rows, skipped, copy=None):
     backends = [b for b in _backend.available("tsallis_entropy", device) if b != "reference"]
     if device.type == "cpu":
         backends = [b for b in backends if b != "triton"]  # interpreted on the CPU: not a benchmark
@@ -130,6 +140,10 @@ def bench_tsallis(args, device, dtype, rows, skipped):
                          "x_vs_ref": 1.0, "x_vs_logsumexp": t_ref / t_lse})
             rows.append({**base, "impl": "torch.logsumexp", "time_ms": t_lse * 1e3, "peak_MiB": m_lse / 2**20,
                          "x_vs_ref": t_lse / t_ref, "x_vs_logsumexp": 1.0})
+            if copy is not None:
+                rows.append({**base, "impl": "torch copy_ (d2d)", "time_ms": copy["time_ms"], "peak_MiB": "",
+                             "copy_GB_s": copy["GB_s"], "x_copy_bw": 1.0,
+                             "note": f"{copy['bytes'] / 2**30:.1f} GiB copied; GB_s counts bytes read + written"})
             for b in backends:
                 t, m = measure(backend_fn("tsallis_entropy", b, z, args.q), device, args.warmup, args.iters)
                 rows.append({**base, "impl": b, "time_ms": t * 1e3, "peak_MiB": m / 2**20,
@@ -158,6 +172,7 @@ def bench_tsallis(args, device, dtype, rows, skipped):
 
 
 def bench_lm_head(args, device, dtype, rows, skipped):
+    """Against the materialised path (x_vs_ref, mem_vs_ref) and the bare GEMM (x_vs_gemm)."""
     backends = [b for b in _backend.available("lm_head_entropy", device) if b != "reference"]
     if device.type == "cpu":
         backends = [b for b in backends if b != "triton"]
@@ -166,17 +181,23 @@ def bench_lm_head(args, device, dtype, rows, skipped):
         h = torch.randn(n, d, device=device).to(dtype)
         w = (torch.randn(v, d, device=device) / d ** 0.5 * 2).to(dtype)
         base = dict(op="lm_head_entropy", N=n, V=v, d=d, dtype=args.dtype, q=args.q, pass_="fwd")
+        logits_bytes = n * v * 4      # the fp32 [N, V] logits a materialised path holds
+
+        t_gemm = time_fn(lambda: torch.mm(h, w.t()), device=device, warmup=1, iters=args.lm_iters)
+        rows.append({**base, "impl": "gemm h @ w.T", "time_ms": t_gemm * 1e3, "x_vs_gemm": 1.0})
 
         def materialised():
             return softmax_pow_sum(h.float() @ w.float().t() if dtype != torch.float32 else h @ w.t(), args.q)
 
         t_mat, m_mat = measure(materialised, device, 1, args.lm_iters)
         rows.append({**base, "impl": "matmul+softmax_pow_sum", "time_ms": t_mat * 1e3, "peak_MiB": m_mat / 2**20,
-                     "x_vs_ref": 1.0, "mem_vs_ref": 1.0})
+                     "x_vs_ref": 1.0, "mem_vs_ref": 1.0, "mem_vs_logits": m_mat / logits_bytes,
+                     "x_vs_gemm": t_mat / t_gemm})
         for b in backends:
             t, m = measure(backend_fn("lm_head_entropy", b, h, w, args.q), device, 1, args.lm_iters)
             rows.append({**base, "impl": b, "time_ms": t * 1e3, "peak_MiB": m / 2**20,
-                         "x_vs_ref": t / t_mat, "mem_vs_ref": m / max(m_mat, 1)})
+                         "x_vs_ref": t / t_mat, "mem_vs_ref": m / max(m_mat, 1), "mem_vs_logits": m / logits_bytes,
+                         "x_vs_gemm": t / t_gemm})
         if args.backward:
             hg, wg = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
             g = torch.randn(n, device=device)
@@ -185,16 +206,29 @@ def bench_lm_head(args, device, dtype, rows, skipped):
                 hg.grad = wg.grad = None
                 softmax_pow_sum(hg @ wg.t(), args.q).backward(g)
 
+            gz = torch.randn(n, v, device=device).to(dtype)
+
+            def gemm_fb():                     # forward GEMM + dH = G W and dW = G^T H
+                hg.grad = wg.grad = None
+                torch.mm(hg, wg.t()).backward(gz)
+
+            t_gfb = time_fn(gemm_fb, device=device, warmup=1, iters=args.lm_iters)
+            del gz
+            rows.append({**base, "pass_": "fwd+bwd", "impl": "gemm h @ w.T", "time_ms": t_gfb * 1e3, "x_vs_gemm": 1.0})
             t_mb = time_fn(mat_fb, device=device, warmup=1, iters=args.lm_iters)
             rows.append({**base, "pass_": "fwd+bwd", "impl": "matmul+softmax_pow_sum", "time_ms": t_mb * 1e3,
-                         "x_vs_ref": 1.0})
+                         "x_vs_ref": 1.0, "x_vs_gemm": t_mb / t_gfb})
             for b in backends:
                 def fb(b=b):
                     hg.grad = wg.grad = None
                     with ak.use_backend(b):
                         ak.lm_head_entropy(hg, wg, args.q).backward(g)
                 t = time_fn(fb, device=device, warmup=1, iters=args.lm_iters)
-                rows.append({**base, "pass_": "fwd+bwd", "impl": b, "time_ms": t * 1e3, "x_vs_ref": t / t_mb})
+                gc.collect()
+                m = peak_memory(fb, device=device) if device.type == "cuda" else ""
+                rows.append({**base, "pass_": "fwd+bwd", "impl": b, "time_ms": t * 1e3, "x_vs_ref": t / t_mb,
+                             "x_vs_gemm": t / t_gfb, "peak_MiB": m / 2**20 if m != "" else "",
+                             "mem_vs_logits": m / logits_bytes if m != "" else ""})
         del h, w
         gc.collect()
         print(f"lm_head_entropy N={n} V={v} d={d} done", flush=True)
@@ -221,6 +255,9 @@ def main(argv=None):
                     help="time fwd+bwd of tsallis_entropy only up to N*V of this size")
     ap.add_argument("--no-tsallis", dest="tsallis", action="store_false")
     ap.add_argument("--no-lm-head", dest="lm_head", action="store_false")
+    ap.add_argument("--copy-baseline", dest="copy_baseline", action="store_true", default=None,
+                    help="also time torch's d2d copy of as many bytes as the largest logits (default: on CUDA)")
+    ap.add_argument("--no-copy-baseline", dest="copy_baseline", action="store_false")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                     help="output directory (entropy.json, entropy.md)")
     args = ap.parse_args(argv)
@@ -230,29 +267,50 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     rows, skipped = [], []
+    copy = None
+    if args.copy_baseline is None:
+        args.copy_baseline = device.type == "cuda"
+    if args.tsallis and args.copy_baseline:
+        esz = torch.tensor([], dtype=dtype).element_size()
+        copy = copy_bandwidth(device, nbytes=min(4 << 30, max(n * v for n in args.n for v in args.v) * esz),
+                              iters=max(args.iters, 5))
+        print(f"torch d2d copy: {copy['GB_s']:.0f} GB/s (read + write)", flush=True)
     if args.tsallis:
-        bench_tsallis(args, device, dtype, rows, skipped)
+        bench_tsallis(args, device, dtype, rows, skipped, copy)
     if args.lm_head:
         bench_lm_head(args, device, dtype, rows, skipped)
     esize = torch.tensor([], dtype=dtype).element_size()
     for r in rows:
         r["pass"] = r.pop("pass_")
-        if r["pass"] == "fwd" and r["op"] == "tsallis_entropy":  # logits read once: effective bandwidth
-            r["GB_s"] = r["N"] * r["V"] * esize / (r["time_ms"] * 1e-3) / 1e9
+        if r["op"] == "tsallis_entropy" and r["impl"] != "torch copy_ (d2d)":
+            # forward: the logits read once; fwd+bwd: read by the forward, read again and the
+            # gradient written by the backward (three passes)
+            passes = 1 if r["pass"] == "fwd" else 3
+            r["GB_s"] = passes * r["N"] * r["V"] * esize / (r["time_ms"] * 1e-3) / 1e9
+            if copy is not None:
+                r["x_copy_bw"] = r["GB_s"] / copy["GB_s"]
         if r["pass"] == "fwd" and r["op"] == "lm_head_entropy":  # the GEMM's work
             r["TFLOP_s"] = 2.0 * r["N"] * r["V"] * r["d"] / (r["time_ms"] * 1e-3) / 1e12
     cols = ["op", "pass", "N", "V", "d", "dtype", "impl", "time_ms", "peak_MiB", "x_vs_ref", "x_vs_logsumexp",
             "mem_vs_ref", "GB_s", "TFLOP_s"]
+    if copy is not None:
+        cols += ["x_copy_bw"]
+    if any("x_vs_gemm" in r for r in rows):
+        cols += ["x_vs_gemm", "mem_vs_logits"]
     info = machine()
-    md = (f"# bench/entropy.py\n\n{info.get('cpu', info.get('gpu', ''))}, torch {info['torch']}, "
+    where = info["gpu"] if device.type == "cuda" else info.get("cpu", "")
+    md = (f"# bench/entropy.py\n\n{where}, torch {info['torch']} (CUDA {info['cuda']}), triton {info['triton']}, "
           f"{info['cpu_threads']} threads, device {device}, q = {args.q}, {info['date']}\n\n"
           "x_vs_ref: time / time of the reference (softmax_pow_sum, or matmul+softmax_pow_sum for the LM head); "
           "x_vs_logsumexp: time / torch.logsumexp on the same logits; mem_vs_ref: peak extra memory / the "
-          "materialised path's; GB_s: logits bytes read once / time; TFLOP_s: 2 N V d / time.\n\n" + md_table(rows, cols))
+          "materialised path's; GB_s: logits bytes read once / time (fwd+bwd: three passes); TFLOP_s: 2 N V d / time; "
+          "x_copy_bw: GB_s / torch d2d copy GB/s (read + write); x_vs_gemm: time / the bare h @ w.T GEMM's "
+          "(fwd+bwd: with its two backward GEMMs); mem_vs_logits: peak extra memory / fp32 [N, V] logits.\n\n"
+          + md_table(rows, cols))
     if skipped:
         md += "\nSkipped:\n\n" + md_table(skipped, ["op", "N", "V", "why"])
     results = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "device": str(device),
-               "backends": _backend.backends(device), "rows": rows, "skipped": skipped}
+               "backends": _backend.backends(device), "rows": rows, "skipped": skipped, "copy": copy}
     paths = write_results(os.path.join(args.out, "entropy"), results, md)
     print(md)
     print("wrote", *paths)

@@ -208,6 +208,8 @@ def test_demo_end_to_end_with_stand_in(tmp_path, monkeypatch, tiny_preset):
         assert all(isinstance(v, float) for v in m.values())
     assert res["methods"]["retain"]["forget_quality"] == 1.0
     assert res["methods"]["alter"]["seconds"] == 0.5
+    # scored through each unlearned model's default inference rule, and recorded
+    assert set(res["inference_entropy"]) == {"alter", "ga"} and res["inference_entropy"]["ga"] is None
     assert "finetuned_forget_rouge_ok" in res["checks"]
     assert [p for p in os.listdir(tmp_path / "out") if p.startswith("utility_vs_forget_quality.")]
 

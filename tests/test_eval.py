@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from alter_kernels.eval import (QAFormat, answer_nll, distinct_n, evaluate_tofu, forget_quality,
-                                harmonic_mean, lcs_length, load_rows, mcq_accuracy, model_utility,
+                                harmonic_mean, load_rows, mcq_accuracy, model_utility,
                                 repetition_rate, rouge_l, rouge_l_recall, rouge_tokens, split_stats,
-                                truth_ratio_score, truth_ratios, verbatim_rouge)
+                                truth_ratio_from_nll, truth_ratio_score, truth_ratios, verbatim_rouge)
 
 
 # ---------------------------------------------------------------- ROUGE-L
@@ -18,11 +18,50 @@ def test_rouge_tokens_like_rouge_score():
     assert rouge_tokens("  ") == []
 
 
-def test_lcs_known():
-    assert lcs_length("ABCBDAB", "BDCABA") == 4          # textbook example (BCBA)
-    assert lcs_length([], [1, 2]) == 0
-    assert lcs_length([1, 2, 3], [1, 2, 3]) == 3
-    assert lcs_length([1, 2, 3], [3, 2, 1]) == 1
+def test_rouge_is_stemmed_like_tofu():
+    # TOFU and open-unlearning score with rouge_score's RougeScorer(use_stemmer=True): "Incas" and
+    # "Inca" are one token after stemming (an unstemmed LCS gives recall 0.5 here)
+    assert rouge_l_recall("The Inca", "The Incas") == 1.0
+    assert rouge_tokens("The Incas", stem=True) == ["the", "inca"]
+    assert rouge_tokens("The Incas") == ["the", "incas"]
+    assert rouge_l_recall("She writes novels", "She wrote a novel") == pytest.approx(2 / 4)   # she, novel
+
+
+def _varied_pairs(n=400, seed=0):
+    import random
+    rng = random.Random(seed)
+    words = ["The", "author", "authors", "wrote", "writes", "writing", "novel", "novels", "born", "in",
+             "Paris", "1961", "Incas", "Inca", "running", "ran", "studies", "studied", "is", "a", "an",
+             "mystery", "mysteries", "Glass-Orchard", "award", "awarded", "awards", "city", "cities", "der",
+             "café", "naïve", "x", "of", "'s", "fathers", "father's", "happily", "happiness", "--", ""]
+    seps = [" ", " ", " ", ", ", ". ", "-", "; ", "\n", "!"]
+    def text():
+        k = rng.randint(0, 25)
+        return "".join(rng.choice(words) + rng.choice(seps) for _ in range(k)).strip()
+    pairs = [(text(), text()) for _ in range(n)]
+    # near-copies: a reference and an edited copy of it
+    for _ in range(n // 2):
+        ref = text()
+        toks = ref.split()
+        if rng.random() < 0.3:
+            rng.shuffle(toks)
+        pairs.append((" ".join(t.upper() if rng.random() < 0.2 else t for t in toks if rng.random() > 0.2), ref))
+    return pairs
+
+
+def test_rouge_equals_rouge_score_on_varied_pairs():
+    from rouge_score import rouge_scorer
+    ref = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = _varied_pairs()
+    assert len(pairs) >= 300
+    differ = 0
+    for pred, target in pairs:
+        want = ref.score(target, pred)["rougeL"]
+        got = rouge_l(pred, target)
+        assert (got["precision"], got["recall"], got["f"]) == (want.precision, want.recall, want.fmeasure)
+        unstemmed = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(target, pred)["rougeL"]
+        differ += unstemmed.recall != want.recall
+    assert differ > 0          # the pairs exercise the stemmer
 
 
 def test_rouge_l_hand_computed():
@@ -76,6 +115,19 @@ def test_forget_quality_ks():
         forget_quality([], [1.0])
 
 
+def test_truth_ratio_geometric_and_arithmetic():
+    para, pert = [1.0, 2.0], [[1.5, 2.5], [2.0, float("nan")]]
+    geo = truth_ratio_from_nll(para, pert)
+    assert geo == pytest.approx([math.exp(1.0 - 2.0), 1.0])
+    ari = truth_ratio_from_nll(para, pert, "arithmetic")
+    assert ari == pytest.approx([(math.exp(-1.5) + math.exp(-2.5)) / 2 / math.exp(-1.0), 1.0])
+    assert ari[0] > geo[0]                 # Jensen: arithmetic mean >= geometric mean
+    with pytest.raises(ValueError, match="geometric"):
+        truth_ratio_from_nll(para, pert, "harmonic")
+    with pytest.raises(ValueError, match="no perturbed"):
+        truth_ratio_from_nll([1.0], [[float("nan")]])
+
+
 def test_truth_ratio_score():
     assert truth_ratio_score([0.25, 0.5, 2.0], "retain") == pytest.approx((0.75 + 0.5 + 0.0) / 3)
     assert truth_ratio_score([0.25, 4.0, 1.0], "forget") == pytest.approx((0.25 + 0.25 + 1.0) / 3)
@@ -120,6 +172,28 @@ def test_load_rows_errors(tmp_path):
     bad.write_text(json.dumps({"x": 1}))
     with pytest.raises(ValueError, match="JSON object"):
         load_rows(bad)
+
+
+def test_load_rows_task_id_and_one_row_jsonl(tmp_path):
+    import warnings
+    rows = [dict(ROWS[i % 2], task_id=t) for i, t in enumerate(["1", "1", "2", "2", "3"])]
+    p = tmp_path / "forget10_perturbed.json"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))             # TOFU's files: JSON lines in .json
+    with pytest.warns(UserWarning, match=r"5 rows in 3 task_id groups \{'1': 2, '2': 2, '3': 1\}"):
+        assert len(load_rows(p)) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = load_rows(p, task_id="2")
+    assert len(got) == 2 and {r["task_id"] for r in got} == {"2"} and got[1]["perturbed_answer"] == ["B two."]
+    assert len(load_rows(p, task_id="1,3")) == 3
+    assert len(load_rows(rows, task_id=1)) == 2                               # in-memory rows, int id
+    with pytest.raises(ValueError, match="no rows with task_id '9'"):
+        load_rows(p, task_id="9")
+    with pytest.warns(UserWarning, match="has no task_id field"):
+        assert len(load_rows(ROWS, task_id="1")) == 2
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(ROWS[0]) + "\n")
+    assert load_rows(one)[0]["question"] == "Q1?"
 
 
 # ---------------------------------------------------------------- model-based, tiny random model

@@ -63,7 +63,8 @@ def left_pad(rows, pad=0):
 
 # --------------------------------------------------------------------------- zero B == base model
 @pytest.mark.parametrize("fast", [True, False])
-def test_zero_b_equals_base_model(fast):
+@pytest.mark.parametrize("entropy", ["base", "self", "none"])
+def test_zero_b_equals_base_model(fast, entropy):
     base = tiny_llama(3)
     ids = prompts()
     with torch.no_grad():
@@ -72,11 +73,13 @@ def test_zero_b_equals_base_model(fast):
     plain = ak.generate(base, ids, 12)                         # unpatched model through the fast loop
     assert torch.equal(plain, want)
     m = patched_model(3, zero_b=True)
+    ak.set_inference_entropy(m, entropy)
     out = ak.generate(m, ids, 12, fast=fast, return_dict=True)
+    assert out.inference_entropy == entropy
     assert torch.equal(out.sequences, want)
-    # the routing did run on both sides of theta (so the test would see a wrong path)
-    assert 0.0 < out.high_fraction < 1.0 or 0 < (out.prompt_entropy[:, 1:] > ak.get_state(m).config.threshold).float().mean() < 1
-    with ak.gated_decoding(m):
+    if entropy != "none":   # the routing did run on both sides of theta (so the test would see a wrong path)
+        assert 0.0 < out.high_fraction < 1.0 or 0 < (out.prompt_entropy[:, 1:] > ak.get_state(m).config.threshold).float().mean() < 1
+    with torch.no_grad():    # HF generate with nothing but the patched model
         hf = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                         pad_token_id=0, eos_token_id=None)
     assert torch.equal(hf, want)
@@ -95,10 +98,14 @@ def test_adapters_change_generation():
 
 
 # --------------------------------------------------------------------------- step-by-step == full forward
-@pytest.mark.parametrize("fast,top_k,native", [(True, 3, None), (True, 3, False), (False, 3, None), (True, 1, None),
-                                               (True, 1, False)])
-def test_step_routing_equals_full_forward(fast, top_k, native):
+@pytest.mark.parametrize("fast,top_k,native,entropy", [
+    (True, 3, None, "base"), (True, 3, False, "base"), (False, 3, None, "base"), (True, 1, None, "base"),
+    (True, 1, False, "base"), (True, 3, None, "self"), (True, 3, False, "self"), (False, 3, None, "self"),
+    (True, 1, None, "self")])
+def test_step_routing_equals_full_forward(fast, top_k, native, entropy):
+    """Scoring a sequence and generating it route every token the same way."""
     m = patched_model(1, top_k=top_k, num_forget=3 if top_k == 1 else 2)
+    ak.set_inference_entropy(m, entropy)
     ids, mask = left_pad([[5, 17, 33, 9, 41, 60], [8, 70, 12]])
     out = ak.generate(m, ids, 10, attention_mask=mask, fast=fast, native=native, record_plans=True,
                       return_dict=True)
@@ -108,14 +115,23 @@ def test_step_routing_equals_full_forward(fast, top_k, native):
     ent = torch.cat([out.prompt_entropy, out.entropy[:, :n - 1]], dim=1)
     full_mask = torch.cat([mask, torch.ones(mask.shape[0], n - 1, dtype=mask.dtype)], dim=1)
     x = seq[:, :-1]
-    with torch.no_grad(), ak.routing_inputs(m, entropy=ent):
-        logits = m(input_ids=x, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask)).logits
-    plans = ak.last_plans(m)
-    # the entropies recorded during decoding are those of the full forward's raw logits
-    real = full_mask.bool()
-    full_ent = ak.tsallis_entropy(logits, ak.get_state(m).config.q_route)
+    q = ak.get_state(m).config.q_route
     bsz, t_prompt = ids.shape
-    torch.testing.assert_close(out.entropy, full_ent[:, t_prompt - 1:], rtol=1e-4, atol=1e-4)
+    real = full_mask.bool()
+    if entropy == "base":
+        # a plain teacher-forced forward (no routing inputs: the model's own rule) routes as decoding did
+        with torch.no_grad():
+            logits = m(input_ids=x, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask)).logits
+        base_e = ak.token_entropy(m, seq, torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1))
+        torch.testing.assert_close(out.entropy, base_e[:, t_prompt:], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ent[real], base_e[:, :-1][real], rtol=1e-4, atol=1e-4)
+    else:
+        with torch.no_grad(), ak.routing_inputs(m, entropy=ent):
+            logits = m(input_ids=x, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask)).logits
+        # the entropies recorded during decoding are those of the full forward's raw logits
+        full_ent = ak.tsallis_entropy(logits, q)
+        torch.testing.assert_close(out.entropy, full_ent[:, t_prompt - 1:], rtol=1e-4, atol=1e-4)
+    plans = ak.last_plans(m)
     theta = ak.get_state(m).config.threshold
     hi = ~(ent <= theta)
     assert 0 < hi[real].float().mean() < 1, "routing must see both branches"
@@ -135,9 +151,11 @@ def test_step_routing_equals_full_forward(fast, top_k, native):
 
 
 # --------------------------------------------------------------------------- padded batch == rows alone
-@pytest.mark.parametrize("prefill", ["base", "high"])
-def test_left_padded_batch_equals_rows_alone(prefill):
+@pytest.mark.parametrize("prefill,entropy", [("base", "base"), ("high", "base"), ("base", "self"),
+                                             ("high", "self")])
+def test_left_padded_batch_equals_rows_alone(prefill, entropy):
     m = patched_model(2)
+    ak.set_inference_entropy(m, entropy)
     rows = [[5, 17, 33, 9, 41, 60, 22, 13], [8, 70, 12], [44, 3, 91, 16, 29]]
     ids, mask = left_pad(rows)
     batch = ak.generate(m, ids, 10, attention_mask=mask, prefill=prefill, return_dict=True)
@@ -164,18 +182,20 @@ def test_prompt_entropy_modes_differ_and_base_matches_token_entropy():
 
 
 # --------------------------------------------------------------------------- HF generate == ak.generate
-@pytest.mark.parametrize("prefill", ["base", "high"])
-def test_hf_generate_agrees_with_ak_generate(prefill):
+@pytest.mark.parametrize("prefill,entropy", [("base", "base"), ("high", "base"), ("base", "self"),
+                                             ("high", "self"), ("high", "none")])
+def test_hf_generate_agrees_with_ak_generate(prefill, entropy):
     m = patched_model(6)
     ids, mask = left_pad([[5, 17, 33, 9, 41, 60], [8, 70, 12], [44, 3, 91, 16, 29]])
-    ours = ak.generate(m, ids, 10, attention_mask=mask, prefill=prefill, return_dict=True)
-    slow = ak.generate(m, ids, 10, attention_mask=mask, prefill=prefill, fast=False)
+    ours = ak.generate(m, ids, 10, attention_mask=mask, prefill=prefill, entropy=entropy, return_dict=True)
+    slow = ak.generate(m, ids, 10, attention_mask=mask, prefill=prefill, entropy=entropy, fast=False)
     assert torch.equal(ours.sequences, slow)
-    with ak.gated_decoding(m, prefill=prefill) as gd:
+    with ak.gated_decoding(m, prefill=prefill, entropy=entropy) as gd:
         hf = m.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
                         eos_token_id=None)
     assert torch.equal(hf, ours.sequences)
-    torch.testing.assert_close(torch.cat(gd.step_entropies, 1), ours.entropy, rtol=1e-4, atol=1e-5)
+    if entropy != "none":       # "none": no entropy is computed at all
+        torch.testing.assert_close(torch.cat(gd.step_entropies, 1), ours.entropy, rtol=1e-4, atol=1e-5)
     assert ak.get_state(m).entropy is None          # routing inputs restored
 
 
@@ -185,7 +205,7 @@ def test_hf_routes_with_raw_logits_not_processed_scores():
     m = patched_model(7)
     ids = prompts(2, 6)
     torch.manual_seed(0)
-    with ak.gated_decoding(m) as gd:
+    with ak.gated_decoding(m, entropy="self") as gd:
         out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=True,
                          temperature=0.5, top_k=5, repetition_penalty=1.5, pad_token_id=0, eos_token_id=None,
                          output_logits=True, return_dict_in_generate=True)

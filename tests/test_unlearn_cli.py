@@ -116,3 +116,56 @@ def test_cli_bad_input(files, tmp_path, capsys):
     assert cli.main(base + ["--forget", str(files / "forget.json"), "--num-forget-experts", "many"]) == 1
     assert cli.main(["--model", str(tmp_path / "no-model"), "--forget", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_help_shows_the_prompt_newline_and_accepts_it(capsys):
+    from alter_kernels.eval import DEFAULT_TEMPLATE
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 'Question: {question}\\nAnswer:')" in out
+    p = cli.build_parser()
+    base = ["--model", "m", "--forget", "f", "--out", "o"]
+    assert p.parse_args(base).prompt_format == DEFAULT_TEMPLATE       # the evaluator's prompt
+    assert p.parse_args(base + ["--prompt-format", "Q: {question}\\nA:"]).prompt_format == "Q: {question}\nA:"
+
+
+def test_cli_prints_rows_and_warns_on_overlap(files, tmp_path, capsys):
+    retain = [json.loads(line) for line in (files / "retain.jsonl").read_text().splitlines()]
+    forget = json.loads((files / "forget.json").read_text()) + retain[:2]
+    both = tmp_path / "forget_overlap.json"
+    both.write_text(json.dumps(forget))
+    args = ["--model", str(files / "model"), "--forget", str(both), "--retain", str(files / "retain.jsonl"),
+            "--method", "graddiff", "--out", str(tmp_path / "o"), "--max-steps", "1", "--batch-size", "2",
+            "--device", "cpu", "--no-progress", "--no-eval", "--lr", "1e-6"]
+    with pytest.warns(UserWarning, match=r"2 of 6 forget rows also appear in the retain set") as rec:
+        assert cli.main(args) == 0
+    msg = next(str(w.message) for w in rec if "also appear" in str(w.message))
+    assert retain[0]["question"] in msg and retain[1]["question"] in msg
+    err = capsys.readouterr().err
+    assert f"forget: 6 rows from {both}" in err and f"retain: 4 rows from {files / 'retain.jsonl'}" in err
+
+
+def test_unlearn_loader_task_id(tmp_path):
+    import warnings
+    from alter_kernels.unlearn.data import DataError, load_rows, overlapping_rows
+    rows = [dict(r, task_id=str(1 + i // 3)) for i, r in enumerate(toy_rows(9, seed=3))]
+    p = tmp_path / "tofu.json"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")               # JSON lines in a .json file
+    with pytest.warns(UserWarning, match=r"9 rows in 3 task_id groups \{'1': 3, '2': 3, '3': 3\}"):
+        got, _ = load_rows(str(p), "forget")
+    assert len(got) == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one, where = load_rows(str(p), "forget", task_id="2")
+        two, _ = load_rows(str(p), "forget", task_id=["1", 3])
+    assert [r["task_id"] for r in one] == ["2"] * 3 and "task_id 2" in where
+    assert len(two) == 6 and {r["task_id"] for r in two} == {"1", "3"}
+    with pytest.raises(DataError, match=r"no rows with task_id '7'.*'1': 3"):
+        load_rows(str(p), "forget", task_id=7)
+    # one row in JSON-lines form (a .json file with a single object line) is one row
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(rows[0]) + "\n")
+    assert load_rows(str(single), "forget")[0] == [rows[0]]
+    assert len(overlapping_rows(rows[:4], rows[3:])) == 1
+    assert overlapping_rows([{"question": "q ?", "answer": "a  b"}], [{"question": "q ?", "answer": "a b"}])

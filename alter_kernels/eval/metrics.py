@@ -1,50 +1,77 @@
-"""Model-free metric functions: ROUGE-L, KS forget quality, harmonic mean, truth-ratio scores,
-fluency proxies. No torch here: these take numbers and strings.
+"""Model-free metric functions: ROUGE-L (through the ``rouge_score`` package), KS forget quality,
+harmonic mean, truth ratios and their scores, fluency proxies. No torch here: these take numbers
+and strings.
 """
 from __future__ import annotations
 
+import functools
 import math
-import re
 from typing import Iterable, Sequence
 
-_TOKEN_RE = re.compile(r"[^a-z0-9]+")
+TRUTH_RATIO_MODES = ("geometric", "arithmetic")
 
 
-def rouge_tokens(text: str) -> list[str]:
-    """The tokenisation of the ``rouge_score`` package (without stemming): lowercase, every run
-    of characters other than a-z / 0-9 is a separator."""
-    return [t for t in _TOKEN_RE.split(text.lower()) if t]
+@functools.lru_cache(maxsize=None)
+def _scorer():
+    from rouge_score import rouge_scorer
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
-def lcs_length(a: Sequence, b: Sequence) -> int:
-    """Length of the longest common subsequence (O(len(a) * len(b)) time, O(len(b)) memory)."""
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            cur[j] = prev[j - 1] + 1 if x == y else (prev[j] if prev[j] >= cur[j - 1] else cur[j - 1])
-        prev = cur
-    return prev[-1]
+@functools.lru_cache(maxsize=None)
+def _tokenizer(stem: bool):
+    from rouge_score import tokenizers
+    return tokenizers.DefaultTokenizer(use_stemmer=stem)
+
+
+def rouge_tokens(text: str, stem: bool = False) -> list[str]:
+    """The tokenisation of the ``rouge_score`` package: lowercase, every run of characters other
+    than a-z / 0-9 is a separator; ``stem=True`` applies its Porter stemmer to tokens longer than
+    3 characters, as ``RougeScorer(use_stemmer=True)`` does."""
+    return _tokenizer(bool(stem)).tokenize(text)
 
 
 def rouge_l(prediction: str, reference: str) -> dict:
-    """ROUGE-L of a prediction against a reference: {"precision", "recall", "f"}.
-
-    recall = LCS / reference tokens (TOFU reports this one), precision = LCS / prediction tokens,
-    f = their harmonic mean. An empty reference gives recall 0 (as rouge_score does).
-    """
-    p, r = rouge_tokens(prediction), rouge_tokens(reference)
-    lcs = lcs_length(p, r)
-    prec = lcs / len(p) if p else 0.0
-    rec = lcs / len(r) if r else 0.0
-    f = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
-    return {"precision": prec, "recall": rec, "f": f}
+    """ROUGE-L of a prediction against a reference, computed by the ``rouge_score`` package with
+    ``use_stemmer=True`` (as TOFU and open-unlearning score generations): {"precision", "recall",
+    "f"}. recall = LCS / reference tokens (what TOFU reports), precision = LCS / prediction
+    tokens, f = their harmonic mean. An empty reference or prediction gives 0."""
+    s = _scorer().score(reference, prediction)["rougeL"]
+    return {"precision": float(s.precision), "recall": float(s.recall), "f": float(s.fmeasure)}
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
     return rouge_l(prediction, reference)["recall"]
+
+
+def truth_ratio_from_nll(para_nll: Sequence[float], pert_nll: Sequence[Sequence[float]],
+                         mode: str = "geometric") -> list[float]:
+    """Truth ratios R = P_pert / P_para from mean token NLLs (per-token-normalised probabilities
+    P = exp(-NLL)): ``para_nll`` [n] of the paraphrased true answer, ``pert_nll`` [n][k] of the k
+    perturbed answers (NaN entries are skipped, so rows may have different k).
+
+    - ``"geometric"`` (default): P_pert = geometric mean of the perturbed probabilities,
+      R = exp(NLL_para - mean_j NLL_pert_j). TOFU's aggregation script (aggregate_eval_stat.py,
+      which produced its published forget-quality numbers) and open-unlearning.
+    - ``"arithmetic"``: P_pert = arithmetic mean, R = mean_j exp(NLL_para - NLL_pert_j). The
+      truth-ratio equation of the TOFU paper and its in-training evaluation.
+
+    By Jensen's inequality the arithmetic R is never below the geometric one.
+    """
+    if mode not in TRUTH_RATIO_MODES:
+        raise ValueError(f"truth ratio mode must be one of {TRUTH_RATIO_MODES}, got {mode!r}")
+    para = [float(x) for x in para_nll]
+    if len(para) != len(pert_nll):
+        raise ValueError(f"truth_ratio_from_nll: {len(para)} paraphrased but {len(pert_nll)} perturbed rows")
+    out = []
+    for i, (p, row) in enumerate(zip(para, pert_nll)):
+        vals = [float(x) for x in row if not math.isnan(float(x))]
+        if not vals:
+            raise ValueError(f"truth_ratio_from_nll: row {i} has no perturbed answer")
+        if mode == "geometric":
+            out.append(math.exp(p - sum(vals) / len(vals)))
+        else:
+            out.append(sum(math.exp(p - v) for v in vals) / len(vals))
+    return out
 
 
 def harmonic_mean(values: Iterable[float]) -> float:

@@ -5,15 +5,20 @@ Works on any ``AutoModelForCausalLM`` + tokenizer and TOFU-format rows (see
 :class:`~alter_kernels.eval.format.QAFormat` (plain template by default, ``QAFormat(chat=True)``
 for chat models).
 
-Definitions (as TOFU / open-unlearning compute them):
+Definitions (docs/benchmark.md, "Evaluation"):
 
 - answer probability P = exp(-mean token NLL of the answer (and its eos) given the question);
-- truth ratio R = P_pert / P_para with P_pert = exp(-mean over the false answers of their mean
-  token NLL), P_para the paraphrased true answer, both after the original question;
+- truth ratio R = P_pert / P_para, P_para the paraphrased true answer, P_pert a mean over the
+  false answers, all after the original question: ``truth_ratio="geometric"`` (default; TOFU's
+  aggregation script and open-unlearning) P_pert = exp(-mean of their mean token NLLs),
+  ``"arithmetic"`` (the TOFU paper's equation) P_pert = mean of exp(-mean token NLL);
 - forget quality = KS-test p-value between R of the model and R of the retain model, forget set;
 - model utility = harmonic mean of {retain, real authors, world facts} x {probability, ROUGE-L
-  recall of the greedy answer, mean(max(0, 1 - R))}; on real authors / world facts the
-  probability is P_correct / (P_correct + sum P_false).
+  recall of the greedy answer (``rouge_score``, stemmed), mean(max(0, 1 - R))}; on real authors /
+  world facts the probability is P_correct / (P_correct + sum P_false).
+
+The model is called plainly (``model(...)``, ``model.generate(...)``): a patched ALTER model is
+evaluated through its own default inference rule. ``progress=True`` shows tqdm bars.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ import torch.nn.functional as F
 
 from .data import load_rows
 from .format import IGNORE_INDEX, QAFormat, pad_batch
-from .metrics import (distinct_n, forget_quality, harmonic_mean, repetition_rate, rouge_l,
-                      truth_ratio_score)
+from .metrics import (TRUTH_RATIO_MODES, distinct_n, forget_quality, harmonic_mean, repetition_rate, rouge_l,
+                      truth_ratio_from_nll, truth_ratio_score)
+
+DEFAULT_MAX_NEW_TOKENS = 200        # TOFU generates up to 200 new tokens for its ROUGE scores
 
 
 def _device(model):
@@ -34,6 +41,15 @@ def _device(model):
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
+
+
+def _bar(total: int, desc, enabled):
+    """A tqdm bar over ``total`` batches when ``enabled`` (a description string) is truthy."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=enabled if isinstance(enabled, str) else desc, unit="batch",
+                leave=False, dynamic_ncols=True)
 
 
 def _pad_id(tokenizer):
@@ -46,13 +62,15 @@ def _pad_id(tokenizer):
 
 @torch.no_grad()
 def sequence_nll(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 16,
-                 reduction: str = "mean") -> torch.Tensor:
+                 reduction: str = "mean", progress=False) -> torch.Tensor:
     """Per-sequence NLL of the labelled tokens of (input_ids, labels) pairs: mean per token
-    (reduction="mean") or summed ("sum"). fp32 accumulation. Returns a CPU float64 tensor [n]."""
+    (reduction="mean") or summed ("sum"). fp32 accumulation. Returns a CPU float64 tensor [n].
+    ``progress``: a description string (or True) shows a tqdm bar over the batches."""
     dev = _device(model)
     out = torch.empty(len(pairs), dtype=torch.float64)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))      # little padding
     pad = _pad_id(tokenizer)
+    bar = _bar(-(-len(order) // batch_size), "NLL", progress)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         ids, mask = pad_batch([pairs[i][0] for i in idx], pad)
@@ -66,23 +84,28 @@ def sequence_nll(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]],
         vals = s / n.clamp(min=1) if reduction == "mean" else s
         vals = torch.where(n > 0, vals, torch.full_like(vals, float("nan")))
         out[torch.tensor(idx)] = vals.double().cpu()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return out
 
 
 def answer_nll(model, tokenizer, questions: Sequence[str], answers: Sequence[str],
                fmt: QAFormat | None = None, batch_size: int = 16, reduction: str = "mean",
-               eos: bool | None = None) -> torch.Tensor:
+               eos: bool | None = None, progress=False) -> torch.Tensor:
     """Mean (or summed) token NLL of each answer given its question."""
     fmt = fmt or QAFormat()
     if len(questions) != len(answers):
         raise ValueError(f"answer_nll: {len(questions)} questions but {len(answers)} answers")
     pairs = [fmt.encode(tokenizer, q, a, eos=eos) for q, a in zip(questions, answers)]
-    return sequence_nll(model, tokenizer, pairs, batch_size, reduction)
+    return sequence_nll(model, tokenizer, pairs, batch_size, reduction, progress)
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts_ids: Sequence[list[int]], max_new_tokens: int = 48,
-                    batch_size: int = 16, stop_at_eos: bool = True) -> list[list[int]]:
+def greedy_generate(model, tokenizer, prompts_ids: Sequence[list[int]],
+                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, stop_at_eos: bool = True,
+                    progress=False) -> list[list[int]]:
     """Greedy continuations of token-id prompts (left padding, batched, KV cache via HF generate).
     Returns the new token ids of each prompt, cut at the first eos."""
     dev = _device(model)
@@ -90,6 +113,7 @@ def greedy_generate(model, tokenizer, prompts_ids: Sequence[list[int]], max_new_
     eos = tokenizer.eos_token_id
     res: list[list[int]] = [[] for _ in prompts_ids]
     order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
+    bar = _bar(-(-len(order) // batch_size), "generate", progress)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         ids, mask = pad_batch([list(prompts_ids[i]) for i in idx], pad, side="left")
@@ -104,26 +128,38 @@ def greedy_generate(model, tokenizer, prompts_ids: Sequence[list[int]], max_new_
             while seq and seq[-1] == pad:
                 seq = seq[:-1]
             res[i] = seq
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return res
 
 
 def generate_answers(model, tokenizer, questions: Sequence[str], fmt: QAFormat | None = None,
-                     max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, progress=False) -> list[str]:
     fmt = fmt or QAFormat()
     prompts = [fmt.prompt_ids(tokenizer, q) for q in questions]
-    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
 
 
+def _progress_name(progress, what: str):
+    return f"{progress}: {what}" if isinstance(progress, str) else bool(progress) and what
+
+
 def truth_ratios(model, tokenizer, rows: Sequence[dict], fmt: QAFormat | None = None,
-                 batch_size: int = 16) -> dict:
+                 batch_size: int = 16, mode: str = "geometric", progress=False) -> dict:
     """Per-question NLLs and truth ratios. Needs ``perturbed_answer`` (list) on every row; the
-    paraphrased answer defaults to the answer. Returns {"para_nll", "pert_nll" [n, k] (padded
-    with NaN when rows have different k), "ratio", "answer_nll"}."""
+    paraphrased answer defaults to the answer. ``mode``: "geometric" (default) or "arithmetic"
+    mean of the perturbed answers' probabilities (:func:`~alter_kernels.eval.metrics.truth_ratio_from_nll`).
+    Returns {"para_nll", "pert_nll" [n, k] (padded with NaN when rows have different k),
+    "pert_mean_nll", "ratio"}."""
+    if mode not in TRUTH_RATIO_MODES:
+        raise ValueError(f"truth_ratios: mode must be one of {TRUTH_RATIO_MODES}, got {mode!r}")
     rows = load_rows(rows, require=("question", "answer", "perturbed_answer"))
     qs = [r["question"] for r in rows]
     para = answer_nll(model, tokenizer, qs, [r.get("paraphrased_answer") or r["answer"] for r in rows],
-                      fmt, batch_size)
+                      fmt, batch_size, progress=_progress_name(progress, "paraphrased NLL"))
     flat_q, flat_a, owner = [], [], []
     for i, r in enumerate(rows):
         if not r["perturbed_answer"]:
@@ -132,7 +168,8 @@ def truth_ratios(model, tokenizer, rows: Sequence[dict], fmt: QAFormat | None = 
             flat_q.append(r["question"])
             flat_a.append(p)
             owner.append(i)
-    pert_flat = answer_nll(model, tokenizer, flat_q, flat_a, fmt, batch_size)
+    pert_flat = answer_nll(model, tokenizer, flat_q, flat_a, fmt, batch_size,
+                           progress=_progress_name(progress, "perturbed NLL"))
     k = max(len(r["perturbed_answer"]) for r in rows) if rows else 0
     pert = torch.full((len(rows), k), float("nan"), dtype=torch.float64)
     fill = [0] * len(rows)
@@ -140,49 +177,54 @@ def truth_ratios(model, tokenizer, rows: Sequence[dict], fmt: QAFormat | None = 
         pert[i, fill[i]] = v
         fill[i] += 1
     pert_mean = torch.nanmean(pert, dim=1)
-    ratio = torch.exp(para - pert_mean)          # P_pert / P_para = exp(-pert) / exp(-para)
+    ratio = torch.tensor(truth_ratio_from_nll(para.tolist(), pert.tolist(), mode), dtype=torch.float64)
     return {"para_nll": para, "pert_nll": pert, "pert_mean_nll": pert_mean, "ratio": ratio}
 
 
 def split_stats(model, tokenizer, rows, kind: str = "retain", fmt: QAFormat | None = None,
-                batch_size: int = 16, max_new_tokens: int = 48, generations: bool = True) -> dict:
+                batch_size: int = 16, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, generations: bool = True,
+                truth_ratio: str = "geometric", progress=False, task_id=None) -> dict:
     """TOFU's three numbers on one split plus the per-row data.
 
     kind: "forget" / "retain" (probability = exp(-mean NLL of the answer)) or "options" (real
     authors / world facts: P_correct / (P_correct + sum P_false)). The truth-ratio score is
-    mean(min(R, 1/R)) for "forget" and mean(max(0, 1 - R)) otherwise.
+    mean(min(R, 1/R)) for "forget" and mean(max(0, 1 - R)) otherwise; ``truth_ratio`` picks the
+    definition of R ("geometric" or "arithmetic", see :func:`truth_ratios`). ``progress``: True
+    or a split name shows tqdm bars. ``task_id``: passed to :func:`load_rows`.
     """
     if kind not in ("forget", "retain", "options"):
         raise ValueError(f"split_stats: kind must be 'forget', 'retain' or 'options', got {kind!r}")
-    rows = load_rows(rows)
+    if truth_ratio not in TRUTH_RATIO_MODES:
+        raise ValueError(f"split_stats: truth_ratio must be one of {TRUTH_RATIO_MODES}, got {truth_ratio!r}")
+    rows = load_rows(rows, task_id=task_id)
+    if not rows:
+        raise ValueError(f"split_stats: no rows for the {kind} split")
     qs = [r["question"] for r in rows]
     ans = [r["answer"] for r in rows]
-    a_nll = answer_nll(model, tokenizer, qs, ans, fmt, batch_size)
+    a_nll = answer_nll(model, tokenizer, qs, ans, fmt, batch_size, progress=_progress_name(progress, "answer NLL"))
     out = {"n": len(rows), "answer_nll": a_nll.tolist()}
     has_pert = all(r.get("perturbed_answer") for r in rows)
     if has_pert:
-        tr = truth_ratios(model, tokenizer, rows, fmt, batch_size)
+        tr = truth_ratios(model, tokenizer, rows, fmt, batch_size, mode=truth_ratio, progress=progress)
         out["truth_ratios"] = tr["ratio"].tolist()
         out["truth_ratio"] = truth_ratio_score(out["truth_ratios"], "forget" if kind == "forget" else "retain")
     if kind == "options":
         if not has_pert:
             raise ValueError("split_stats(kind='options') needs perturbed_answer on every row")
-        pert_q = [r["question"] for r in rows for _ in r["perturbed_answer"]]
-        pert_a = [p for r in rows for p in r["perturbed_answer"]]
-        p_nll = answer_nll(model, tokenizer, pert_q, pert_a, fmt, batch_size).tolist()
-        probs, j = [], 0
+        pert = tr["pert_nll"].tolist()          # the false answers' NLLs, already scored for R
+        probs = []
         for i, r in enumerate(rows):
             k = len(r["perturbed_answer"])
             pc = math.exp(-a_nll[i].item())
-            pf = sum(math.exp(-x) for x in p_nll[j:j + k])
-            j += k
+            pf = sum(math.exp(-x) for x in pert[i][:k])
             probs.append(pc / (pc + pf))
         out["probs"] = probs
     else:
         out["probs"] = torch.exp(-a_nll).tolist()
     out["probability"] = sum(out["probs"]) / max(1, len(rows))
     if generations:
-        gens = generate_answers(model, tokenizer, qs, fmt, max_new_tokens, batch_size)
+        gens = generate_answers(model, tokenizer, qs, fmt, max_new_tokens, batch_size,
+                                progress=_progress_name(progress, "generate"))
         out["generations"] = gens
         out["rouges"] = [rouge_l(g, a)["recall"] for g, a in zip(gens, ans)]
         out["rouge"] = sum(out["rouges"]) / max(1, len(rows))
@@ -198,21 +240,30 @@ def model_utility(retain: dict, real_authors: dict, world_facts: dict) -> float:
 
 def evaluate_tofu(model, tokenizer, forget, retain, real_authors, world_facts,
                   reference_truth_ratios: Sequence[float] | None = None, fmt: QAFormat | None = None,
-                  batch_size: int = 16, max_new_tokens: int = 48, keep_rows: bool = False) -> dict:
+                  batch_size: int = 16, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, keep_rows: bool = False,
+                  truth_ratio: str = "geometric", progress: bool = False, task_id=None) -> dict:
     """The TOFU suite. ``reference_truth_ratios``: the retain model's forget-set truth ratios
-    (``result["forget"]["truth_ratios"]`` of the retain model); without them forget quality is
-    not computed. Returns forget_quality, model_utility, forget_rouge, retain_rouge, the sub-metrics
-    under "utility_parts", and per split stats under "forget" / "retain" / "real_authors" /
-    "world_facts" (per-row lists dropped unless keep_rows)."""
-    kw = dict(fmt=fmt, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    st = {"forget": split_stats(model, tokenizer, forget, "forget", **kw),
-          "retain": split_stats(model, tokenizer, retain, "retain", **kw),
-          "real_authors": split_stats(model, tokenizer, real_authors, "options", **kw),
-          "world_facts": split_stats(model, tokenizer, world_facts, "options", **kw)}
+    (``result["forget"]["truth_ratios"]`` of the retain model, computed with the same
+    ``truth_ratio`` definition); without them forget quality is not computed. Returns
+    forget_quality, model_utility, forget_rouge, retain_rouge, the sub-metrics under
+    "utility_parts", and per split stats under "forget" / "retain" / "real_authors" /
+    "world_facts" (per-row lists dropped unless keep_rows).
+
+    truth_ratio: "geometric" (default, TOFU's aggregation and open-unlearning) or "arithmetic"
+    (the TOFU paper's equation); see :func:`~alter_kernels.eval.metrics.truth_ratio_from_nll`.
+    max_new_tokens: greedy generation length for ROUGE (TOFU: 200). progress: tqdm bars.
+    task_id: keep that task_id group of every file that has the field (:func:`load_rows`)."""
+    kw = dict(fmt=fmt, batch_size=batch_size, max_new_tokens=max_new_tokens, truth_ratio=truth_ratio,
+              task_id=task_id)
+    st = {}
+    for name, rows, kind in (("forget", forget, "forget"), ("retain", retain, "retain"),
+                             ("real_authors", real_authors, "options"), ("world_facts", world_facts, "options")):
+        st[name] = split_stats(model, tokenizer, rows, kind, progress=name if progress else False, **kw)
     res = {"model_utility": model_utility(st["retain"], st["real_authors"], st["world_facts"]),
            "forget_rouge": st["forget"]["rouge"], "retain_rouge": st["retain"]["rouge"],
            "forget_probability": st["forget"]["probability"],
-           "forget_truth_ratio": st["forget"].get("truth_ratio")}
+           "forget_truth_ratio": st["forget"].get("truth_ratio"), "truth_ratio_definition": truth_ratio,
+           "max_new_tokens": max_new_tokens}
     if reference_truth_ratios is not None:
         res["forget_quality"] = forget_quality(st["forget"]["truth_ratios"], reference_truth_ratios)
     res["utility_parts"] = {f"{s}_{k}": st[s][k] for s in ("retain", "real_authors", "world_facts")

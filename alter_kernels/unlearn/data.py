@@ -10,6 +10,11 @@ Accepted inputs (``forget`` / ``retain`` of :func:`alter_kernels.unlearn`):
 - a path to a ``.txt`` file: one passage per blank-line-separated block (book-style forgetting);
 - ``hf:NAME[:CONFIG][@SPLIT]``: a Hugging Face dataset (needs the optional ``datasets`` package
   and network access), e.g. ``hf:locuslab/TOFU:forget10@train``.
+
+Public TOFU files carry a ``task_id`` field and some hold several task_id groups (TOFU's
+``forget10_perturbed.json``: 3600 rows, the canonical split being the 400 rows of task_id "1").
+``load_rows(src, task_id=...)`` keeps one group (or several); without it a file holding several
+groups is used whole, with a warning naming the groups and their sizes.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import warnings
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -48,8 +56,54 @@ def _describe(src) -> str:
     return src if isinstance(src, str) else "<in-memory rows>"
 
 
-def load_rows(src, name: str = "data") -> tuple[list[dict], str]:
-    """Rows and a description of where they came from (for error messages)."""
+def load_rows(src, name: str = "data", task_id=None) -> tuple[list[dict], str]:
+    """Rows and a description of where they came from (for error messages).
+
+    ``task_id``: keep only the rows whose ``task_id`` field equals it (compared as strings; a
+    list / tuple / set, or a comma-separated string, keeps several groups). Without it, rows in
+    several task_id groups are all kept and, when read from a file, a UserWarning names the
+    groups and their counts (in-memory rows were already chosen by the caller: no warning).
+    """
+    rows, where = _read_rows(src, name)
+    return _select_task(rows, where, name, task_id, warn=isinstance(src, (str, os.PathLike)))
+
+
+def _task_ids(task_id) -> list[str]:
+    if isinstance(task_id, (list, tuple, set, frozenset)):
+        return [str(t).strip() for t in task_id]
+    return [t.strip() for t in str(task_id).split(",") if t.strip()]
+
+
+def _groups_text(counts: Counter) -> str:
+    items = [f"{k!r}: {v}" for k, v in list(counts.items())[:12]]
+    return "{" + ", ".join(items) + (", ..." if len(counts) > 12 else "") + "}"
+
+
+def _select_task(rows: list, where: str, name: str, task_id, warn: bool = True) -> tuple[list, str]:
+    counts = Counter(str(r["task_id"]) for r in rows if isinstance(r, dict) and "task_id" in r)
+    if task_id is None:
+        if len(counts) > 1 and warn:
+            warnings.warn(f"{name}: {where} holds {len(rows)} rows in {len(counts)} task_id groups "
+                          f"{_groups_text(counts)}; all of them are used. Keep one group with "
+                          "load_rows(..., task_id=...) (alter-eval --task-id)", UserWarning, stacklevel=3)
+        return rows, where
+    wanted = _task_ids(task_id)
+    if not wanted:
+        raise DataError(f"{name}: empty task_id {task_id!r}")
+    if not counts:
+        warnings.warn(f"{name}: task_id={task_id!r} given but {where} has no task_id field; all {len(rows)} "
+                      "rows are used", UserWarning, stacklevel=3)
+        return rows, where
+    missing = [t for t in wanted if t not in counts]
+    if missing:
+        raise DataError(f"{name}: {where} has no rows with task_id {', '.join(map(repr, missing))}; its groups "
+                        f"are {_groups_text(counts)}")
+    keep = set(wanted)
+    picked = [r for r in rows if isinstance(r, dict) and str(r.get("task_id")) in keep]
+    return picked, f"{where} (task_id {','.join(wanted)})"
+
+
+def _read_rows(src, name: str) -> tuple[list, str]:
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         if path.startswith("hf:"):
@@ -82,12 +136,20 @@ def load_rows(src, name: str = "data") -> tuple[list[dict], str]:
             except json.JSONDecodeError:
                 raise DataError(f"{name}: {path} is neither a JSON array nor JSON lines ({exc})") from exc
         if isinstance(data, dict):
-            for key in ("data", "rows", "train"):
+            for key in ("data", "rows", "train", "examples"):
                 if isinstance(data.get(key), list):
                     data = data[key]
                     break
+            else:
+                if "question" in data or "text" in data:
+                    data = [data]          # one row: a one-line JSON-lines file, or a single object
+                else:
+                    raise DataError(f"{name}: {path} holds a JSON object that is neither a row (no 'question' "
+                                    "or 'text' field) nor an object with a list under 'data' / 'rows' / "
+                                    f"'train' / 'examples'; its keys are {sorted(data)[:8]}")
         if not isinstance(data, list):
-            raise DataError(f"{name}: {path} must hold a JSON array of rows, got a JSON {type(data).__name__}")
+            raise DataError(f"{name}: {path} must hold a JSON array or JSON lines of rows, got a JSON "
+                            f"{type(data).__name__}")
         return data, path
     if isinstance(src, dict):
         raise DataError(f"{name}: expected a list of rows or a file path, got a single dict")
@@ -143,6 +205,38 @@ def validate_rows(rows: list, where: str, name: str, allow_empty: bool = False) 
     return out
 
 
+def _row_key(r: dict):
+    if "question" in r:
+        return (" ".join(str(r["question"]).split()), " ".join(str(r.get("answer", "")).split()))
+    return (" ".join(str(r.get("text", "")).split()),)
+
+
+def overlapping_rows(forget_rows: list[dict], retain_rows: list[dict]) -> list[dict]:
+    """The forget rows that also appear in the retain set: same question and answer (or same
+    text for passage rows), compared with whitespace normalised."""
+    retain_keys = {_row_key(r) for r in retain_rows}
+    return [r for r in forget_rows if _row_key(r) in retain_keys]
+
+
+def report_rows(forget_rows: list[dict], retain_rows: list[dict] | None, forget_src, retain_src,
+                prefix: str = "unlearn", stream=None) -> list[dict]:
+    """Print how many rows each set holds (to stderr) and warn (UserWarning) when forget rows
+    also appear in the retain set, with their count and up to 3 examples. Returns the overlap."""
+    msg = f"{prefix}: forget: {len(forget_rows)} rows from {_describe(forget_src)}"
+    if retain_rows is not None:
+        msg += f"; retain: {len(retain_rows)} rows from {_describe(retain_src)}"
+    print(msg, file=stream or sys.stderr, flush=True)
+    both = overlapping_rows(forget_rows, retain_rows or [])
+    if both:
+        ex = "; ".join(" -> ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in _row_key(r))
+                       for r in both[:3])
+        warnings.warn(f"{prefix}: {len(both)} of {len(forget_rows)} forget rows also appear in the retain set "
+                      f"(same question and answer), e.g. {ex}. Training pushes these rows both ways; the sets "
+                      "should be disjoint (a TOFU file with several task_id groups? keep one with "
+                      "load_rows(..., task_id=...))", UserWarning, stacklevel=3)
+    return both
+
+
 # ----------------------------------------------------------------------------- tokenisation
 def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
@@ -190,8 +284,8 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length
 
 
 def prepare(src, tokenizer, name: str, max_length: int = 512, chat_template: bool = False,
-            allow_empty: bool = False, **kw) -> tuple[list[dict], list[Example]]:
-    rows, where = load_rows(src, name)
+            allow_empty: bool = False, task_id=None, **kw) -> tuple[list[dict], list[Example]]:
+    rows, where = load_rows(src, name, task_id=task_id)
     rows = validate_rows(rows, where, name, allow_empty=allow_empty)
     return rows, tokenize_rows(rows, tokenizer, where, name, max_length, chat_template, **kw)
 

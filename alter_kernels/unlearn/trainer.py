@@ -44,7 +44,8 @@ from ..reference.losses import sequence_logprob
 from . import checkpoint as ckpt
 from . import distributed as D
 from . import methods as M
-from .data import DataError, Example, collate, epoch_order, pad_float, prepare, steps_per_epoch, tokenize_rows
+from .data import (DataError, Example, collate, epoch_order, pad_float, prepare, report_rows, steps_per_epoch,
+                   tokenize_rows)
 from .experts import freeze_leading_experts, frozen_experts
 from .subdomains import choose_k, fit_prefix_router, init_router, kmeans, map_domain_labels, pooled_features
 
@@ -243,13 +244,15 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     dkw = dict(max_length=hp["max_length"], chat_template=hp["chat_template"], prompt_format=hp["prompt_format"])
     f_rows, f_ex = prepare(forget, tokenizer, "forget", **dkw)
     needs_retain = method in M.NEEDS_RETAIN
-    r_rows: list = []
+    r_rows = None
     if retain is None and not needs_retain:
         r_ex = []
     else:
         if retain is None:
             raise DataError(f"retain: method {method!r} needs a retain set")
         r_rows, r_ex = prepare(retain, tokenizer, "retain", allow_empty=not needs_retain, **dkw)
+    if main:
+        report_rows(f_rows, r_rows, forget, retain)      # rows loaded (stderr); warns on forget/retain overlap
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     # ---------------------------------------------------------------- model set-up
@@ -275,6 +278,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                     frozen_a.append(a)
         if method == "asymlora":
             hooks += _all_rows_update_a(model)
+            # AsymLoRA routes every token on the low path, in training and at inference: theta = +inf
+            # makes every entropy low, so the model needs none (saved so in the adapter config)
+            st = _patch.get_state(model)
+            st.config = cfg = dataclasses.replace(cfg, threshold=math.inf, inference_entropy="none")
     else:
         if _patch.is_patched(model):
             raise UnlearnError(f"unlearn: method {method!r} trains the full model; this model is patched with "
@@ -597,7 +604,8 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
                 raise UnlearnError("unlearn[lora]: the model is already patched with forget experts; plain LoRA "
                                    "needs a fresh model (or one patched with num_forget_experts=0)")
         else:
-            cfg = dataclasses.replace(base, num_forget_experts=0,
+            # one expert: both routing branches give it weight 1, so no entropy is needed at inference
+            cfg = dataclasses.replace(base, num_forget_experts=0, inference_entropy="none",
                                       rank=hp["rank"] or base.rank, alpha=hp["alpha"] or base.alpha,
                                       init_seed=base.init_seed if base.init_seed is not None else seed)
             _patch.patch(model, cfg)
@@ -825,6 +833,7 @@ def _heldout_routing_set(f_rows, f_dom, r_rows, tokenizer, dkw, limit: int, seed
     seeded sample), asked with their ``paraphrased_question`` where the rows have one (held out
     from training); rows without one are asked as in training (held_out False)."""
     rng = random.Random(f"router-eval-{seed}")
+    r_rows = r_rows or []
     r_pick = list(range(len(r_rows)))
     rng.shuffle(r_pick)
     r_pick = sorted(r_pick[:max(limit // 4, 1)])
