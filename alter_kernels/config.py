@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+ROUTER_INPUTS = ("prefix_match", "token")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which entropies route the tokens of a forward that has no routing inputs (ALTER_SPEC section 2):
 # "base" the base model's (adapters off) next-token distributions, as in training (default);
@@ -49,6 +50,15 @@ class AlterConfig:
     adapter_dtype: str = "float32"  # A, B and the router are kept in this dtype (fp32 by default)
     router_grad_from_task: bool = False  # spec 4: W_g learns from the router loss only
     init_seed: int | None = None  # seed for A's Kaiming init (None: torch's global RNG)
+    # Router input (docs/unlearning.md, "The router"): "token" (default; ALTER_SPEC section 3) is the
+    # per-token linear router on each layer's own input (W_g [d_model, E]); "prefix_match" routes
+    # token t by which forget keys occur among tokens <= t (causal prefix key match on the first
+    # patched layer's input, W_g [router_keys + 1, E]); its keys come from the data, so the
+    # unlearning engine, which fits them (ak.unlearn's router_input option, "prefix_match" by
+    # default), is what chooses it. Adapter files written before this field existed load as "token".
+    router_input: str = "token"
+    router_keys: int = 0          # number of key rows (set by the unlearning engine from the data)
+    router_match: float = 0.95    # cosine at which a token matches a key
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -87,6 +97,12 @@ class AlterConfig:
                 bad(name, v, "a finite number > 0")
         if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
             bad("target_modules", self.target_modules, "a non-empty sequence of module names")
+        if self.router_input not in ROUTER_INPUTS:
+            bad("router_input", self.router_input, f"one of {ROUTER_INPUTS}")
+        if not isinstance(self.router_keys, int) or isinstance(self.router_keys, bool) or self.router_keys < 0:
+            bad("router_keys", self.router_keys, "an int >= 0")
+        if not _finite_number(self.router_match) or not -1.0 < self.router_match < 1.0:
+            bad("router_match", self.router_match, "a number in (-1, 1)")
         if self.inference_entropy not in INFERENCE_ENTROPY:
             bad("inference_entropy", self.inference_entropy, "one of " + ", ".join(map(repr, INFERENCE_ENTROPY)))
         if self.adapter_dtype not in ("float32", "float64", "bfloat16", "float16"):
@@ -109,6 +125,8 @@ class AlterConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"AlterConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        if "router_input" not in d:          # written before the field existed: the per-token router
+            d = {**d, "router_input": "token"}
         return cls(**d)
 
     def to_json(self) -> str:

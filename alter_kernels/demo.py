@@ -29,17 +29,27 @@ METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_reta
 # Nothing else differs between methods: same data, epochs, batch size, seed.
 LR_SCALE: dict[str, float] = {"alter": 30, "asymlora": 300, "lora": 10, "ga": 100, "graddiff": 100,
                               "kl": 100, "npo": 100, "npo_retain": 100}
-BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3}
+BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3, "lr_router": 1e-3}
 # Greedy answers for ROUGE are generated up to TOFU's 200 new tokens, as alter-eval and
 # evaluate_tofu do (the models stop at eos long before on intact answers).
 EVAL_MAX_NEW_TOKENS = 200
 
 
-def method_hparams(name: str, scale: float | None = None) -> dict:
-    """Learning rates the demo passes for ``name``: the engine's defaults times LR_SCALE[name]
-    (or ``scale`` when given)."""
+def method_hparams(name: str, scale: float | None = None, preset: str | None = None) -> dict:
+    """Hyper-parameters the demo passes for ``name``: with ``preset`` ("full" / "quick"), the values
+    bench/sweep.py selected on the DEV benchmark (alter_kernels/benchmark/selected_hparams.json)
+    when that file has them; otherwise the engine's default learning rates (lr_router included)
+    times ``scale`` or LR_SCALE[name]."""
+    if scale is None and preset is not None:
+        from .benchmark.protocol import load_selected
+        sel = load_selected(preset) or {}
+        if name in sel:
+            return dict(sel[name])
     k = LR_SCALE.get(name, 1.0) if scale is None else scale
     return {key: v * k for key, v in BASE_LR.items()}
+
+
+LAST_RUN: dict = {}     # run_method's last UnlearnResult ("result"), for the router accuracy and theta
 
 
 def run_method(name: str, model, forget: list, retain: list, tokenizer, *, epochs: int,
@@ -56,6 +66,7 @@ def run_method(name: str, model, forget: list, retain: list, tokenizer, *, epoch
     res = unlearn(model, forget, retain, method=name, tokenizer=tokenizer, epochs=epochs,
                   max_steps=max_steps, batch_size=batch_size, seed=seed, progress=progress,
                   out_dir=out_dir, **(method_hparams(name) if hparams is None else hparams))
+    LAST_RUN["result"] = res
     seconds = getattr(res, "seconds", None)
     return getattr(res, "model", model), float(seconds if seconds is not None else time.perf_counter() - t0)
 
@@ -115,6 +126,18 @@ def _clean(x):
 
 def _hm(a, b):
     return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
+
+
+def _protocol(args) -> dict:
+    """Where the hyper-parameters came from (docs/benchmark.md, "Protocol")."""
+    from .benchmark.protocol import DEV_SEED, SELECTED_PATH, TEST_SEEDS, load_selected
+    preset = "quick" if args.quick else "full"
+    sel = load_selected(preset)
+    src = ("--hparams" if args.hparams else f"--lr-scale {args.lr_scale}" if args.lr_scale is not None else
+           f"selected on the DEV benchmark (corpus seed {DEV_SEED}) by bench/sweep.py ({SELECTED_PATH})" if sel
+           else "LR_SCALE in alter_kernels/demo.py (no DEV selection found)")
+    return {"hparams_source": src, "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
+            "this_run_corpus_seed": 0, "multi_seed_table": f"bench/results/sweep/{preset}_table.md"}
 
 
 def main(argv=None) -> int:
@@ -204,12 +227,13 @@ def main(argv=None) -> int:
                         "retain": res_retain["forget"]["generations"][i]} for i in show_f],
             "retain": [{"question": retain_eval[i]["question"], "answer": retain_eval[i]["answer"],
                         "finetuned": res_ft["retain"]["generations"][i]} for i in show_r]}
-    failures, hparams_used, rules = [], {}, {}
+    failures, hparams_used, rules, routers = [], {}, {}, {}
     for name in methods:
         model = copy.deepcopy(finetuned)
         print(f"-- {name}: unlearning {len(forget)} forget rows, {epochs} epochs")
         try:
-            hp = json.loads(args.hparams) if args.hparams else method_hparams(name, args.lr_scale)
+            hp = (json.loads(args.hparams) if args.hparams else
+                  method_hparams(name, args.lr_scale, "quick" if args.quick else "full"))
             hparams_used[name] = hp
             model, secs = run_method(name, model, forget, retain_all, tok, epochs=epochs, seed=args.seed,
                                      out_dir=os.path.join(args.out, "runs", name) if args.save_runs else None,
@@ -220,6 +244,15 @@ def main(argv=None) -> int:
             print(f"   {name} failed: {type(e).__name__}: {e}")
             continue
         model.eval()
+        ur = LAST_RUN.pop("result", None)
+        if ur is not None and name in ("alter", "asymlora"):
+            routers[name] = {"router_accuracy": ur.router_accuracy, "threshold": ur.threshold,
+                             "threshold_source": ur.threshold_source,
+                             "router_input": getattr(ur.config, "router_input", None),
+                             "router_keys": getattr(ur.config, "router_keys", None)}
+            ra = ur.router_accuracy or {}
+            print(f"   {name}: held-out routing accuracy forget {ra.get('forget', float('nan')):.3f} retain "
+                  f"{ra.get('retain', float('nan')):.3f}; theta {ur.threshold:.4g} ({ur.threshold_source})")
         r = evaluate(model, ref)
         details[name] = r
         table[name] = _summary(r, secs)
@@ -252,7 +285,7 @@ def main(argv=None) -> int:
                                        "mcq_forget_accuracy", "mcq_retain_accuracy", "verbatim_forget_rouge")}
              for n, d in details.items()}
     out = {"methods": table, "checks": checks, "hm_fq_utility_ratio": scores, "details": extra,
-           "generations": gens, "hparams": hparams_used,
+           "generations": gens, "hparams": hparams_used, "router": routers, "protocol": _protocol(args),
            "inference_entropy": rules, "benchmark": {"root": bench.root, "quick": args.quick, "epochs": epochs,
                                               "forget_rows": len(forget), "retain_rows": len(retain_all),
                                               "retain_eval_rows": len(retain_eval), "build": bench.info},

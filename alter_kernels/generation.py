@@ -37,7 +37,7 @@ from .config import INFERENCE_ENTROPY
 from .hf import backbone_of, cache_kwarg, lm_head_of, position_ids_from_mask
 from .inference import routing_from_next
 from .ops.entropy import lm_head_entropy, tsallis_entropy
-from .patch import AlterLinear, add_plan_hook, get_state, is_patched, token_entropy
+from .patch import AlterLinear, add_plan_hook, get_state, is_patched, router_features, token_entropy
 
 __all__ = ["generate", "GenerationOutput", "gated_decoding", "GatedDecoding", "prompt_entropy",
            "sample_next_token"]
@@ -269,7 +269,12 @@ class _FastAdapters:
                 slot["w"] = None
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
-            h = hidden.reshape(-1, hidden.shape[-1])
+            if router.router_input == "token":
+                h = hidden.reshape(-1, hidden.shape[-1])
+            else:                                   # prefix-match router: features of the tokens <= t
+                if state.routers and state.routers[0] == router.layer_name:
+                    state.route_h0 = hidden
+                h = router_features(router, hidden)
             for c in caches:
                 c[0] = c[1] = c[2] = None
             if fast._all_native and h.shape[0] <= fast.NATIVE_MAX_TOKENS and h.device.type == "cpu":

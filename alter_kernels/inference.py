@@ -91,23 +91,35 @@ def routing_from_next(next_entropy: torch.Tensor, attention_mask: torch.Tensor |
 def _mirror(cache, name: str, original):
     def method(*args, **kwargs):
         out = original(*args, **kwargs)
-        stream = getattr(cache, STREAM_ATTR, None)
-        if stream is not None:
-            getattr(stream, name)(cache, *args, **kwargs)
+        for attr in getattr(cache, "_alter_mirrored", ()):
+            state = getattr(cache, attr, None)
+            if state is not None:
+                getattr(state, name)(cache, *args, **kwargs)
         return out
     return method
 
 
+def attach_cache_state(cache, attr: str, state) -> None:
+    """Attach a per-sequence state object to an HF cache object as ``cache.<attr>``.
+
+    From then on the cache's own reorders, crops and batch selections (beam search, assisted
+    decoding, contrastive search: ``_MIRRORED``) are mirrored on every state attached this way;
+    each state implements methods of those names taking ``(cache, *args)``.
+    """
+    setattr(cache, attr, state)
+    attrs = getattr(cache, "_alter_mirrored", None)
+    if attrs is None:
+        attrs = cache._alter_mirrored = set()
+        for name in _MIRRORED:
+            original = getattr(cache, name, None)
+            if callable(original):
+                setattr(cache, name, _mirror(cache, name, original))
+    attrs.add(attr)
+
+
 def attach_stream(cache, stream: EntropyStream) -> None:
-    """Attach ``stream`` to an HF cache object; its reorders / crops are mirrored from then on."""
-    setattr(cache, STREAM_ATTR, stream)
-    if getattr(cache, "_alter_mirrored", False):
-        return
-    for name in _MIRRORED:
-        original = getattr(cache, name, None)
-        if callable(original):
-            setattr(cache, name, _mirror(cache, name, original))
-    cache._alter_mirrored = True
+    """Attach the inference rule's ``stream`` to an HF cache object (see :func:`attach_cache_state`)."""
+    attach_cache_state(cache, STREAM_ATTR, stream)
 
 
 def _output_cache(output, cache_kw: str):

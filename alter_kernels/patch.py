@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .config import INFERENCE_ENTROPY, AlterConfig
 from .hf import backbone_of, lm_head_of, position_ids_from_mask
-from .inference import InferenceRule, check_model, routing_from_next
+from .inference import InferenceRule, attach_cache_state, check_model, routing_from_next
 from .ops.asym_lora import asym_lora
 from .ops.entropy import lm_head_entropy
 from .ops.routing import route
@@ -57,22 +57,42 @@ class AlterState:
         self.replaced: list[tuple[str, nn.Module]] = []      # (path, AlterLinear)
         self.routers: list[str] = []                         # decoder-layer paths
         self.requires_grad: dict[str, bool] = {}             # original flags of base params
+        # prefix-match router (config.router_input == "prefix_match"): the first patched layer's
+        # input of this forward, the forward's 2D attention mask and KV cache (from the backbone's
+        # pre-hook), and the per-cache running state while decoding
+        self.route_h0: torch.Tensor | None = None
+        self.route_mask: torch.Tensor | None = None
+        self.route_cache = None
+        self.route_past: int = 0
 
 
 class LayerRouter(nn.Module):
-    """W_g of one decoder layer, and that layer's current routing plan."""
+    """W_g of one decoder layer, and that layer's current routing plan.
 
-    def __init__(self, hidden_size: int, num_experts: int, dtype: torch.dtype, device=None):
+    router_input "token": W_g [d_model, E] reads the layer's own input h_t.
+    router_input "prefix_match": W_g [K + 1, E] reads the features of :func:`prefix_match_features`
+    (K key matches of the prefix, then a constant 1: the last row is a bias); ``keys`` [K, d_model]
+    holds the unit-norm keys (a buffer: W_g is the only trained router tensor).
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int, dtype: torch.dtype, device=None,
+                 router_input: str = "token", num_keys: int = 0):
         super().__init__()
+        self.router_input = router_input
+        rows = hidden_size if router_input == "token" else num_keys + 1
         # zeros: every expert ties, so low-entropy tokens go to the retain expert (argmax picks
-        # the first) until the router is initialised from centroids or trained (spec 6).
-        self.weight = nn.Parameter(torch.zeros(hidden_size, num_experts, dtype=dtype, device=device))
+        # the first) until the router is initialised (spec 6) or trained.
+        self.weight = nn.Parameter(torch.zeros(rows, num_experts, dtype=dtype, device=device))
+        if router_input == "prefix_match":
+            self.register_buffer("keys", torch.zeros(num_keys, hidden_size, dtype=dtype, device=device))
         self.plan: RoutingPlan | None = None
         self.pending_hidden: torch.Tensor | None = None
         self.layer_name = ""
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.weight.shape[0]}, num_experts={self.weight.shape[1]}"
+        if self.router_input == "token":
+            return f"hidden_size={self.weight.shape[0]}, num_experts={self.weight.shape[1]}"
+        return f"prefix_match, keys={self.keys.shape[0]}, num_experts={self.weight.shape[1]}"
 
 
 class AlterLinear(nn.Module):
@@ -157,8 +177,157 @@ def _layer_pre_hook(router: LayerRouter):
         if hidden is None:
             raise RuntimeError(f"ALTER: cannot find the hidden states of decoder layer {router.layer_name}")
         router.pending_hidden = hidden
+        st = router._state
+        if st.routers and st.routers[0] == router.layer_name:
+            st.route_h0 = hidden
         return None
     return hook
+
+
+def _backbone_pre_hook(state: AlterState):
+    """Remember the forward's 2D attention mask and KV cache (prefix-match router: which tokens are
+    real, and where the running prefix state of incremental decoding lives)."""
+    def hook(module, args, kwargs):
+        if not state.enabled:                   # a base-model pass (adapters off): not routed
+            return None
+        att = kwargs.get("attention_mask")
+        state.route_mask = att if isinstance(att, torch.Tensor) and att.dim() == 2 else None
+        cache = kwargs.get("past_key_values", None)
+        if cache is None:
+            cache = kwargs.get("cache", None)
+        state.route_cache = cache if kwargs.get("use_cache", True) is not False or cache is not None else None
+        past = 0
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            try:
+                past = int(cache.get_seq_length())
+            except Exception:                   # noqa: BLE001 - caches that cannot tell: no history
+                past = 0
+        state.route_past = past
+        return None
+    return hook
+
+
+def _backbone_post_hook(state: AlterState):
+    def hook(module, args, kwargs, out):
+        if not state.enabled:
+            return None
+        # h0 and the mask stay: gradient checkpointing re-runs the layers after this forward
+        state.route_cache = None
+        state.route_past = 0
+        return None
+    return hook
+
+
+PREFIX_STATE_ATTR = "_alter_prefix_state"
+
+
+class PrefixRouterState:
+    """Per-cache state of the prefix-match routers while decoding: for each decoder layer, the
+    running key matches of every row at every cached position ([B, L, K]); the last position
+    continues the prefix, ``reorder`` follows beam search and ``crop`` follows the cache.
+    Attached to the HF cache object (``cache._alter_prefix_state``)."""
+
+    def __init__(self):
+        self.hist: dict[str, torch.Tensor] = {}
+
+    def last(self, layer: str) -> torch.Tensor | None:
+        h = self.hist.get(layer)
+        return None if h is None or h.shape[1] == 0 else h[:, -1]
+
+    def append(self, layer: str, m: torch.Tensor, past: int) -> None:
+        h = self.hist.get(layer)
+        if h is None or past == 0:
+            self.hist[layer] = m
+        else:
+            self.hist[layer] = torch.cat([_tile_rows(h[:, :past], m.shape[0]), m], 1)
+
+    # mirrors of the cache's own operations (beam search, assisted decoding, contrastive search),
+    # with the same semantics as the inference rule's EntropyStream beside it
+    def reorder_cache(self, cache, beam_idx) -> None:
+        for k, h in self.hist.items():
+            self.hist[k] = h.index_select(0, beam_idx.to(h.device))
+
+    def crop(self, cache, *args, **kwargs) -> None:
+        keep = int(cache.get_seq_length())
+        for k, h in self.hist.items():
+            self.hist[k] = h[:, :keep]
+
+    def batch_repeat_interleave(self, cache, repeats) -> None:
+        for k, h in self.hist.items():
+            self.hist[k] = h.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, cache, indices) -> None:
+        for k, h in self.hist.items():
+            self.hist[k] = h[indices]
+
+
+def _tile_rows(t: torch.Tensor, b: int) -> torch.Tensor:
+    """ak.generate's fast path decodes the base stream as extra batch rows after the adapted ones
+    (the same sequences): a state of B rows continues a batch of k*B rows by tiling."""
+    if t.shape[0] == b or t.shape[0] == 0 or b % t.shape[0]:
+        return t
+    return t.repeat(b // t.shape[0], *([1] * (t.dim() - 1)))
+
+
+def prefix_state(cache, create: bool = True) -> PrefixRouterState | None:
+    """The prefix-router state attached to an HF cache object (``cache._alter_prefix_state``),
+    made on first use; the cache's reorder / crop / batch operations are mirrored on it."""
+    st = getattr(cache, PREFIX_STATE_ATTR, None)
+    if st is None and create:
+        st = PrefixRouterState()
+        try:
+            attach_cache_state(cache, PREFIX_STATE_ATTR, st)
+        except (AttributeError, TypeError):
+            return None
+    return st
+
+
+def prefix_match_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
+    """Router features of the prefix-match router: [N, K + 1] fp32 for the N tokens of ``hidden``.
+
+    f_{t,k} = max_{s <= t, s real} relu(cos(x_s, key_k) - m) / (1 - m), x_s the first patched
+    decoder layer's input at token s (for Llama: the token embedding), m = config.router_match;
+    then a constant 1 (the bias row of W_g). Causal: token t depends on tokens <= t only; padding
+    (attention mask 0) never matches; while decoding with a KV cache, the running maximum of the
+    cached tokens is carried in the cache's :class:`PrefixRouterState`.
+    """
+    state: AlterState = router._state
+    lead = hidden.shape[:-1]
+    h0 = state.route_h0
+    if h0 is None or tuple(h0.shape[:-1]) != tuple(lead):
+        h0 = hidden
+    keys = router.keys
+    if h0.dim() == 2:
+        h0 = h0.unsqueeze(0)
+    b, t = h0.shape[0], h0.shape[1]
+    x = h0.detach().to(torch.float32)
+    x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    m_cos = float(state.config.router_match)
+    a = torch.relu(x @ keys.detach().to(torch.float32).t() - m_cos) / (1.0 - m_cos)     # [B, T, K]
+    mask = state.route_mask
+    if mask is not None and mask.shape[0] == b and mask.shape[1] >= t:
+        a = a * mask[:, -t:].to(a.dtype).unsqueeze(-1)
+    if keys.shape[0] > 0 and t > 0:
+        a = torch.cummax(a, dim=1).values
+    cache = state.route_cache
+    if cache is not None and keys.shape[0] > 0:
+        ps = prefix_state(cache)
+        if ps is not None:
+            prev = ps.last(router.layer_name) if state.route_past > 0 else None
+            if prev is not None:
+                prev = _tile_rows(prev, b)
+            if prev is not None and prev.shape[0] == b:
+                a = torch.maximum(a, prev.unsqueeze(1).to(a.dtype))
+            ps.append(router.layer_name, a.detach(), state.route_past)
+    feats = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)], -1)
+    return feats.reshape(-1, feats.shape[-1])
+
+
+def router_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
+    """What the router's W_g multiplies: [N, rows of W_g] (see :class:`LayerRouter`)."""
+    if router.router_input == "prefix_match":
+        return prefix_match_features(router, hidden)
+    return hidden.reshape(-1, hidden.shape[-1]).detach()
 
 
 def current_plan(router: LayerRouter) -> RoutingPlan | None:
@@ -187,7 +356,7 @@ def _expand_tokens(t: torch.Tensor | None, shape: torch.Size, what: str, fill) -
 def make_plan(state: AlterState, router: LayerRouter, hidden: torch.Tensor) -> RoutingPlan:
     cfg = state.config
     lead = hidden.shape[:-1]
-    h = hidden.reshape(-1, hidden.shape[-1]).detach()          # the router learns from its own loss only
+    h = router_features(router, hidden)                        # detached: the router learns from its own loss only
     n = h.shape[0]
     ent = _expand_tokens(state.entropy if state.entropy is not None else state.auto_entropy, lead, "entropy",
                          math.inf)
@@ -312,7 +481,8 @@ def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
         if layer_path not in routers:
             layer = modules[layer_path]
             size = hidden_size or _guess_hidden_size(layer, lin)
-            r = LayerRouter(size, config.num_experts, dtype, device=lin.weight.device)
+            r = LayerRouter(size, config.num_experts, dtype, device=lin.weight.device,
+                            router_input=config.router_input, num_keys=config.router_keys)
             r.layer_name = layer_path
             object.__setattr__(r, "_state", state)
             routers[layer_path] = r
@@ -328,6 +498,14 @@ def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
         state.routers.append(layer_path)
     if check_model(model, "base") is None:         # the model can give entropies: install the rule
         state.inference = InferenceRule(model, state)
+    # the module that owns the decoder layers' ModuleList (the backbone): its forward's 2D attention
+    # mask and KV cache feed the prefix-match router (registered after the inference rule's hooks,
+    # whose base pass runs first, with the adapters off, and is ignored here)
+    first = state.routers[0]
+    owner_path = first.rpartition(".")[0].rpartition(".")[0]
+    owner = model.get_submodule(owner_path) if owner_path else model
+    state.backbone_hooks = [owner.register_forward_pre_hook(_backbone_pre_hook(state), with_kwargs=True),
+                            owner.register_forward_hook(_backbone_post_hook(state), with_kwargs=True)]
     setattr(model, STATE_ATTR, state)
     return model
 
@@ -343,7 +521,7 @@ def _guess_hidden_size(layer: nn.Module, lin: nn.Linear) -> int:
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch`: the original module instances, parameters and requires_grad flags."""
     state = get_state(model)
-    for h in state.hooks:
+    for h in state.hooks + getattr(state, "backbone_hooks", []):
         h.remove()
     if state.inference is not None:
         state.inference.remove()
@@ -462,7 +640,10 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[f"{path}.lora_A"] = alin.lora_A
         out[f"{path}.lora_B"] = alin.lora_B
     for layer_path in state.routers:
-        out[f"{layer_path}.{ROUTER_ATTR}.weight"] = model.get_submodule(f"{layer_path}.{ROUTER_ATTR}").weight
+        r = model.get_submodule(f"{layer_path}.{ROUTER_ATTR}")
+        out[f"{layer_path}.{ROUTER_ATTR}.weight"] = r.weight
+        if r.router_input == "prefix_match":
+            out[f"{layer_path}.{ROUTER_ATTR}.keys"] = r.keys
     return out
 
 

@@ -108,7 +108,7 @@ def test_one_routing_plan_per_decoder_layer_per_forward(monkeypatch):
     monkeypatch.setattr(patch_mod, "route", counting)
     model = ak.patch(tiny_llama(layers=3))
     model(ids(b=2, t=5))
-    assert len(calls) == 3 and all(s == (10, 32) for s in calls)
+    assert len(calls) == 3 and all(s == (10, 1) for s in calls)      # prefix-match features: K = 0 keys + bias
     plans = ak.last_plans(model)
     assert set(plans) == {"model.layers.0", "model.layers.1", "model.layers.2"}
 

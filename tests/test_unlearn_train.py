@@ -146,8 +146,10 @@ def test_sequential_unlearning_keeps_earlier_experts():
     assert new == [2]
     grown = snapshot(m)
     for k, v in before.items():                          # growing changes nothing that existed
-        old = grown[k][:2] if "lora_B" in k else (grown[k][:, :2] if "router" in k else grown[k])
+        old = grown[k][:2] if "lora_B" in k else (grown[k][:, :2] if "router.weight" in k else grown[k])
         assert torch.equal(old, v)
+    n_keys = first.config.router_keys                    # prefix-match router: keys, then the bias row of W_g
+    assert n_keys >= 1
     second = ak.unlearn(m, toy_rows(4, seed=6, domain="authors-b", offset=4), RETAIN, method="alter",
                         tokenizer=TOK, epochs=2, batch_size=2, lr_A=1e-2, lr_B=1e-2, **FAST)
     assert second.config.threshold == first.config.threshold
@@ -158,8 +160,11 @@ def test_sequential_unlearning_keeps_earlier_experts():
         if "lora_B" in k:
             assert torch.equal(after[k][:2], v), k       # retain expert and first forget expert
             changed_new |= bool(after[k][2].abs().sum() > 0)
-        elif "router" in k:
-            assert torch.equal(after[k][:, :2], v), k
+        elif "router.weight" in k:                       # old key rows and the bias row keep their columns
+            assert torch.equal(torch.cat([after[k][:n_keys], after[k][-1:]])[:, :2], v), k
+            assert after[k].shape[0] > v.shape[0]        # the second request's keys were appended
+        elif "router.keys" in k:
+            assert torch.equal(after[k][:n_keys], v), k
         else:
             assert torch.equal(after[k], v), k           # shared A frozen
     assert changed_new
@@ -170,7 +175,8 @@ def test_domain_labels_take_priority_and_init_router():
     rows = toy_rows(3, seed=1, domain="x") + toy_rows(3, seed=2, domain="y", offset=3)
     m = model()
     with pytest.warns(UserWarning, match="every answer token was high-entropy"):   # theta 1.2 vs a random model
-        res = ak.unlearn(m, rows, RETAIN, method="alter", tokenizer=TOK, max_steps=1, batch_size=2, **FAST)
+        res = ak.unlearn(m, rows, RETAIN, method="alter", tokenizer=TOK, max_steps=1, batch_size=2,
+                         base_config=ak.AlterConfig(router_input="token"), threshold_auto=None, **FAST)
     assert res.domain_map == {"x": 1, "y": 2} and res.config.num_forget_experts == 2
     ws = [p for p in ak.adapter_parameters(m)["router"]]
     assert len(ws) == 2

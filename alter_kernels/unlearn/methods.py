@@ -71,6 +71,12 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
         ent = batch["entropy"]
     # per-token routing labels: the row's expert, -1 on padding (and on filler rows, domain -1)
     route_labels = torch.where(att.bool(), dom[:, None].expand_as(ids), torch.full_like(ids, -1))
+    if hp.get("route_labels", "content") == "content":
+        # only the answer tokens and the token before each (whose outputs predict them) carry labels:
+        # the question template ("Question: ... Answer:") is the same in every class
+        content = lab != IGNORE_INDEX
+        content[:, :-1] |= lab[:, 1:] != IGNORE_INDEX
+        route_labels = torch.where(content, route_labels, torch.full_like(route_labels, -1))
     grad_norm = mode == "alter" and hp["struct_mode"] == "grad_norm" and hp["lam"] != 0
     if grad_norm and reduce is not None:
         raise ValueError("alter_loss: struct_mode='grad_norm' is not supported in data-parallel training "

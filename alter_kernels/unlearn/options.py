@@ -16,6 +16,10 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | num_forget_experts | None, "auto" or int in [1, MAX_FORGET_EXPERTS] (and <= the forget rows) |
 | rank / alpha (shortcuts) | None, or int >= 1 / finite > 0 (rank <= min(d_in, d_out): checked by ak.patch) |
 | threshold_quantile | None or in (0, 1) |
+| threshold_auto | None or in (0, 1) |
+| route_labels | "content" or "all" |
+| router_input | None, "prefix_match" or "token" |
+| router_eval | bool |
 | prompt_format | a format string whose only field is {question} |
 """
 from __future__ import annotations
@@ -102,6 +106,15 @@ def validate_options(hp: dict, *, epochs=1, batch_size=1, max_steps=None, seed=0
     q = hp["threshold_quantile"]
     if q is not None and (not _is_num(q) or not 0.0 < q < 1.0):
         raise OptionError("threshold_quantile", "None or a number in (0, 1)", q)
+    q = hp["threshold_auto"]
+    if q is not None and not (_is_num(q) and 0 < q < 1):
+        raise OptionError("threshold_auto", "None or a number in (0, 1)", q)
+    if hp["route_labels"] not in ("content", "all"):
+        raise OptionError("route_labels", "'content' or 'all'", hp["route_labels"])
+    if hp["router_input"] not in (None,) + ROUTER_INPUTS:
+        raise OptionError("router_input", "None, " + " or ".join(map(repr, ROUTER_INPUTS)), hp["router_input"])
+    if not isinstance(hp["router_eval"], bool):
+        raise OptionError("router_eval", "a bool", hp["router_eval"])
     if hp["struct_mode"] not in ("drift", "grad_norm"):
         raise OptionError("struct_mode", "'drift' or 'grad_norm'", hp["struct_mode"])
     check_prompt_format(hp["prompt_format"])

@@ -12,6 +12,7 @@ router initialisation at the normalised centroids.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
@@ -162,3 +163,71 @@ def init_router(model, forget_feats: list[torch.Tensor], forget_assign: torch.Te
             cols[0] = retain_feats[li].mean(0)
         for e, c in cols.items():
             w[:, e] = (c / c.norm().clamp(min=1e-12)).to(w.dtype)
+
+
+# --------------------------------------------------------------------------- prefix-match router
+ROUTER_BETA = 40.0      # W_g scale at init: a matched key gives its expert logit 40, the retain bias 20 (a gap
+                        # of 20 / tau_high: forget experts get gate ~1e-11 on retain rows, ~1 on matched rows)
+
+
+@torch.no_grad()
+def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], retain: list[Example],
+                      init_weights: bool = True, special_ids=()) -> dict:
+    """Keys and W_g of the prefix-match router (config.router_input == "prefix_match").
+
+    Keys: the tokens of the forget rows' prompts that occur in no retain row (for a forget row
+    with none, the tokens of its answer that occur in no retain row), each assigned to the expert
+    of the forget rows it occurs in most; a key is the unit-norm input of the first patched layer
+    for that token (the embedding row). A model continuing an earlier request keeps its keys and
+    W_g rows and appends the new ones. W_g (every layer): row k has ROUTER_BETA at its key's
+    expert, the bias row ROUTER_BETA / 2 at the retain expert, so a token routes to a forget expert
+    once one of its expert's keys occurred in its prefix. Returns a summary (keys, uncovered rows).
+    """
+    state = _patch.get_state(model)
+    routers = [model.get_submodule(f"{p}.{_patch.ROUTER_ATTR}") for p in state.routers]
+    emb = model.get_input_embeddings().weight
+    r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
+    old = routers[0].keys.shape[0]
+    old_ids = set()
+    if old:
+        kn = routers[0].keys.to(torch.float32)
+        en = emb.detach().to(torch.float32)
+        en = en / en.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        old_ids = set(int(i) for i in (en @ kn.t()).argmax(0).tolist())
+    counts: dict[int, dict[int, int]] = {}
+    uncovered = 0
+    for ex, e in zip(forget, forget_assign):
+        prompt = [int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100]
+        answer = [int(t) for t, l in zip(ex.input_ids, ex.labels) if l != -100]
+        cand = [t for t in prompt if t not in r_tok] or [t for t in answer if t not in r_tok]
+        if not cand:
+            uncovered += 1
+        for t in set(cand):
+            if t in old_ids:
+                continue
+            counts.setdefault(t, {})
+            counts[t][e] = counts[t].get(e, 0) + 1
+    new_ids = sorted(counts)
+    new_dom = [max(counts[t].items(), key=lambda kv: (kv[1], -kv[0]))[0] for t in new_ids]
+    k_new = len(new_ids)
+    for r in routers:
+        dev, dt = r.keys.device, r.keys.dtype
+        if k_new:
+            v = emb.detach()[torch.tensor(new_ids, device=emb.device)].to(torch.float32)
+            v = (v / v.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(device=dev, dtype=dt)
+        else:
+            v = torch.zeros(0, r.keys.shape[1], device=dev, dtype=dt)
+        r.keys = torch.cat([r.keys, v])
+        w_old = r.weight.detach()
+        e = w_old.shape[1]
+        w = torch.zeros(old + k_new + 1, e, dtype=w_old.dtype, device=w_old.device)
+        w[:old] = w_old[:old]
+        w[-1] = w_old[-1]
+        if init_weights:
+            for i, d in enumerate(new_dom):
+                w[old + i, d] = ROUTER_BETA
+            if old == 0:
+                w[-1, 0] = ROUTER_BETA / 2
+        r.weight = torch.nn.Parameter(w, requires_grad=r.weight.requires_grad)
+    state.config = dataclasses.replace(state.config, router_keys=old + k_new)
+    return {"keys": old + k_new, "new_keys": k_new, "uncovered_forget_rows": uncovered}

@@ -50,10 +50,15 @@ from ..reference.losses import sequence_logprob
 from . import checkpoint as ckpt
 from . import distributed as D
 from . import methods as M
-from .data import DataError, Example, collate, epoch_order, pad_float, prepare, report_rows, steps_per_epoch
+from .data import (DataError, Example, collate, epoch_order, pad_float, prepare, report_rows, steps_per_epoch,
+                   tokenize_rows)
 from .experts import freeze_leading_experts, frozen_experts
 from .options import OptionError, check_expert_count, validate_options
-from .subdomains import choose_k, init_router, kmeans, map_domain_labels, pooled_features
+from .subdomains import choose_k, fit_prefix_router, init_router, kmeans, map_domain_labels, pooled_features
+
+import logging
+
+_log = logging.getLogger("alter_kernels.unlearn")
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-5,              # full-parameter baselines
@@ -82,6 +87,14 @@ DEFAULTS: dict[str, Any] = {
     "eval_max_examples": 256,
     "rank": None, "alpha": None,  # shortcuts for the AlterConfig when alter_config is None
     "threshold_quantile": None,  # ALTER: set theta to this quantile of the base answer-token entropies
+    "threshold_auto": 0.5,   # ALTER: if the configured theta puts >= 98% of the answer tokens on one side, use
+                             # this quantile of the base answer-token entropies instead (None: keep theta)
+    "route_labels": "content",  # router labels on "content" tokens (answer tokens and the token before each)
+                                # or on "all" real tokens (question template too)
+    "router_eval": True,     # held-out routing accuracy after each epoch (alter, asymlora)
+    "router_input": "prefix_match",  # the router of the AlterConfig the engine builds (alter_config None):
+                             # "prefix_match" (keys fitted from the data; measured in docs/unlearning.md) or
+                             # "token" (ALTER_SPEC's per-token linear router); None: the base_config's
     "base_config": None,     # AlterConfig template when alter_config is None (N still from labels/k-means)
 }
 
@@ -121,6 +134,16 @@ class UnlearnResult:
     adapter_dir: str | None = None
     model_dir: str | None = None
     trained_experts: list = dataclasses.field(default_factory=list)
+    threshold: float | None = None          # ALTER's theta after set-up (also in config / the adapter)
+    threshold_source: str | None = None     # "config", "quantile" (threshold_quantile) or "auto" (threshold_auto)
+
+    @property
+    def router_accuracy(self) -> dict | None:
+        """Held-out routing accuracy of the last epoch ({"forget", "retain", "overall", "per_layer", ...})."""
+        for m in reversed(self.metrics):
+            if "router_accuracy" in m:
+                return m["router_accuracy"]
+        return None
 
     @property
     def high_entropy_share(self) -> float:
@@ -382,8 +405,14 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
             ref_model = copy.deepcopy(model).eval()
             for p in ref_model.parameters():
                 p.requires_grad_(False)
+    # ---------------------------------------------------------------- held-out routing set
+    held = None
+    if method in ("alter", "asymlora") and hp["router_eval"] and hp["eval_each_epoch"]:
+        held = _heldout_routing_set(f_rows, f_dom, r_rows, tokenizer, dkw, hp["eval_max_examples"], seed)
     # ---------------------------------------------------------------- caches
     f_cache = r_cache = None
+    threshold_source = "config" if cfg is not None else None
+    st_thr = cfg.threshold if cfg is not None else None
     if method == "alter":
         q_route = cfg.q_route
         f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, q_route, hp["struct_q"], ctx,
@@ -393,11 +422,21 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
         if hp["threshold_quantile"] is not None and frozen_experts(model):
             warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
                           f"unlearning) and keeps its threshold {cfg.threshold}")
-        elif hp["threshold_quantile"] is not None:
-            st = _patch.get_state(model)
-            st.config = dataclasses.replace(cfg, threshold=_quantile_threshold(f_ex + r_ex, f_cache[0] + r_cache[0],
-                                                                               hp["threshold_quantile"]))
-            cfg = st.config
+        elif not frozen_experts(model):
+            theta, threshold_source, low_share = _choose_threshold(cfg.threshold, f_ex + r_ex, f_cache[0] + r_cache[0],
+                                                                   hp)
+            if threshold_source != "config":
+                st = _patch.get_state(model)
+                st.config = dataclasses.replace(cfg, threshold=theta)
+                cfg = st.config
+            if threshold_source == "auto" and main:
+                _log.info("unlearn[alter]: threshold %s (q_route %s) put %.1f%% of the answer tokens on the low side; "
+                          "theta set to %.4g, the %s-quantile of the base answer-token entropies (threshold_auto)",
+                          st_thr, cfg.q_route, 100 * low_share, theta, hp["threshold_auto"])
+                if progress:
+                    print(f"unlearn[alter]: threshold {st_thr} put {100 * low_share:.1f}% of the answer tokens on the "
+                          f"low side; using theta = {theta:.4g} (the {hp['threshold_auto']}-quantile of the base "
+                          "answer-token entropies, threshold_auto)")
     f_ref = (_ref_logps(model, f_ex, pad_id, batch_size, dev, ctx, desc=show and "reference log-probs (forget)")
              if method in ("npo", "npo_retain") else None)
 
@@ -562,7 +601,7 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 callback(rec)
             if end_epoch:
                 _epoch_metrics(metrics, history, epoch + 1, model, method, hp, f_ex, r_ex, f_cache, r_cache,
-                               pad_id, batch_size, dev, ctx)
+                               pad_id, batch_size, dev, ctx, held=held)
                 if out_dir is not None and main:
                     _write_json(os.path.join(out_dir, "metrics.json"), metrics)
         # metrics of epochs finished before a resume
@@ -608,7 +647,8 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                 if main:
                     save_adapter(model, adapter_dir,
                                  extra={"method": method, "domain_map": {str(k): v for k, v in domain_map.items()},
-                                        "trained_experts": trained_experts, "steps": total})
+                                        "trained_experts": trained_experts, "steps": total,
+                                        "threshold_source": threshold_source})
         else:
             model_dir = os.path.join(out_dir, "model")
             sd = None
@@ -624,7 +664,8 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     return UnlearnResult(model=model, method=method, history=history, metrics=metrics,
                          seconds=time.perf_counter() - t_start, steps=total, config=cfg, domain_map=domain_map,
                          out_dir=out_dir, adapter_dir=adapter_dir, model_dir=model_dir,
-                         trained_experts=trained_experts)
+                         trained_experts=trained_experts, threshold=cfg.threshold if cfg is not None else None,
+                         threshold_source=threshold_source)
 
 
 # ----------------------------------------------------------------------------------- reusable set-up
@@ -668,10 +709,11 @@ def prepare_alter(model, forget, retain, tokenizer, alter_config: AlterConfig | 
     cfg = _patch.get_state(model).config
     f_cache = _entropy_cache(model, f_ex, pad_id, batch_size, dev, cfg.q_route, hp["struct_q"])
     r_cache = _entropy_cache(model, r_ex, pad_id, batch_size, dev, cfg.q_route, hp["struct_q"])
-    if hp["threshold_quantile"] is not None and not frozen_experts(model):
-        st = _patch.get_state(model)
-        st.config = cfg = dataclasses.replace(cfg, threshold=_quantile_threshold(
-            f_ex + r_ex, f_cache[0] + r_cache[0], hp["threshold_quantile"]))
+    if not frozen_experts(model):
+        theta, source, _ = _choose_threshold(cfg.threshold, f_ex + r_ex, f_cache[0] + r_cache[0], hp)
+        if source != "config":
+            st = _patch.get_state(model)
+            st.config = cfg = dataclasses.replace(cfg, threshold=theta)
     return AlterData(f_ex, r_ex, f_dom, f_cache, r_cache, cfg, domain_map, pad_id)
 
 
@@ -726,6 +768,7 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
                 raise UnlearnError(f"unlearn[{method}]: needs at least one forget expert, got {n}")
             base = dataclasses.replace(base, num_forget_experts=n, rank=hp["rank"] or base.rank,
                                        alpha=hp["alpha"] or base.alpha,
+                                       router_input=hp["router_input"] or base.router_input,
                                        init_seed=base.init_seed if base.init_seed is not None else seed)
         cfg = base
         if cfg.num_forget_experts < 1:
@@ -749,7 +792,12 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
             a, _ = kmeans(feats_f[-1], k, seed=seed)
             assign = [first + int(x) for x in a]
         mapping = {f"cluster{c - first}": c for c in sorted(set(assign))}
-    if hp["router_init"]:
+    if _patch.get_state(model).config.router_input == "prefix_match":
+        info = fit_prefix_router(model, f_ex, assign, r_ex, init_weights=hp["router_init"], special_ids=[pad_id])
+        if info["uncovered_forget_rows"]:
+            warnings.warn(f"unlearn[{method}]: {info['uncovered_forget_rows']} forget row(s) have no token that is "
+                          "absent from the retain rows; the prefix-match router cannot tell them from retain rows")
+    elif hp["router_init"]:
         if feats_f is None:
             feats_f = pooled_features(model, f_ex, pad_id, bs, dev, desc=progress and "router init: forget features")
         if r_ex and n_frozen == 0:
@@ -767,6 +815,25 @@ def _quantile_threshold(exs: list[Example], ents: list[torch.Tensor], q: float) 
     if vals.numel() == 0:
         raise UnlearnError("unlearn: threshold_quantile: no answer token has a finite entropy")
     return float(torch.quantile(vals.double(), float(q)))
+
+
+def _choose_threshold(theta: float, exs: list[Example], ents: list[torch.Tensor], hp) -> tuple[float, str, float]:
+    """(theta, source, low share of the configured theta): ``threshold_quantile`` if given
+    ("quantile"); else the ``threshold_auto`` quantile when the configured theta puts >= 98% of
+    the answer tokens on one side ("auto"); else the configured theta ("config")."""
+    if hp["threshold_quantile"] is not None:
+        return _quantile_threshold(exs, ents, hp["threshold_quantile"]), "quantile", float("nan")
+    vals = torch.cat([e[torch.tensor(ex.labels) != -100] for ex, e in zip(exs, ents)]) if exs else torch.zeros(0)
+    vals = vals[torch.isfinite(vals)]
+    if hp["threshold_auto"] is None or vals.numel() == 0:
+        return theta, "config", float("nan")
+    low = float((vals <= theta).double().mean())
+    if AUTO_SIDE_SHARE <= low or low <= 1.0 - AUTO_SIDE_SHARE:
+        return _quantile_threshold(exs, ents, hp["threshold_auto"]), "auto", low
+    return theta, "config", low
+
+
+AUTO_SIDE_SHARE = 0.98
 
 
 def _all_rows_update_a(model) -> list:
@@ -832,7 +899,7 @@ def _eval_nll(model, method, exs, cache, pad_id, bs, dev, limit, ctx=None) -> fl
 
 
 def _epoch_metrics(metrics, history, epoch, model, method, hp, f_ex, r_ex, f_cache, r_cache, pad_id, bs, dev,
-                   ctx=None):
+                   ctx=None, held=None):
     recs = [h for h in history if h["epoch"] == epoch]
     if not recs:
         return
@@ -852,6 +919,12 @@ def _epoch_metrics(metrics, history, epoch, model, method, hp, f_ex, r_ex, f_cac
         m["eval_forget_nll"] = _eval_nll(model, method, f_ex, f_cache, pad_id, bs, dev, lim, ctx)
         if r_ex:
             m["eval_retain_nll"] = _eval_nll(model, method, r_ex, r_cache, pad_id, bs, dev, lim, ctx)
+        if held is not None:
+            ra = router_accuracy(model, held[0], held[1], pad_id, bs, dev, ctx=ctx,
+                                 all_low=method == "asymlora")
+            ra["heldout"] = held[2]
+            m["router_accuracy"] = ra
+            m["router_acc_forget"], m["router_acc_retain"] = ra["forget"], ra["retain"]
         model.train(was)
     metrics.append(m)
 
@@ -878,3 +951,75 @@ def _load_into(own: torch.Tensor, full: torch.Tensor) -> None:
 
 def _write_json(path, obj) -> None:
     write_json(path, obj, indent=1, default=str)
+
+
+# ----------------------------------------------------------------------------------- routing accuracy
+def _heldout_routing_set(f_rows, f_dom, r_rows, tokenizer, dkw, limit: int, seed: int):
+    """(examples, expert ids, held_out): the forget rows and up to ``limit // 4`` retain rows (a
+    seeded sample), asked with their ``paraphrased_question`` where the rows have one (held out
+    from training); rows without one are asked as in training (held_out False)."""
+    rng = random.Random(f"router-eval-{seed}")
+    r_rows = r_rows or []
+    r_pick = list(range(len(r_rows)))
+    rng.shuffle(r_pick)
+    r_pick = sorted(r_pick[:max(limit // 4, 1)])
+    rows, ys = [], []
+    para = True
+    for r, d in list(zip(f_rows, f_dom))[:limit] + [(r_rows[i], 0) for i in r_pick]:
+        if not isinstance(r, dict) or "question" not in r:
+            continue
+        q = r.get("paraphrased_question")
+        if not isinstance(q, str) or not q.strip():
+            para = False
+            q = r["question"]
+        rows.append({"question": q, "answer": r["answer"]})
+        ys.append(int(d))
+    if not rows or not any(y > 0 for y in ys):
+        return None
+    exs = tokenize_rows(rows, tokenizer, "<held-out routing rows>", "router_eval", dkw["max_length"],
+                        dkw["chat_template"], prompt_format=dkw["prompt_format"])
+    return exs, ys, para
+
+
+@torch.no_grad()
+def router_accuracy(model, examples: list[Example], experts: list[int], pad_id: int, batch_size: int = 8,
+                    device=None, ctx=None, all_low: bool = False) -> dict:
+    """Routing accuracy of a patched model on labelled rows, as it routes at inference (base-model
+    entropies, no labels), over the content positions (answer tokens and the token before each:
+    the outputs that score and generate the answer). A forget row's position is right when the
+    router's choice (argmax of its logits) is a forget expert, a retain row's when it is expert 0.
+    Returns {"forget", "retain", "overall" (the smaller of the two), "forget_domain" (the row's own
+    expert), "per_layer": {layer: {"forget", "retain"}}, "tokens": {"forget", "retain"}}."""
+    device = device or _device_of(model)
+    st = _patch.get_state(model)
+    layers = list(st.routers)
+
+    def one(idx):
+        ids, att, lab = collate([examples[i] for i in idx], pad_id)
+        ids, att, lab = ids.to(device), att.to(device), lab.to(device)
+        ent = (torch.zeros(ids.shape, device=device) if all_low else
+               _patch.token_entropy(model, ids, att).to(device))
+        with _patch.routing_inputs(model, entropy=ent, labels=None):
+            model(input_ids=ids, attention_mask=att, use_cache=False)
+        plans = _patch.last_plans(model)
+        content = lab != -100
+        content[:, :-1] |= lab[:, 1:] != -100
+        y = torch.tensor([experts[i] for i in idx], device=device)[:, None].expand_as(ids)
+        out = []
+        for name in layers:
+            pred = plans[name].router_logits.argmax(-1).view(ids.shape)
+            fm, rm = content & (y > 0), content & (y == 0)
+            out.append([int(((pred > 0) & fm).sum()), int(fm.sum()), int(((pred == 0) & rm).sum()), int(rm.sum()),
+                        int(((pred == y) & fm).sum())])
+        return [out]
+
+    parts = _map_batches(len(examples), batch_size, one, ctx, lockstep=ctx is not None and ctx.mode == "fsdp2")
+    tot = torch.tensor(parts, dtype=torch.float64).sum(0)            # [layers, 5]
+    per = {n: {"forget": float(t[0] / t[1]) if t[1] else float("nan"),
+               "retain": float(t[2] / t[3]) if t[3] else float("nan")} for n, t in zip(layers, tot)}
+    s = tot.sum(0)
+    f = float(s[0] / s[1]) if s[1] else float("nan")
+    r = float(s[2] / s[3]) if s[3] else float("nan")
+    return {"forget": f, "retain": r, "overall": min(f, r) if s[1] and s[3] else (f if s[1] else r),
+            "forget_domain": float(s[4] / s[1]) if s[1] else float("nan"), "per_layer": per,
+            "tokens": {"forget": int(tot[0, 1]), "retain": int(tot[0, 3])}}

@@ -1,0 +1,271 @@
+"""The honest benchmark protocol: select hyper-parameters on DEV, report on TEST.
+
+    python bench/sweep.py --preset full --stage dev   [--methods alter,npo ...]
+    python bench/sweep.py --preset full --stage select
+    python bench/sweep.py --preset full --stage test
+    python bench/sweep.py --preset full --stage table
+
+- DEV: the embedded benchmark built from corpus seed ``DEV_SEED`` (1000), same sizes as TEST.
+  Every method gets the same grid: one multiplier k of ALL of its learning rates (lr; lr_A, lr_B,
+  lr_router for the adapter methods), k in GRID (4 points). The selected k maximises the harmonic
+  mean of (forget quality, utility / finetuned utility) on DEV, ties broken by the larger forget
+  quality. ``select`` writes alter_kernels/benchmark/selected_hparams.json (the demo reads it).
+- TEST: corpus seeds 0 (what the demo reports), 1 and 2, each method at its DEV-selected values;
+  the table gives mean and std over the three seeds. Nothing is ever selected on a TEST seed.
+
+Every cell (preset, seed, method, k) is cached in bench/results/sweep/<preset>_cells.json, so a
+stopped sweep continues where it stopped. Training and evaluation are the demo's (run_method,
+evaluate through the default inference rule); unlearning: 3 epochs, batch 4, seed 0.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from alter_kernels.benchmark.protocol import (DEV_SEED, SELECTED_PATH, TEST_SEEDS, bench_for,  # noqa: E402
+                                              evaluate, hm_score, load_split)
+from alter_kernels.demo import METHODS, method_hparams, run_method  # noqa: E402
+
+GRID = (10, 30, 100)
+OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sweep")
+
+
+def cells_path(preset):
+    return os.path.join(OUT_DIR, f"{preset}_cells.json")
+
+
+def load_cells(preset) -> dict:
+    p = cells_path(preset)
+    return json.load(open(p)) if os.path.exists(p) else {}
+
+
+def save_cells(preset, cells):
+    os.makedirs(OUT_DIR, exist_ok=True)
+    p = cells_path(preset)
+    # merge with what another process may have written meanwhile
+    cur = load_cells(preset)
+    cur.update(cells)
+    with open(p + ".tmp", "w") as f:
+        json.dump(cur, f, indent=1, sort_keys=True)
+    os.replace(p + ".tmp", p)
+    cells.update(cur)
+
+
+def _clean(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+class Seed:
+    """One benchmark seed: data, finetuned model, reference truth ratios, finetuned utility."""
+
+    def __init__(self, preset, seed, cells):
+        self.preset, self.seed = preset, seed
+        self.bench = bench_for(preset, seed)
+        self.tok = self.bench.tokenizer()
+        self.split = load_split(self.bench)
+        self.finetuned = self.bench.load_model("finetuned").eval()
+        key = f"{seed}|reference"
+        if key not in cells:
+            rt = self.bench.load_model("retain").eval()
+            r_rt = evaluate(rt, self.tok, self.split)
+            r_ft = evaluate(self.finetuned, self.tok, self.split, r_rt["forget"]["truth_ratios"])
+            cells[key] = {"ref": r_rt["forget"]["truth_ratios"], "mu_ft": r_ft["model_utility"],
+                          "fq_ft": r_ft["forget_quality"], "mu_retain": r_rt["model_utility"],
+                          "forget_rouge_ft": r_ft["forget_rouge"]}
+            save_cells(preset, cells)
+        self.ref = cells[key]["ref"]
+        self.mu_ft = cells[key]["mu_ft"]
+
+
+def run_cell(s: Seed, method: str, hp: dict) -> dict:
+    model = copy.deepcopy(s.finetuned)
+    t0 = time.perf_counter()
+    res_holder = {}
+    import alter_kernels as ak
+    orig = ak.unlearn
+
+    def capture(*a, **kw):                  # keep the UnlearnResult (router accuracy, threshold)
+        r = orig(*a, **kw)
+        res_holder["r"] = r
+        return r
+    ak.unlearn = capture
+    try:
+        model, secs = run_method(method, model, s.split["forget"], s.split["retain"], s.tok, epochs=3, seed=0,
+                                 hparams=hp)
+    finally:
+        ak.unlearn = orig
+    model.eval()
+    r = evaluate(model, s.tok, s.split, s.ref)
+    out = {"fq": r["forget_quality"], "mu": r["model_utility"], "hm": hm_score(r["forget_quality"],
+                                                                              r["model_utility"], s.mu_ft),
+           "forget_rouge": r["forget_rouge"], "retain_rouge": r["retain_rouge"], "train_s": secs,
+           "total_s": time.perf_counter() - t0, "hparams": hp,
+           "repetition": r["fluency"]["repetition_rate_2"]}
+    ur = res_holder.get("r")
+    if ur is not None and method in ("alter", "asymlora"):
+        out["threshold"] = getattr(ur.config, "threshold", None)
+        out["threshold_source"] = getattr(ur, "threshold_source", None)
+        ra = getattr(ur, "router_accuracy", None)
+        if ra:
+            out["router_accuracy"] = ra
+    return _clean(out)
+
+
+def stage_dev(preset, methods, cells):
+    s = Seed(preset, DEV_SEED, cells)
+    for m in methods:
+        for k in GRID:
+            key = f"{DEV_SEED}|{m}|{k}"
+            if key in cells:
+                continue
+            c = run_cell(s, m, method_hparams(m, k))
+            c["k"] = k
+            cells[key] = c
+            save_cells(preset, cells)
+            print(f"[{preset} dev] {m} x{k}: FQ {c['fq']:.3g} MU {c['mu']:.3f} HM {c['hm']:.3f} "
+                  f"({c['total_s']:.0f}s)", flush=True)
+
+
+def select(preset, cells) -> dict:
+    chosen = {}
+    for m in METHODS:
+        rows = [(k, cells.get(f"{DEV_SEED}|{m}|{k}")) for k in GRID]
+        rows = [(k, c) for k, c in rows if c]
+        if not rows:
+            continue
+        k, c = max(rows, key=lambda kc: (kc[1]["hm"] or 0.0, kc[1]["fq"] or 0.0))
+        chosen[m] = {"k": k, "hparams": method_hparams(m, k), "dev_hm": c["hm"], "dev_fq": c["fq"], "dev_mu": c["mu"]}
+    return chosen
+
+
+def stage_select(preset, cells):
+    chosen = select(preset, cells)
+    data = json.load(open(SELECTED_PATH)) if os.path.exists(SELECTED_PATH) else {}
+    data["protocol"] = (f"bench/sweep.py: grid k in {list(GRID)} (one multiplier of all of a method's learning rates), "
+                        f"selected on the DEV benchmark (corpus seed {DEV_SEED}) by the harmonic mean of (forget "
+                        "quality, utility / finetuned utility), ties by forget quality; reported on TEST seeds "
+                        f"{list(TEST_SEEDS)}")
+    data[preset] = {m: v["hparams"] for m, v in chosen.items()}
+    data[f"{preset}_dev"] = chosen
+    with open(SELECTED_PATH + ".tmp", "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(SELECTED_PATH + ".tmp", SELECTED_PATH)
+    print(json.dumps(chosen, indent=1))
+
+
+def stage_test(preset, methods, cells, seeds):
+    chosen = select(preset, cells)
+    for seed in seeds:
+        s = Seed(preset, seed, cells)
+        for m in methods:
+            if m not in chosen:
+                print(f"[{preset} test] {m}: nothing selected on DEV yet, skipped", flush=True)
+                continue
+            k = chosen[m]["k"]
+            key = f"{seed}|{m}|{k}"
+            if key in cells:
+                continue
+            c = run_cell(s, m, method_hparams(m, k))
+            c["k"] = k
+            cells[key] = c
+            save_cells(preset, cells)
+            print(f"[{preset} test seed {seed}] {m} x{k}: FQ {c['fq']:.3g} MU {c['mu']:.3f} HM {c['hm']:.3f} "
+                  f"({c['total_s']:.0f}s)", flush=True)
+
+
+def _ms(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+
+def stage_table(preset, cells):
+    chosen = select(preset, cells)
+    lines = [f"### {preset} preset: DEV grid (corpus seed {DEV_SEED}; cells FQ / MU / HM)", "",
+             "| method | " + " | ".join(f"x{k}" for k in GRID) + " | selected |",
+             "|---|" + "---|" * (len(GRID) + 1)]
+    for m in METHODS:
+        row = []
+        for k in GRID:
+            c = cells.get(f"{DEV_SEED}|{m}|{k}")
+            row.append(f"{c['fq']:.3g} / {c['mu']:.3f} / {c['hm']:.3f}" if c else "-")
+        lines.append(f"| {m} | " + " | ".join(row) + f" | x{chosen[m]['k'] if m in chosen else '-'} |")
+    seeds_done = sorted({int(k.split('|')[0]) for k in cells if k.split('|')[0] != str(DEV_SEED)})
+    lines += ["", f"### {preset} preset: TEST (corpus seeds {list(TEST_SEEDS)}, DEV-selected values; mean ± std)", "",
+              "| method | k | seeds | forget quality | model utility | MU / finetuned | HM | router acc (F / R) |",
+              "|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for m in METHODS:
+        if m not in chosen:
+            continue
+        k = chosen[m]["k"]
+        cs = [(sd, cells.get(f"{sd}|{m}|{k}")) for sd in TEST_SEEDS]
+        cs = [(sd, c) for sd, c in cs if c]
+        if not cs:
+            continue
+        fq = [c["fq"] for _, c in cs]
+        mu = [c["mu"] for _, c in cs]
+        ratio = [c["mu"] / cells[f"{sd}|reference"]["mu_ft"] for sd, c in cs]
+        hm = [c["hm"] for _, c in cs]
+        ra = [c.get("router_accuracy") for _, c in cs if c.get("router_accuracy")]
+        ra_s = "-"
+        if ra:
+            ra_s = (f"{statistics.mean(r['forget'] for r in ra):.2f} / "
+                    f"{statistics.mean(r['retain'] for r in ra):.2f}")
+        lines.append(f"| {m} | x{k} | {len(cs)} | {_ms(fq)} | {_ms(mu)} | {_ms(ratio)} | {_ms(hm)} | {ra_s} |")
+        summary[m] = {"k": k, "seeds": [sd for sd, _ in cs], "fq": fq, "mu": mu, "mu_ratio": ratio, "hm": hm,
+                      "hm_mean": statistics.mean(hm)}
+    refs = [(sd, cells.get(f"{sd}|reference")) for sd in TEST_SEEDS]
+    lines += ["", "finetuned model per TEST seed (FQ / MU): " +
+              ", ".join(f"seed {sd}: {c['fq_ft']:.2g} / {c['mu_ft']:.3f}" for sd, c in refs if c)]
+    text = "\n".join(lines) + "\n"
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(os.path.join(OUT_DIR, f"{preset}_table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(OUT_DIR, f"{preset}_summary.json"), "w") as f:
+        json.dump(_clean({"grid": list(GRID), "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
+                          "selected": chosen, "test": summary, "seeds_with_cells": seeds_done}), f, indent=1)
+    print(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", choices=("full", "quick"), default="full")
+    ap.add_argument("--stage", choices=("dev", "select", "test", "table", "all"), default="all")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default=",".join(map(str, TEST_SEEDS)))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    cells = load_cells(args.preset)
+    if args.stage in ("dev", "all"):
+        stage_dev(args.preset, methods, cells)
+    if args.stage in ("select", "all"):
+        stage_select(args.preset, cells)
+    if args.stage in ("test", "all"):
+        stage_test(args.preset, methods, cells, [int(x) for x in args.seeds.split(",")])
+    if args.stage in ("table", "all"):
+        stage_table(args.preset, cells)
+
+
+if __name__ == "__main__":
+    main()
