@@ -125,8 +125,6 @@ class AlterConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"AlterConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        if "router_input" not in d:          # written before the field existed: the per-token router
-            d = {**d, "router_input": "token"}
         return cls(**d)
 
     def to_json(self) -> str:

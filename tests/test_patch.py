@@ -108,13 +108,13 @@ def test_one_routing_plan_per_decoder_layer_per_forward(monkeypatch):
     monkeypatch.setattr(patch_mod, "route", counting)
     model = ak.patch(tiny_llama(layers=3))
     model(ids(b=2, t=5))
-    assert len(calls) == 3 and all(s == (10, 1) for s in calls)      # prefix-match features: K = 0 keys + bias
+    assert len(calls) == 3 and all(s == (10, 32) for s in calls)     # per-token router: each layer's own input
     plans = ak.last_plans(model)
     assert set(plans) == {"model.layers.0", "model.layers.1", "model.layers.2"}
 
 
-def test_no_entropy_means_every_token_high_and_entropy_drives_routing():
-    model = ak.patch(tiny_llama(), ak.AlterConfig(num_forget_experts=2, threshold=1.2))
+def test_inference_entropy_none_means_every_token_high_and_entropy_drives_routing():
+    model = ak.patch(tiny_llama(), ak.AlterConfig(num_forget_experts=2, threshold=1.2, inference_entropy="none"))
     model(ids())
     assert ak.high_entropy_fraction(model) == 1.0
     ent = torch.tensor([[math.inf] + [0.1] * 4 + [2.0] * 5] * 2)

@@ -34,7 +34,8 @@ def tiny_llama(seed=0, layers=2):
 def keyed_model(seed=0, keys=(KEY1, KEY2), experts=(1, 2), random_b=True):
     """A tiny Llama with a random adapter and a prefix-match router with the given key tokens."""
     m = tiny_llama(seed)
-    cfg = ak.AlterConfig(rank=4, alpha=8, num_forget_experts=2, init_seed=seed, router_keys=len(keys))
+    cfg = ak.AlterConfig(rank=4, alpha=8, num_forget_experts=2, init_seed=seed, router_keys=len(keys),
+                         router_input="prefix_match")
     ak.patch(m, cfg)
     emb = m.get_input_embeddings().weight.detach()
     g = torch.Generator().manual_seed(seed + 1)

@@ -470,7 +470,7 @@ def test_route_rejects_bad_scalars():
 
 def test_progress_lines_from_the_first_pass(capfd):
     ak.unlearn(toy_model(len(TOK)), FORGET, RETAIN, method="alter", tokenizer=TOK, max_steps=1, batch_size=2,
-               num_forget_experts="auto", progress=True, eval_each_epoch=False)
+               num_forget_experts="auto", progress=True, eval_each_epoch=False, router_input="token")
     err = capfd.readouterr().err
     for what in ("k-means: forget features", "k-means: choosing N", "router init: retain features",
                  "entropy cache (forget)", "entropy cache (retain)", "unlearn[alter]"):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import string
 
-from ..config import MAX_FORGET_EXPERTS, AlterConfig
+from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
 
 
 class OptionError(ValueError):

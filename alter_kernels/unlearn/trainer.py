@@ -92,9 +92,9 @@ DEFAULTS: dict[str, Any] = {
     "route_labels": "content",  # router labels on "content" tokens (answer tokens and the token before each)
                                 # or on "all" real tokens (question template too)
     "router_eval": True,     # held-out routing accuracy after each epoch (alter, asymlora)
-    "router_input": "prefix_match",  # the router of the AlterConfig the engine builds (alter_config None):
-                             # "prefix_match" (keys fitted from the data; measured in docs/unlearning.md) or
-                             # "token" (ALTER_SPEC's per-token linear router); None: the base_config's
+    "router_input": None,    # the router of the AlterConfig the engine builds (alter_config None): "prefix_match"
+                             # (keys fitted from the data; measured in docs/unlearning.md) or "token" (ALTER_SPEC's
+                             # per-token linear router); None: base_config's if given, else "prefix_match"
     "base_config": None,     # AlterConfig template when alter_config is None (N still from labels/k-means)
 }
 
@@ -768,7 +768,8 @@ def _setup_adapter(model, method, f_ex, r_ex, alter_config, hp, pad_id, bs, seed
                 raise UnlearnError(f"unlearn[{method}]: needs at least one forget expert, got {n}")
             base = dataclasses.replace(base, num_forget_experts=n, rank=hp["rank"] or base.rank,
                                        alpha=hp["alpha"] or base.alpha,
-                                       router_input=hp["router_input"] or base.router_input,
+                                       router_input=hp["router_input"] or (
+                                           base.router_input if hp["base_config"] is not None else "prefix_match"),
                                        init_seed=base.init_seed if base.init_seed is not None else seed)
         cfg = base
         if cfg.num_forget_experts < 1:
