@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -127,6 +128,19 @@ def atomic_write(path, data: bytes | str | None = None, *, writer=None) -> str:
         raise
     _fsync_dir(d)
     return path
+
+
+def json_safe(x):
+    """JSON-safe copy: NaN / inf become None (strict JSON), keys strings, other objects strings."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (int, str, bool)) or x is None:
+        return x
+    return str(x)
 
 
 def write_json(path, obj, indent: int | None = 1, **kw) -> str:

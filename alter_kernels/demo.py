@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import random
 import sys
@@ -109,19 +108,6 @@ def format_table(methods: dict) -> str:
         lines.append(f"{n:<12} {fq:>14.3g} {m['model_utility']:>13.3f} {m['forget_rouge']:>14.3f} "
                      f"{m['retain_rouge']:>14.3f} {m['seconds']:>8.1f}")
     return "\n".join(lines)
-
-
-def _clean(x):
-    """JSON-safe copy: NaN / inf become None, tensors and other objects become lists / strings."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (int, str, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def _hm(a, b):
@@ -291,8 +277,8 @@ def main(argv=None) -> int:
                                               "retain_eval_rows": len(retain_eval), "build": bench.info},
            "total_seconds": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}
     path = os.path.join(args.out, "results.json")
-    from ._fsio import write_json
-    write_json(path, _clean(out))
+    from ._fsio import json_safe, write_json
+    write_json(path, json_safe(out))
     plot = plot_results({n: m for n, m in table.items() if "error" not in m}, os.path.join(args.out, "utility_vs_forget_quality"))
     print(f"\nwrote {path} and {plot} in {out['total_seconds']:.0f}s total")
     if failures:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 
 from alter_kernels.benchmark.protocol import (DEV_SEED, SELECTED_PATH, TEST_SEEDS, bench_for,  # noqa: E402
                                               evaluate, hm_score, load_split)
+from alter_kernels._fsio import atomic_write, json_safe, write_json  # noqa: E402
 from alter_kernels.demo import METHODS, method_hparams, run_method  # noqa: E402
 
 GRID = (10, 30, 100)
@@ -55,20 +55,8 @@ def save_cells(preset, cells):
     # merge with what another process may have written meanwhile
     cur = load_cells(preset)
     cur.update(cells)
-    with open(p + ".tmp", "w") as f:
-        json.dump(cur, f, indent=1, sort_keys=True)
-    os.replace(p + ".tmp", p)
+    write_json(p, cur, sort_keys=True)
     cells.update(cur)
-
-
-def _clean(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 class Seed:
@@ -124,7 +112,7 @@ def run_cell(s: Seed, method: str, hp: dict) -> dict:
         ra = getattr(ur, "router_accuracy", None)
         if ra:
             out["router_accuracy"] = ra
-    return _clean(out)
+    return json_safe(out)
 
 
 def stage_dev(preset, methods, cells):
@@ -238,11 +226,10 @@ def stage_table(preset, cells):
               ", ".join(f"seed {sd}: {c['fq_ft']:.2g} / {c['mu_ft']:.3f}" for sd, c in refs if c)]
     text = "\n".join(lines) + "\n"
     os.makedirs(OUT_DIR, exist_ok=True)
-    with open(os.path.join(OUT_DIR, f"{preset}_table.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(OUT_DIR, f"{preset}_summary.json"), "w") as f:
-        json.dump(_clean({"grid": list(GRID), "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
-                          "selected": chosen, "test": summary, "seeds_with_cells": seeds_done}), f, indent=1)
+    atomic_write(os.path.join(OUT_DIR, f"{preset}_table.md"), text)
+    write_json(os.path.join(OUT_DIR, f"{preset}_summary.json"),
+               json_safe({"grid": list(GRID), "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
+                          "selected": chosen, "test": summary, "seeds_with_cells": seeds_done}))
     print(text)
 
 

@@ -16,6 +16,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: GPU kernel tests (tests/test_gpu_kernels.py); real sizes on CUDA, "
                                        "tiny shapes on the CPU with ALTER_GPU_CHECK=tiny (scripts/gpu_check.sh)")
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup runs a group in one worker")
+    config.addinivalue_line("markers", "network: needs PyPI (skipped with ALTER_OFFLINE=1)")
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,3 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "network: needs PyPI (skipped with ALTER_OFFLINE=1)")

@@ -275,7 +275,7 @@ def test_device_without_gpu(tmp_path, files, capsys):
     for dev in ("cuda", "cuda:1", "tpu!"):
         code, _, err = run_cli(base_args(files, tmp_path / "run", "--max-steps", "1")[:-2] + ["--device", dev], capsys)
         assert code == 2
-        one_line_error(err, f"--device")
+        one_line_error(err, "--device")
 
 
 def test_paths_of_the_wrong_kind(tmp_path, files, capsys):

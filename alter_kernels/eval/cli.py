@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
+
+from .._fsio import json_safe, write_json
 
 PROG = "alter-eval"
 REFERENCE_FORMAT = "alter_kernels.tofu_reference"
@@ -235,32 +235,6 @@ def read_reference(path: str, truth_ratio: str, fingerprint: str) -> tuple[list[
     return [float(x) for x in ratios], ref
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to a temporary file in the target directory, then rename it into place."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _clean(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 # -------------------------------------------------------------------------------------- table
 def format_table(res: dict) -> str:
     meta = res.get("meta", {})
@@ -367,7 +341,7 @@ def _run(args) -> int:
         del retain_model, tr
         ref_meta = {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
         if args.save_reference:
-            write_json_atomic(args.save_reference, _clean({
+            write_json(args.save_reference, json_safe({
                 "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
                 "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(files["forget"]),
                 "task_id": args.task_id, "forget_fingerprint": fingerprint, "prompt_format": args.prompt_format,
@@ -394,7 +368,7 @@ def _run(args) -> int:
                    "seconds": round(time.perf_counter() - t0, 2)}
     first = ("forget_quality", "model_utility")
     res = {**{k: res[k] for k in first if k in res}, **{k: v for k, v in res.items() if k not in first}}
-    write_json_atomic(args.out, _clean(res))
+    write_json(args.out, json_safe(res))
     print(format_table(res))
     print(f"written: {args.out}")
     return 0
