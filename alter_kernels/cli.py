@@ -103,11 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "label in the data, else 2")
     g.add_argument("--kmeans-max-k", type=int, default=8, help="largest N tried by --num-forget-experts auto")
     g.add_argument("--no-router-init", action="store_true", help="do not start the router at the centroids")
+    g.add_argument("--router-input", default="prefix_match", choices=["prefix_match", "token"],
+                   help="router form: prefix_match (keys fitted from the data; docs/unlearning.md) or token (the "
+                        "per-token linear router of ALTER_SPEC section 3)")
     g.add_argument("--q-route", type=float, default=1.5, help="Tsallis q of the routing entropy")
     g.add_argument("--threshold", type=float, default=1.2, help="entropy threshold theta (high: e > theta)")
     g.add_argument("--threshold-quantile", type=float, default=None,
                    help="ALTER: set theta to this quantile (0..1) of the base model's answer-token entropies "
                         "instead of --threshold (0.5: half the answer tokens high); stored in the adapter config")
+    g.add_argument("--threshold-auto", type=float, default=0.5,
+                   help="ALTER: when --threshold puts >= 98%% of the answer tokens on one side, use this quantile of "
+                        "the base answer-token entropies instead (logged, stored in the adapter config)")
+    g.add_argument("--no-threshold-auto", action="store_true", help="always keep --threshold")
     g.add_argument("--top-k", type=int, default=3, help="forget experts mixed into high-entropy tokens")
     g.add_argument("--tau-high", type=float, default=0.8, help="router temperature of high-entropy tokens")
     g.add_argument("--tau-low", type=float, default=0.01, help="router temperature of low-entropy tokens")
@@ -303,7 +310,8 @@ def _run(args, held: list) -> int:
               kmeans_max_k=args.kmeans_max_k, router_init=not args.no_router_init,
               weight_decay=args.weight_decay, grad_clip=args.grad_clip, warmup_steps=args.warmup_steps,
               checkpoint_every=args.checkpoint_every, resume=args.resume, eval_each_epoch=not args.no_eval,
-              eval_max_examples=args.eval_max_examples, threshold_quantile=args.threshold_quantile)
+              eval_max_examples=args.eval_max_examples, threshold_quantile=args.threshold_quantile,
+              threshold_auto=None if args.no_threshold_auto else args.threshold_auto)
     try:
         validate_options({**DEFAULTS, **hp, "num_forget_experts": nfe}, epochs=args.epochs,
                          batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed)
@@ -311,7 +319,7 @@ def _run(args, held: list) -> int:
                              threshold=args.threshold, top_k=args.top_k, tau_high=args.tau_high,
                              tau_low=args.tau_low,
                              target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
-                             adapter_dtype=args.adapter_dtype, init_seed=args.seed)
+                             adapter_dtype=args.adapter_dtype, init_seed=args.seed, router_input=args.router_input)
     except OptionError as exc:
         raise _Exit(USAGE, f"{_flag(exc.option)}: {exc.detail}") from None
     except ConfigError as exc:

@@ -120,7 +120,7 @@ def _protocol(args) -> dict:
     preset = "quick" if args.quick else "full"
     sel = load_selected(preset)
     src = ("--hparams" if args.hparams else f"--lr-scale {args.lr_scale}" if args.lr_scale is not None else
-           f"selected on the DEV benchmark (corpus seed {DEV_SEED}) by bench/sweep.py ({SELECTED_PATH})" if sel
+           f"selected on the DEV benchmark (corpus seed {DEV_SEED}) by bench/sweep.py (alter_kernels/benchmark/{os.path.basename(SELECTED_PATH)})" if sel
            else "LR_SCALE in alter_kernels/demo.py (no DEV selection found)")
     return {"hparams_source": src, "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
             "this_run_corpus_seed": 0, "multi_seed_table": f"bench/results/sweep/{preset}_table.md"}
@@ -237,8 +237,9 @@ def main(argv=None) -> int:
                              "router_input": getattr(ur.config, "router_input", None),
                              "router_keys": getattr(ur.config, "router_keys", None)}
             ra = ur.router_accuracy or {}
+            theta = "n/a" if ur.threshold is None else f"{ur.threshold:.4g}"
             print(f"   {name}: held-out routing accuracy forget {ra.get('forget', float('nan')):.3f} retain "
-                  f"{ra.get('retain', float('nan')):.3f}; theta {ur.threshold:.4g} ({ur.threshold_source})")
+                  f"{ra.get('retain', float('nan')):.3f}; theta {theta} ({ur.threshold_source})")
         r = evaluate(model, ref)
         details[name] = r
         table[name] = _summary(r, secs)

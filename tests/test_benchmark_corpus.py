@@ -159,8 +159,11 @@ def test_build_benchmark_tiny_and_cached(tmp_path):
 
 # ---------------------------------------------------------------- the demo, with a stand-in engine
 class _FakeResult:
+    """The fields of UnlearnResult the demo reads; no router (the double trains no adapter)."""
+
     def __init__(self, model, seconds):
         self.model, self.seconds, self.history, self.metrics = model, seconds, [], {}
+        self.router_accuracy, self.threshold, self.threshold_source, self.config = None, None, None, None
 
 
 def _fake_unlearn(model, forget, retain, method="alter", tokenizer=None, epochs=1, batch_size=4, seed=0,

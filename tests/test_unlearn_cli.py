@@ -83,11 +83,15 @@ def test_cli_alter_end_to_end_and_resume(files, tmp_path, capsys):
     assert cfg2.num_forget_experts == 3
     from safetensors.torch import load_file
     a, b = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(out2 / "adapter" / "adapter_model.safetensors")
+    assert cfg2.router_input == "prefix_match" and cfg2.router_keys >= cfg.router_keys
+    k_old = cfg.router_keys
     for k, v in a.items():
         if k.endswith("lora_B"):
             assert torch.equal(b[k][:3], v)
-        elif "alter_router" in k:
-            assert torch.equal(b[k][:, :3], v)
+        elif k.endswith("alter_router.keys"):           # the new request's keys are appended
+            assert torch.equal(b[k][:k_old], v)
+        elif k.endswith("alter_router.weight"):         # old key rows and the bias row, old expert columns
+            assert torch.equal(b[k][:k_old, :3], v[:k_old]) and torch.equal(b[k][-1, :3], v[-1])
         else:
             assert torch.equal(b[k], v)
 

@@ -123,12 +123,18 @@ def test_loss_is_the_weighted_sum(setup):
     ent = torch.where(torch.arange(ids.shape[1]) % 3 == 0, 2.0, 0.5).expand(ids.shape).clone()
     b = {"input_ids": ids, "attention_mask": att, "labels": lab, "is_forget": torch.tensor([True, False]),
          "domain": torch.tensor([1, 0]), "entropy": ent, "base_sq": torch.full(ids.shape, 0.7)}
-    hp = {**DEFAULTS, "beta": 0.3, "gamma": 2.0, "lam": 5.0, "rho": 0.25}
-    loss, logs = M.alter_loss(model, b, hp)
-    want = 0.3 * logs["ihl"] + 2.0 * logs["retain_nll"] + 5.0 * logs["struct"] + 0.25 * logs["router_ce"]
-    assert loss.item() == pytest.approx(want, rel=1e-5)
-    # router CE: mean over layers of CE(router logits, per-token labels) over real tokens
-    labels = torch.where(att.bool(), torch.tensor([1, 0])[:, None].expand_as(ids), -1).reshape(-1)
-    ces = [torch.nn.functional.cross_entropy(p.router_logits[labels >= 0], labels[labels >= 0])
-           for p in ak.last_plans(model).values()]
-    assert logs["router_ce"] == pytest.approx(float(torch.stack(ces).mean().detach()), rel=1e-5)
+    for route_labels in ("all", "content"):
+        hp = {**DEFAULTS, "beta": 0.3, "gamma": 2.0, "lam": 5.0, "rho": 0.25, "route_labels": route_labels}
+        loss, logs = M.alter_loss(model, b, hp)
+        want = 0.3 * logs["ihl"] + 2.0 * logs["retain_nll"] + 5.0 * logs["struct"] + 0.25 * logs["router_ce"]
+        assert loss.item() == pytest.approx(want, rel=1e-5)
+        # router CE: mean over layers of CE(router logits, per-token labels) over the labelled tokens:
+        # every real token ("all"), or the answer tokens and the token before each ("content")
+        keep = att.bool()
+        if route_labels == "content":
+            keep = lab != -100
+            keep[:, :-1] |= lab[:, 1:] != -100
+        labels = torch.where(keep, torch.tensor([1, 0])[:, None].expand_as(ids), -1).reshape(-1)
+        ces = [torch.nn.functional.cross_entropy(p.router_logits[labels >= 0], labels[labels >= 0])
+               for p in ak.last_plans(model).values()]
+        assert logs["router_ce"] == pytest.approx(float(torch.stack(ces).mean().detach()), rel=1e-5)
