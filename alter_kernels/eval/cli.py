@@ -28,7 +28,7 @@ import sys
 import time
 import warnings
 
-from .._fsio import json_safe, write_json
+from .._fsio import ensure_dir, json_safe, write_json
 
 PROG = "alter-eval"
 REFERENCE_FORMAT = "alter_kernels.tofu_reference"
@@ -341,6 +341,7 @@ def _run(args) -> int:
         del retain_model, tr
         ref_meta = {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
         if args.save_reference:
+            ensure_dir(os.path.dirname(os.path.abspath(args.save_reference)))
             write_json(args.save_reference, json_safe({
                 "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
                 "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(files["forget"]),
@@ -368,6 +369,7 @@ def _run(args) -> int:
                    "seconds": round(time.perf_counter() - t0, 2)}
     first = ("forget_quality", "model_utility")
     res = {**{k: res[k] for k in first if k in res}, **{k: v for k, v in res.items() if k not in first}}
+    ensure_dir(os.path.dirname(os.path.abspath(args.out)))
     write_json(args.out, json_safe(res))
     print(format_table(res))
     print(f"written: {args.out}")
