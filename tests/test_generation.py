@@ -344,7 +344,8 @@ def test_native_decode_route_matches_reference(n, e, top_k):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n,d_in,d_outs,r,e,bias", [(1, 13, [7, 5, 5], 3, 3, False), (4, 8, [11], 1, 2, True),
-                                                     (0, 6, [4, 4], 2, 3, True), (3, 17, [9, 3], 4, 1, False)])
+                                                     (0, 6, [4, 4], 2, 3, True), (3, 17, [9, 3], 4, 1, False),
+                                                     (2, 40, [33, 6], 2, 3, True), (5, 21, [9], 2, 2, False)])
 def test_native_decode_group_linear_matches_reference(dtype, n, d_in, d_outs, r, e, bias):
     from alter_kernels.reference.asym_lora import asym_lora_ref
     op = _native("decode_group_linear")

@@ -140,6 +140,49 @@ void add_adapter(const scalar_t* x, const scalar_t* a_cat, const float* w, const
   }
 }
 
+// Base products of a decode step with a few rows (2..4: at batch 1-2 the adapted and the base stream
+// of ak.generate, inference_entropy="base"). For these shapes ATen's fp32 GEMM costs 1.5-4x its
+// one-row GEMV on the CPU (it packs W; measured in docs/decoding.md), so the point of batching the
+// two streams, reading each weight once, is lost. Here each row of W is read once and dotted with
+// every x row, with 16 partial sums per row (a fixed order the compiler vectorises), fp32.
+template <int M>
+void few_rows_linear(const float* x, const float* w, const float* bias, float* y, int64_t d_in, int64_t d_out) {
+  at::parallel_for(0, d_out, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const float* wr = w + o * d_in;
+      float part[M][16] = {};
+      int64_t c = 0;
+      for (; c + 16 <= d_in; c += 16)
+        for (int m = 0; m < M; ++m)
+          for (int j = 0; j < 16; ++j) part[m][j] += wr[c + j] * x[m * d_in + c + j];
+      for (int m = 0; m < M; ++m) {
+        float acc = 0.f;
+        for (int64_t t = c; t < d_in; ++t) acc += wr[t] * x[m * d_in + t];
+        for (int j = 0; j < 16; ++j) acc += part[m][j];
+        y[m * d_out + o] = bias != nullptr ? acc + bias[o] : acc;
+      }
+    }
+  });
+}
+
+// x [n, d_in] fp32 contiguous, 2 <= n <= 4; w [d_out, d_in]; bias [d_out] or undefined
+at::Tensor few_rows_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  const int64_t n = x.size(0), d_in = x.size(1), d_out = w.size(0);
+  auto wc = w.contiguous();
+  auto bc = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  auto y = at::empty({n, d_out}, x.options());
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = wc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  switch (n) {
+    case 2: few_rows_linear<2>(xp, wp, bp, yp, d_in, d_out); break;
+    case 3: few_rows_linear<3>(xp, wp, bp, yp, d_in, d_out); break;
+    default: few_rows_linear<4>(xp, wp, bp, yp, d_in, d_out); break;
+  }
+  return y;
+}
+
 std::vector<at::Tensor> decode_group_linear_cpu(const at::Tensor& x, at::TensorList weights,
                                                 const c10::List<std::optional<at::Tensor>>& biases,
                                                 const at::Tensor& a_cat, at::TensorList b_t,
@@ -180,10 +223,14 @@ std::vector<at::Tensor> decode_group_linear_cpu(const at::Tensor& x, at::TensorL
                 "decode_group_linear: b_t[", k, "] must be [E, r, d_out] = [", e, ", ", r, ", ", d_out,
                 "] of x's dtype, got ", bt.sizes(), " ", bt.scalar_type());
     std::optional<at::Tensor> b = biases.get(k);
-    at::Tensor y;
-    if (b.has_value() && b->defined()) {
+    const bool has_b = b.has_value() && b->defined();
+    if (has_b)
       TORCH_CHECK(b->dim() == 1 && b->size(0) == d_out, "decode_group_linear: biases[", k, "] must be [", d_out,
                   "], got ", b->sizes());
+    at::Tensor y;
+    if (x.scalar_type() == at::kFloat && n >= 2 && n <= 4) {
+      y = few_rows_linear_cpu(xc, w, has_b ? *b : at::Tensor());
+    } else if (has_b) {
       y = at::addmm(*b, xc, w.t());
     } else {
       y = at::mm(xc, w.t());
