@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "label in the data, else 2")
     g.add_argument("--kmeans-max-k", type=int, default=8, help="largest N tried by --num-forget-experts auto")
     g.add_argument("--no-router-init", action="store_true", help="do not start the router at the centroids")
+    g.add_argument("--retain-expert", default="train", choices=["train", "frozen"],
+                   help="ALTER / AsymLoRA: train the retain expert B_0, or keep it frozen (zero: retain-routed "
+                        "tokens compute the base model; docs/unlearning.md)")
     g.add_argument("--router-input", default="prefix_match", choices=["prefix_match", "token"],
                    help="router form: prefix_match (keys fitted from the data; docs/unlearning.md) or token (the "
                         "per-token linear router of ALTER_SPEC section 3)")
@@ -311,7 +314,8 @@ def _run(args, held: list) -> int:
               weight_decay=args.weight_decay, grad_clip=args.grad_clip, warmup_steps=args.warmup_steps,
               checkpoint_every=args.checkpoint_every, resume=args.resume, eval_each_epoch=not args.no_eval,
               eval_max_examples=args.eval_max_examples, threshold_quantile=args.threshold_quantile,
-              threshold_auto=None if args.no_threshold_auto else args.threshold_auto)
+              threshold_auto=None if args.no_threshold_auto else args.threshold_auto,
+              retain_expert=args.retain_expert)
     try:
         validate_options({**DEFAULTS, **hp, "num_forget_experts": nfe}, epochs=args.epochs,
                          batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed)

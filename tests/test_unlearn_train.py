@@ -319,3 +319,15 @@ def test_router_learns_the_labels():
                      threshold_quantile=0.5, lr_router=0.1, router_input="token", **FAST)
     ce = [m["mean_router_ce"] for m in res.metrics]
     assert all(b < a for a, b in zip(ce, ce[1:])), ce
+
+
+def test_frozen_retain_expert_keeps_b0_and_trains_the_rest():
+    """retain_expert="frozen": B_0 stays exactly zero (retain-routed tokens compute the base model)
+    while A, the forget experts and the router train; a bad value is refused before any work."""
+    res = ak.unlearn(model(), FORGET, RETAIN, method="alter", tokenizer=TOK, epochs=2, batch_size=3,
+                     retain_expert="frozen", **FAST)
+    params = ak.adapter_parameters(res.model)
+    assert all(float(b[0].abs().max()) == 0.0 for b in params["B"])
+    assert any(float(b[1:].abs().max()) > 0 for b in params["B"])
+    with pytest.raises(ValueError, match="retain_expert"):          # OptionError
+        ak.unlearn(model(), FORGET, RETAIN, method="alter", tokenizer=TOK, retain_expert="freeze", **FAST)

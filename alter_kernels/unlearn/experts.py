@@ -53,9 +53,10 @@ def add_forget_experts(model: nn.Module, n: int = 1) -> list[int]:
     return list(range(old_e, old_e + n))
 
 
-def freeze_leading_experts(model: nn.Module, n_frozen: int) -> list:
-    """Gradient hooks that zero the gradient of experts [0, n_frozen) in every lora_B and router
-    column (with weight decay 0, Adam then leaves them bit-identical). Returns the hook handles."""
+def freeze_leading_experts(model: nn.Module, n_frozen: int, router: bool = True) -> list:
+    """Gradient hooks that zero the gradient of experts [0, n_frozen) in every lora_B and (with
+    ``router``) router column (with weight decay 0, Adam then leaves them bit-identical). Returns
+    the hook handles."""
     if n_frozen <= 0:
         return []
     state = _patch.get_state(model)
@@ -73,6 +74,6 @@ def freeze_leading_experts(model: nn.Module, n_frozen: int) -> list:
 
     for _, alin in state.replaced:
         handles.append(alin.lora_B.register_hook(zero_b))
-    for layer_path in state.routers:
+    for layer_path in state.routers if router else ():
         handles.append(model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}").weight.register_hook(zero_cols))
     return handles

@@ -20,6 +20,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | route_labels | "content" or "all" |
 | router_input | None, "prefix_match" or "token" |
 | router_eval | bool |
+| retain_expert | "train" or "frozen" |
 | prompt_format | a format string whose only field is {question} |
 """
 from __future__ import annotations
@@ -113,6 +114,8 @@ def validate_options(hp: dict, *, epochs=1, batch_size=1, max_steps=None, seed=0
         raise OptionError("route_labels", "'content' or 'all'", hp["route_labels"])
     if hp["router_input"] not in (None,) + ROUTER_INPUTS:
         raise OptionError("router_input", "None, " + " or ".join(map(repr, ROUTER_INPUTS)), hp["router_input"])
+    if hp["retain_expert"] not in ("train", "frozen"):
+        raise OptionError("retain_expert", "'train' or 'frozen'", hp["retain_expert"])
     if not isinstance(hp["router_eval"], bool):
         raise OptionError("router_eval", "a bool", hp["router_eval"])
     if hp["struct_mode"] not in ("drift", "grad_norm"):

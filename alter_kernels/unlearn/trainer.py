@@ -92,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "route_labels": "content",  # router labels on "content" tokens (answer tokens and the token before each)
                                 # or on "all" real tokens (question template too)
     "router_eval": True,     # held-out routing accuracy after each epoch (alter, asymlora)
+    "retain_expert": "train",  # ALTER / AsymLoRA: "train" B_0 (spec 4) or keep it "frozen" (docs/unlearning.md:
+                             # on the DEV seed, freezing it kept utility at the finetuned model's)
     "router_input": None,    # the router of the AlterConfig the engine builds (alter_config None): "prefix_match"
                              # (keys fitted from the data; measured in docs/unlearning.md) or "token" (ALTER_SPEC's
                              # per-token linear router); None: base_config's if given, else "prefix_match"
@@ -382,6 +384,9 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
         cfg = _patch.get_state(model).config
         n_frozen = frozen_experts(model) if method != "lora" else 0
         hooks += freeze_leading_experts(model, n_frozen)
+        if hp["retain_expert"] == "frozen" and method in ("alter", "asymlora") and n_frozen == 0:
+            # B_0 keeps its value (zero for a fresh adapter: retain-routed tokens compute the base model)
+            hooks += freeze_leading_experts(model, 1, router=False)
         groups = _patch.adapter_parameters(model)
         if n_frozen:
             for a in groups["A"]:
