@@ -115,19 +115,24 @@ def run_cell(s: Seed, method: str, hp: dict) -> dict:
     return json_safe(out)
 
 
+def _run_and_save(preset, s: Seed, m: str, k, cells, label: str) -> None:
+    """One cell (method m at lr multiplier k on seed s), unless already in ``cells``; saved at once."""
+    key = f"{s.seed}|{m}|{k}"
+    if key in cells:
+        return
+    c = run_cell(s, m, method_hparams(m, k))
+    c["k"] = k
+    cells[key] = c
+    save_cells(preset, cells)
+    print(f"[{preset} {label}] {m} x{k}: FQ {c['fq']:.3g} MU {c['mu']:.3f} HM {c['hm']:.3f} "
+          f"({c['total_s']:.0f}s)", flush=True)
+
+
 def stage_dev(preset, methods, cells):
     s = Seed(preset, DEV_SEED, cells)
     for m in methods:
         for k in GRID:
-            key = f"{DEV_SEED}|{m}|{k}"
-            if key in cells:
-                continue
-            c = run_cell(s, m, method_hparams(m, k))
-            c["k"] = k
-            cells[key] = c
-            save_cells(preset, cells)
-            print(f"[{preset} dev] {m} x{k}: FQ {c['fq']:.3g} MU {c['mu']:.3f} HM {c['hm']:.3f} "
-                  f"({c['total_s']:.0f}s)", flush=True)
+            _run_and_save(preset, s, m, k, cells, "dev")
 
 
 def select(preset, cells) -> dict:
@@ -165,16 +170,7 @@ def stage_test(preset, methods, cells, seeds):
             if m not in chosen:
                 print(f"[{preset} test] {m}: nothing selected on DEV yet, skipped", flush=True)
                 continue
-            k = chosen[m]["k"]
-            key = f"{seed}|{m}|{k}"
-            if key in cells:
-                continue
-            c = run_cell(s, m, method_hparams(m, k))
-            c["k"] = k
-            cells[key] = c
-            save_cells(preset, cells)
-            print(f"[{preset} test seed {seed}] {m} x{k}: FQ {c['fq']:.3g} MU {c['mu']:.3f} HM {c['hm']:.3f} "
-                  f"({c['total_s']:.0f}s)", flush=True)
+            _run_and_save(preset, s, m, chosen[m]["k"], cells, f"test seed {seed}")
 
 
 def _ms(vals):

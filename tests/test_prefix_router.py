@@ -15,20 +15,9 @@ from alter_kernels.patch import prefix_state
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from test_generation import VOCAB, tiny_llama  # noqa: E402  (the same tiny random Llama)
 
-VOCAB = 97
 KEY1, KEY2 = 5, 9          # token 5 -> forget expert 1, token 9 -> forget expert 2
-
-
-def tiny_llama(seed=0, layers=2):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(8.0)
-    return m
 
 
 def keyed_model(seed=0, keys=(KEY1, KEY2), experts=(1, 2), random_b=True):
