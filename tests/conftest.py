@@ -25,6 +25,18 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Every test starts and ends with Python's default Ctrl-C handler (a library or test that
+    swaps it must not change how a later test's run handles SIGINT)."""
+    import signal
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: tiny-model matmuls on a loaded 2-core machine run far
