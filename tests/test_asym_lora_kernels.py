@@ -78,7 +78,7 @@ def check(backend, case, out_dtype_tol=None):
     for k, tv in truth.items():
         gv, sv = got[k], same[k]
         assert gv.shape == tv.shape, (k, gv.shape, tv.shape)
-        assert gv.dtype == sv.dtype, (k, gv.dtype, sv.dtype)
+        assert gv.dtype == sv.dtype and gv.device == tv.device, (k, gv.dtype, sv.dtype, gv.device)
         tol = (out_dtype_tol or tol_for(sv.dtype)) * (1.0 + tv.abs().max().item() if tv.numel() else 1.0)
         err = (gv.double() - tv).abs()
         bound = (sv.double() - tv).abs() + tol

@@ -30,8 +30,8 @@ import alter_kernels as ak
 from alter_kernels import _backend
 from alter_kernels.reference.asym_lora import asym_lora_ref
 from alter_kernels.reference.entropy import tsallis_entropy_ref
-from test_asym_lora_kernels import make_case, tol_for
-from test_asym_lora_kernels import run as lora_run  # y and gradients on the case's device
+from test_asym_lora_kernels import check as check_on_device  # y and gradients on the case's device
+from test_asym_lora_kernels import make_case
 from test_entropy_kernels import assert_criterion, cancellation_floor
 from test_lm_head_entropy_kernels import run as lm_run
 
@@ -260,21 +260,8 @@ def to_dev(case):
 
 
 def check_lora(backend, case):
-    case = to_dev(case)
-    truth = lora_run(asym_lora_ref, case, cast=torch.float64)
-    same = lora_run(asym_lora_ref, case)
-    with ak.use_backend(backend):
-        got = lora_run(ak.asym_lora, case)
-    for k, tv in truth.items():
-        gv, sv = got[k], same[k]
-        assert gv.shape == tv.shape and gv.dtype == sv.dtype and gv.device == tv.device, (k, gv.shape, gv.dtype)
-        tol = tol_for(sv.dtype) * (1.0 + tv.abs().max().item() if tv.numel() else 1.0)
-        err = (gv.double() - tv).abs()
-        bound = (sv.double() - tv).abs() + tol
-        assert bool((err <= bound).all()), (
-            f"{backend} {k}: max err {err.max().item():.3g}, same-dtype reference err "
-            f"{(sv.double() - tv).abs().max().item():.3g}, tol {tol:.3g}")
-    return got
+    """test_asym_lora_kernels.check (float64 truth, same-dtype reference bound) on DEV."""
+    return check_on_device(backend, to_dev(case))
 
 
 # (n, d_in, d_out, r, E, routing, dtype, adapter dtype): the benchmark's layer (d = 4096, E = 5,

@@ -327,7 +327,7 @@ def test_frozen_retain_expert_keeps_b0_and_trains_the_rest():
     res = ak.unlearn(model(), FORGET, RETAIN, method="alter", tokenizer=TOK, epochs=2, batch_size=3,
                      retain_expert="frozen", **FAST)
     params = ak.adapter_parameters(res.model)
-    assert all(float(b[0].abs().max()) == 0.0 for b in params["B"])
-    assert any(float(b[1:].abs().max()) > 0 for b in params["B"])
+    assert all(float(b.detach()[0].abs().max()) == 0.0 for b in params["B"])
+    assert any(float(b.detach()[1:].abs().max()) > 0 for b in params["B"])
     with pytest.raises(ValueError, match="retain_expert"):          # OptionError
         ak.unlearn(model(), FORGET, RETAIN, method="alter", tokenizer=TOK, retain_expert="freeze", **FAST)

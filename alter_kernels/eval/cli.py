@@ -161,15 +161,20 @@ def _model_name(name: str) -> str:
     return os.path.abspath(name) if os.path.isdir(name) else name
 
 
+def _read_json(path: str, what: str):
+    """json.load(path), or a UsageError "<what> (<reason>)"."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{what} ({exc})") from None
+
+
 def _adapter_kind(path: str) -> tuple[str, dict]:
     cfg_path = os.path.join(path, "adapter_config.json")
     if not os.path.isdir(path) or not os.path.isfile(cfg_path):
         raise UsageError(f"--adapter {path}: no adapter_config.json there (expected an ALTER or PEFT adapter directory)")
-    try:
-        with open(cfg_path) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--adapter {path}: adapter_config.json is not valid JSON ({exc})") from None
+    meta = _read_json(cfg_path, f"--adapter {path}: adapter_config.json is not valid JSON")
     from ..adapter_io import FORMAT
     if isinstance(meta, dict) and meta.get("format") == FORMAT:
         return "alter", meta
@@ -213,11 +218,7 @@ def attach_adapter(model, path: str, kind: str):
 
 # ---------------------------------------------------------------------------------- reference
 def read_reference(path: str, truth_ratio: str, fingerprint: str) -> tuple[list[float], dict]:
-    try:
-        with open(path) as f:
-            ref = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--reference {path}: cannot read it ({exc})") from None
+    ref = _read_json(path, f"--reference {path}: cannot read it")
     if isinstance(ref, dict) and ref.get("format") == REFERENCE_FORMAT:
         ratios, mode, fp = ref.get("truth_ratios"), ref.get("truth_ratio"), ref.get("forget_fingerprint")
     elif isinstance(ref, dict) and isinstance(ref.get("forget"), dict) and "truth_ratios" in ref["forget"]:
