@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.generation import position_ids_from_mask, prompt_entropy, sample_next_token
+from alter_kernels.generation import prompt_entropy, sample_next_token
+from alter_kernels.model.hf import position_ids_from_mask
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
