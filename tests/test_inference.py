@@ -1,4 +1,4 @@
-"""ALTER's inference rule (alter_kernels.inference): a patched model with no routing inputs routes by
+"""ALTER's inference rule (alter_kernels.model.inference): a patched model with no routing inputs routes by
 entropies it computes itself, the same way in every path (ALTER_SPEC section 2)."""
 from __future__ import annotations
 

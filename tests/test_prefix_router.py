@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.patch import prefix_state
+from alter_kernels.model.prefix import prefix_state
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
