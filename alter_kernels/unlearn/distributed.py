@@ -21,14 +21,13 @@ How a step is split so that N processes compute what one process computes (docs/
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 
 import torch
 import torch.distributed as dist
 
-_patch = importlib.import_module("alter_kernels.patch")
+from . import _model_api as _patch
 
 MODES = ("ddp", "fsdp2")
 

@@ -17,10 +17,9 @@ import re
 
 import torch
 
-import importlib
-
-_patch = importlib.import_module("alter_kernels.patch")  # the module (ak.patch is the function)
+from . import _model_api as _patch
 from .data import Example, collate
+from .util import device_of, progress_bar
 
 
 def map_domain_labels(values: list, first_expert: int, name: str = "forget") -> tuple[list[int], dict]:
@@ -87,18 +86,11 @@ def silhouette(x: torch.Tensor, assign: torch.Tensor) -> float:
     return float(sum(s) / len(s))
 
 
-def _bar(it, desc, unit):
-    if not desc:
-        return it
-    from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, unit=unit, dynamic_ncols=True)
-
-
 def choose_k(x: torch.Tensor, max_k: int = 8, seed: int = 0, desc: str | None = None) -> int:
     """The k in 2..max_k (and < the number of points) with the best silhouette (1 if none);
     desc: a progress line over the candidates."""
     best, best_s = 1, -2.0
-    for k in _bar(range(2, min(max_k, x.shape[0] - 1) + 1), desc, "k"):
+    for k in progress_bar(range(2, min(max_k, x.shape[0] - 1) + 1), desc, "k"):
         s = silhouette(x, kmeans(x, k, seed)[0])
         if s > best_s:
             best, best_s = k, s
@@ -111,11 +103,11 @@ def pooled_features(model, examples: list[Example], pad_id: int, batch_size: int
     """Mean-pooled hidden states of the base model (adapters off), one [n, d] tensor per entry of
     HF's ``hidden_states`` (entry i is the input of decoder layer i; the last is the final
     normed state). desc: a progress line over the batches."""
-    device = device or next(model.parameters()).device
+    device = device or device_of(model)
     ctx = _patch.disable_adapters(model) if _patch.is_patched(model) else _null()
     feats: list[list[torch.Tensor]] = []
     with ctx:
-        for s in _bar(range(0, len(examples), batch_size), desc, "batch"):
+        for s in progress_bar(range(0, len(examples), batch_size), desc, "batch"):
             ids, att, _ = collate(examples[s:s + batch_size], pad_id)
             ids, att = ids.to(device), att.to(device)
             out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
