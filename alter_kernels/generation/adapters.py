@@ -30,7 +30,7 @@ from ..model.layer import AlterLinear
 from ..model.router import LayerRouter
 from ..model.plan import router_features
 from ..model.state import adapted_linears, get_state, install_decode_hook, layer_routers
-from .native import _native_decode_ops
+from .native import compiled_decode_ops
 from .routing import entropy_gate, expert_weights, first_expert
 
 SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -44,7 +44,7 @@ class DecodeAdapters:
     def __init__(self, model: nn.Module, record: bool = False, native: bool | None = None):
         self.model = model
         self.state = get_state(model)
-        self._native_route, self._native_group = _native_decode_ops(native)
+        self._native_route, self._native_group = compiled_decode_ops(native)
         cfg = self.state.config
         self.threshold, self.tau_high, self.tau_low = float(cfg.threshold), float(cfg.tau_high), float(cfg.tau_low)
         self.top_k = min(cfg.top_k, cfg.num_experts - 1)

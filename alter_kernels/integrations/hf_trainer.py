@@ -23,8 +23,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
 
-from ..adapter_io import save_adapter
-from ..patch import adapter_parameters
+from ..model import adapter_parameters, save_adapter
 from ..unlearn import DEFAULTS, alter_loss, prepare_alter
 from ..unlearn.distributed import anchor_adapter_grads
 

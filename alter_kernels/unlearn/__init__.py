@@ -1,6 +1,6 @@
 """Unlearning engine: ALTER, the spec-7 baselines, data loading, sub-domains, checkpoints."""
 from .data import DataError, load_rows
-from .experts import add_forget_experts, frozen_experts
+from ..model.experts import add_forget_experts, frozen_experts
 from .checkpoint import CheckpointError
 from .methods import METHODS, alter_loss
 from .options import OptionError

@@ -206,7 +206,7 @@ class DistContext:
         for _, alin in state.replaced:
             _zero_leading(alin.lora_B, n_frozen, dim=0)
         for layer_path in state.routers:
-            _zero_leading(model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}").weight, n_frozen, dim=1)
+            _zero_leading(_patch.layer_routers(model)[layer_path].weight, n_frozen, dim=1)
 
 
 def _zero_leading(p: torch.nn.Parameter, n: int, dim: int) -> None:

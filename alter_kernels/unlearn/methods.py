@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from .. import _backend
-from ..reference.losses import IGNORE_INDEX, sequence_logprob
+from ..kernels import use_backend
+from ..kernels.reference.losses import IGNORE_INDEX, sequence_logprob
 from . import _model_api as _patch
 from . import objectives as obj
 
@@ -81,7 +81,7 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
         den = {"ihl": {d: g[d] for d in range(1, e)}, "nll": g[e], "struct": g[e + 1], "router": g[e + 2],
                "valid": g[e + 3], "high": g[e + 4], "router_local": float(n_router_local)}
     # the double backward of the grad-norm form needs a differentiable-twice path: the reference
-    force = (lambda: _backend.use_backend("reference")) if grad_norm else contextlib.nullcontext
+    force = (lambda: use_backend("reference")) if grad_norm else contextlib.nullcontext
     with _patch.routing_inputs(model, entropy=ent, labels=route_labels), force():
         out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
         rl = _patch.router_loss(model)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.entropy import tsallis_entropy
-from ..reference.losses import IGNORE_INDEX, inverted_hinge_loss, npo_loss, token_nll
+from ..kernels.reference.losses import IGNORE_INDEX, inverted_hinge_loss, npo_loss, token_nll
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor, *per_token: torch.Tensor):

@@ -143,7 +143,7 @@ def init_router(model, forget_feats: list[torch.Tensor], forget_assign: torch.Te
     """
     state = _patch.get_state(model)
     for layer_path in state.routers:
-        w = model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}").weight
+        w = _patch.layer_routers(model)[layer_path].weight
         li = _layer_index(layer_path)
         f = forget_feats[li]
         cols = {}
@@ -176,7 +176,7 @@ def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], re
     once one of its expert's keys occurred in its prefix. Returns a summary (keys, uncovered rows).
     """
     state = _patch.get_state(model)
-    routers = [model.get_submodule(f"{p}.{_patch.ROUTER_ATTR}") for p in state.routers]
+    routers = [_patch.layer_routers(model)[p] for p in state.routers]
     emb = model.get_input_embeddings().weight
     r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
     old = routers[0].keys.shape[0]
