@@ -5,8 +5,7 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from . import _backend
 from ._backend import backends, use_backend
 from .adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
