@@ -145,7 +145,8 @@ def train_lm(tokenizer, texts: dict, model_cfg: ModelConfig, recipe: Recipe, pro
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..eval.format import IGNORE_INDEX, QAFormat, pad_batch
+    from ..common.text import IGNORE_INDEX
+    from ..eval.format import QAFormat, pad_batch
 
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
@@ -245,7 +246,7 @@ def build_benchmark(config: BenchmarkConfig | str = "default", cache_dir: str | 
     info["config"] = {"corpus": cfg.corpus.to_dict(), "model": asdict(cfg.model),
                       "recipe": asdict(cfg.recipe), "vocab_size": cfg.vocab_size,
                       "forget_split": cfg.forget_split}
-    from .._fsio import write_json
+    from ..common.fsio import write_json
     write_json(info_path, info)
     return Benchmark(root=root, config=cfg, data_dir=data_dir, tokenizer_dir=tok_dir,
                      finetuned_dir=ft_dir, retain_dir=rt_dir, info=info)
