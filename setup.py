@@ -80,7 +80,7 @@ setup(
     extras_require={"triton": ["triton"], "test": ["pytest", "peft"], "datasets": ["datasets"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["alter-unlearn=alter_kernels.cli:main",
-                                      "alter-eval=alter_kernels.eval.cli:main"]},
+    entry_points={"console_scripts": ["alter-unlearn=alter_kernels.cli.unlearn:main",
+                                      "alter-eval=alter_kernels.cli.eval:main"]},
     zip_safe=False,
 )

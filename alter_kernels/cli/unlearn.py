@@ -22,125 +22,13 @@ CPU, gloo); only rank 0 writes --out and prints the summary. docs/scaling.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import sys
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (no usage block): ``alter-unlearn: error: ...``, exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def unescape_newlines(text: str) -> str:
-    """A prompt format typed in a shell: the two characters backslash-n become a newline (as the
-    default is shown in --help)."""
-    return text.replace("\\n", "\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .unlearn.methods import DESCRIPTIONS
-    methods = "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
-    p = _Parser(
-        prog="alter-unlearn",
-        description="Unlearn a forget set from a causal LM with ALTER (entropy-routed asymmetric LoRA) or a "
-                    "baseline, keeping a retain set. Data: TOFU-format JSON array / JSON lines (question, "
-                    "answer; optional domain), plain-text .txt (passages separated by blank lines), or "
-                    "hf:NAME[:CONFIG][@SPLIT] (needs the optional `datasets` package).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("run")
-    g.add_argument("--model", required=True, help="local directory or Hugging Face name of a causal LM (from_pretrained)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory or name (default: the --model one)")
-    g.add_argument("--forget", required=True, help="forget set: .json / .jsonl / .txt file or hf:NAME[:CONFIG][@SPLIT]")
-    g.add_argument("--retain", default=None, help="retain set (same formats); required except for ga and npo")
-    g.add_argument("--method", default="alter", choices=["alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo",
-                                                          "npo_retain"], help=f"method. {methods}")
-    g.add_argument("--out", required=True, help="output directory (adapter/ or model/, metrics, checkpoints)")
-    g.add_argument("--epochs", type=int, default=3, help="passes over the forget set")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, default=4, help="forget rows per step (plus as many retain rows)")
-    g.add_argument("--seed", type=int, default=0, help="seed of A's init, k-means and the data order")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu; "
-                                                   "under torchrun cuda:LOCAL_RANK)")
-    g.add_argument("--distributed", default="auto", choices=["auto", "none", "ddp", "fsdp2"],
-                   help="data parallel when launched by torchrun / accelerate launch: auto = DDP if WORLD_SIZE > 1, "
-                        "ddp, fsdp2 (fully_shard), none (each process runs alone)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the base model weights (adapters stay in --adapter-dtype)")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps (0: only at the end)")
-    g.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt (same data and options)")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    g.add_argument("--trust-remote-code", action="store_true", help="pass trust_remote_code=True to from_pretrained")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=1e-5, help="learning rate of the full-parameter baselines")
-    g.add_argument("--lr-A", dest="lr_A", type=float, default=1e-5, help="learning rate of the shared A (ALTER, AsymLoRA)")
-    g.add_argument("--lr-B", dest="lr_B", type=float, default=1e-3, help="learning rate of the B experts (and of plain LoRA)")
-    g.add_argument("--lr-router", type=float, default=1e-3, help="learning rate of the routers W_g")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0: off)")
-    g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
-
-    g = p.add_argument_group("loss")
-    g.add_argument("--beta", type=float, default=1.0, help="weight of the forget term (IHL / ascent / NPO)")
-    g.add_argument("--gamma", type=float, default=1.0, help="weight of the retain term (NLL / KL)")
-    g.add_argument("--lam", type=float, default=0.01, help="weight of R_struct (ALTER)")
-    g.add_argument("--rho", type=float, default=1.0, help="weight of the router cross-entropy (ALTER, AsymLoRA)")
-    g.add_argument("--npo-beta", type=float, default=0.1, help="NPO beta")
-    g.add_argument("--struct-mode", default="drift", choices=["drift", "grad_norm"],
-                   help="R_struct form: drift of S_q(adapted) from S_q(base) on high-entropy tokens, or the paper's "
-                        "||grad_A S_q||^2 (double backward, runs on the reference backend)")
-    g.add_argument("--struct-q", type=float, default=0.5, help="Tsallis q of R_struct")
-
-    g = p.add_argument_group("adapter (ALTER, AsymLoRA, LoRA)")
-    g.add_argument("--rank", type=int, default=8, help="LoRA rank r")
-    g.add_argument("--alpha", type=float, default=16, help="LoRA alpha (scale alpha / r)")
-    g.add_argument("--num-forget-experts", default=None,
-                   help="forget experts N: an int, or 'auto' (k-means + silhouette); default: one per 'domain' "
-                        "label in the data, else 2")
-    g.add_argument("--kmeans-max-k", type=int, default=8, help="largest N tried by --num-forget-experts auto")
-    g.add_argument("--no-router-init", action="store_true", help="do not start the router at the centroids")
-    g.add_argument("--retain-expert", default="train", choices=["train", "frozen"],
-                   help="ALTER / AsymLoRA: train the retain expert B_0, or keep it frozen (zero: retain-routed "
-                        "tokens compute the base model; docs/unlearning.md)")
-    g.add_argument("--router-input", default="prefix_match", choices=["prefix_match", "token"],
-                   help="router form: prefix_match (keys fitted from the data; docs/unlearning.md) or token (the "
-                        "per-token linear router of ALTER_SPEC section 3)")
-    g.add_argument("--q-route", type=float, default=1.5, help="Tsallis q of the routing entropy")
-    g.add_argument("--threshold", type=float, default=1.2, help="entropy threshold theta (high: e > theta)")
-    g.add_argument("--threshold-quantile", type=float, default=None,
-                   help="ALTER: set theta to this quantile (0..1) of the base model's answer-token entropies "
-                        "instead of --threshold (0.5: half the answer tokens high); stored in the adapter config")
-    g.add_argument("--threshold-auto", type=float, default=0.5,
-                   help="ALTER: when --threshold puts >= 98%% of the answer tokens on one side, use this quantile of "
-                        "the base answer-token entropies instead (logged, stored in the adapter config)")
-    g.add_argument("--no-threshold-auto", action="store_true", help="always keep --threshold")
-    g.add_argument("--top-k", type=int, default=3, help="forget experts mixed into high-entropy tokens")
-    g.add_argument("--tau-high", type=float, default=0.8, help="router temperature of high-entropy tokens")
-    g.add_argument("--tau-low", type=float, default=0.01, help="router temperature of low-entropy tokens")
-    g.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                   help="comma-separated names of the linears to adapt")
-    g.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
-                   help="dtype of A, B and the routers")
-    g.add_argument("--adapter", default=None,
-                   help="continue unlearning: load this adapter directory first (written by an earlier run)")
-    g.add_argument("--add-experts", type=int, default=0,
-                   help="with --adapter: add N new forget experts and train only them (earlier experts stay fixed)")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--max-length", type=int, default=512, help="truncate rows (and split passages) to this many tokens")
-    g.add_argument("--chat-template", action="store_true", help="wrap questions with the tokenizer's chat template")
-    g.add_argument("--prompt-format", default="Question: {question}\nAnswer:", type=unescape_newlines,
-                   help="prompt of a question without --chat-template ({question} is replaced; a typed \\n "
-                        "is a newline) (default: %(default)r)")
-    g.add_argument("--eval-max-examples", type=int, default=256,
-                   help="rows of each set scored (answer NLL) at the end of every epoch")
-    g.add_argument("--no-eval", action="store_true", help="skip the per-epoch NLL evaluation")
-    return p
-
+from ._common import first_line as _first_line
+from .unlearn_options import build_parser
 
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
 
@@ -163,11 +51,6 @@ class _Exit(Exception):
     def __init__(self, code: int, msg: str):
         super().__init__(msg)
         self.code, self.msg = code, msg
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_device(spec: str):
@@ -226,9 +109,9 @@ def _check_model_dirs(args) -> None:
 def _check_out(args, method: str) -> None:
     """--out before any work: not the model's directory or a parent of it, no input among its
     outputs, then the engine's checks (a directory we can write, no symlinked or blocked outputs)."""
-    from ._fsio import OutputError, is_within
-    from .unlearn.options import OptionError
-    from .unlearn.trainer import prepare_out_dir
+    from ..common.fsio import OutputError, is_within
+    from ..unlearn.options import OptionError
+    from ..unlearn.trainer import prepare_out_dir
     out = args.out
     for flag, src in (("--model", args.model), ("--tokenizer", args.tokenizer)):
         if src and os.path.isdir(src) and is_within(src, out):
@@ -286,20 +169,8 @@ def main(argv=None) -> int:
             pass
 
 
-def _run(args, held: list) -> int:
-    import dataclasses
-
-    import torch
-    import alter_kernels as ak
-    from ._fsio import OutDirLock, OutputError, OutputLockedError, check_file_target, clean_stale_temp, write_json
-    from .config import ConfigError, MAX_FORGET_EXPERTS
-    from .unlearn.checkpoint import CheckpointError
-    from .unlearn.data import DataError
-    from .unlearn.distributed import launcher_device, resolve_mode
-    from .unlearn.options import OptionError, validate_options
-    from .unlearn.trainer import DEFAULTS, UnlearnDivergedError, UnlearnError
-
-    # ------------------------------------------------------------ options, before any work (exit 2)
+def _hparams(args) -> tuple[dict, object]:
+    """The engine's keyword options from the flags, and --num-forget-experts parsed (int, "auto" or None)."""
     nfe = args.num_forget_experts
     if nfe is not None and nfe != "auto":
         try:
@@ -316,6 +187,15 @@ def _run(args, held: list) -> int:
               eval_max_examples=args.eval_max_examples, threshold_quantile=args.threshold_quantile,
               threshold_auto=None if args.no_threshold_auto else args.threshold_auto,
               retain_expert=args.retain_expert)
+    return hp, nfe
+
+
+def _check_options(args, hp: dict, nfe):
+    """Every option before any work (exit 2); returns the base AlterConfig."""
+    import alter_kernels as ak
+    from ..config import ConfigError, MAX_FORGET_EXPERTS
+    from ..unlearn.options import OptionError, validate_options
+    from ..unlearn.trainer import DEFAULTS
     try:
         validate_options({**DEFAULTS, **hp, "num_forget_experts": nfe}, epochs=args.epochs,
                          batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed)
@@ -334,6 +214,13 @@ def _run(args, held: list) -> int:
         raise _Exit(USAGE, "--add-experts needs --adapter (the adapter to continue from)")
     if args.adapter and args.method not in ("alter", "asymlora"):
         raise _Exit(USAGE, "--adapter (continue unlearning) works with --method alter or asymlora")
+    return cfg
+
+
+def _check_paths(args, held: list):
+    """Device, inputs and --out (exit 2), then --out's lock; returns (distributed mode, device, main rank)."""
+    from ..common.fsio import OutDirLock, OutputLockedError, clean_stale_temp
+    from ..unlearn.distributed import launcher_device, resolve_mode
     try:
         mode = resolve_mode(args.distributed)
     except ValueError as exc:
@@ -346,76 +233,122 @@ def _run(args, held: list) -> int:
         raise _Exit(USAGE, f"--adapter: {args.adapter} is not a directory; expected an adapter directory written "
                            "by an earlier run (its adapter/)")
     _check_model_dirs(args)
-    method = args.method
     if main_rank:
-        _check_out(args, method)
+        _check_out(args, args.method)
         try:
             held.append(OutDirLock(args.out).acquire())
         except OutputLockedError as exc:
             raise _Exit(FAILED, str(exc)) from None
         clean_stale_temp(args.out, os.path.join(args.out, "adapter"))
+    return mode, device, main_rank
 
-    # ------------------------------------------------------------ the run (exit 1 on failure)
+
+def _load_model(args, device: str):
+    """(tokenizer, model on ``device``); exit 1 when either cannot be loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        if args.no_progress:
-            from transformers.utils import logging as hf_logging
-            hf_logging.disable_progress_bar()
-        try:
-            tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
-        except (OSError, ValueError, ImportError, KeyError) as exc:
-            raise _Exit(FAILED, f"cannot load the tokenizer {args.tokenizer or args.model!r}: {_first_line(exc)}") from None
-        try:
-            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
-                                                         trust_remote_code=args.trust_remote_code)
-        except (OSError, ValueError, ImportError, KeyError) as exc:
-            raise _Exit(FAILED, f"cannot load the model {args.model!r}: {_first_line(exc)}") from None
-        model.to(device)
-        alter_config = None
-        if args.adapter:
-            saved, _ = ak.read_adapter_config(args.adapter)
-            if saved.num_forget_experts + args.add_experts > MAX_FORGET_EXPERTS:
-                raise _Exit(USAGE, f"--add-experts: the adapter has {saved.num_forget_experts} forget experts; "
-                                   f"expected at most {MAX_FORGET_EXPERTS} in all, got {args.add_experts} more")
-            ak.patch(model, saved)
-            ak.load_adapter(model, args.adapter)
-            if args.add_experts:
-                ak.add_forget_experts(model, args.add_experts)
-        elif nfe is not None and nfe != "auto":
-            alter_config = dataclasses.replace(cfg, num_forget_experts=nfe)
-        if main_rank:
-            path = os.path.join(args.out, "run.json")
-            check_file_target(path)
-            write_json(path, vars(args))
-        if alter_config is None and not args.adapter:
-            hp["num_forget_experts"] = nfe
-            hp["base_config"] = cfg
-        res = ak.unlearn(model, args.forget, args.retain, method=method, tokenizer=tok,
-                         alter_config=alter_config, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, seed=args.seed, device=device,
-                         progress=not args.no_progress, out_dir=args.out, distributed=mode or "none", **hp)
-    except OptionError as exc:
-        raise _Exit(USAGE, f"{_flag(exc.option)}: {exc.detail}") from None
-    except ConfigError as exc:
-        raise _Exit(USAGE, f"{_flag(exc.field)}: {str(exc).split(': ', 1)[-1]}") from None
-    except ak.PatchError as exc:
-        if getattr(exc, "field", None):                  # an option that does not fit the model (--rank)
-            raise _Exit(USAGE, f"{_flag(exc.field)}: {_first_line(exc)}") from None
-        raise _Exit(FAILED, _first_line(exc)) from None
-    except UnlearnDivergedError as exc:
-        raise _Exit(FAILED, f"diverged: {exc}") from None
-    except OutputLockedError as exc:
-        raise _Exit(FAILED, str(exc)) from None
-    except (DataError, UnlearnError, CheckpointError, ak.PatchError, ak.AdapterError, OutputError) as exc:
-        raise _Exit(FAILED, _first_line(exc)) from None
-    except torch.OutOfMemoryError as exc:
-        raise _Exit(FAILED, f"out of memory on {device} ({_first_line(exc)}); lower --batch-size or --max-length, or "
-                            "use a smaller --dtype") from None
-    except OSError as exc:
-        raise _Exit(FAILED, f"{exc.filename + ': ' if getattr(exc, 'filename', None) else ''}"
-                            f"{exc.strerror or _first_line(exc)}") from None
-    except ValueError as exc:
-        raise _Exit(FAILED, _first_line(exc)) from None
+        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise _Exit(FAILED, f"cannot load the tokenizer {args.tokenizer or args.model!r}: {_first_line(exc)}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
+                                                     trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise _Exit(FAILED, f"cannot load the model {args.model!r}: {_first_line(exc)}") from None
+    model.to(device)
+    return tok, model
+
+
+def _prepare_adapter(args, model, cfg, nfe, hp: dict):
+    """--adapter (+ --add-experts) onto ``model``; returns the AlterConfig to patch with, or None."""
+    import dataclasses
+
+    import alter_kernels as ak
+    from ..config import MAX_FORGET_EXPERTS
+    if args.adapter:
+        saved, _ = ak.read_adapter_config(args.adapter)
+        if saved.num_forget_experts + args.add_experts > MAX_FORGET_EXPERTS:
+            raise _Exit(USAGE, f"--add-experts: the adapter has {saved.num_forget_experts} forget experts; "
+                               f"expected at most {MAX_FORGET_EXPERTS} in all, got {args.add_experts} more")
+        ak.patch(model, saved)
+        ak.load_adapter(model, args.adapter)
+        if args.add_experts:
+            ak.add_forget_experts(model, args.add_experts)
+        return None
+    if nfe is not None and nfe != "auto":
+        return dataclasses.replace(cfg, num_forget_experts=nfe)
+    hp["num_forget_experts"] = nfe
+    hp["base_config"] = cfg
+    return None
+
+
+def _train(args, cfg, nfe, hp: dict, mode, device: str, main_rank: bool):
+    """Load, patch and unlearn (ak.unlearn); returns its UnlearnResult."""
+    import alter_kernels as ak
+    from ..common.fsio import check_file_target, write_json
+    tok, model = _load_model(args, device)
+    alter_config = _prepare_adapter(args, model, cfg, nfe, hp)
+    if main_rank:
+        path = os.path.join(args.out, "run.json")
+        check_file_target(path)
+        write_json(path, vars(args))
+    return ak.unlearn(model, args.forget, args.retain, method=args.method, tokenizer=tok,
+                      alter_config=alter_config, epochs=args.epochs, max_steps=args.max_steps,
+                      batch_size=args.batch_size, seed=args.seed, device=device,
+                      progress=not args.no_progress, out_dir=args.out, distributed=mode or "none", **hp)
+
+
+def _run_failure(exc: Exception, device: str) -> "_Exit | None":
+    """The one-line _Exit of an exception raised by the run, or None for an unexpected one."""
+    import torch
+
+    import alter_kernels as ak
+    from ..common.fsio import OutputError, OutputLockedError
+    from ..config import ConfigError
+    from ..unlearn.checkpoint import CheckpointError
+    from ..unlearn.data import DataError
+    from ..unlearn.options import OptionError
+    from ..unlearn.trainer import UnlearnDivergedError, UnlearnError
+    if isinstance(exc, OptionError):
+        return _Exit(USAGE, f"{_flag(exc.option)}: {exc.detail}")
+    if isinstance(exc, ConfigError):
+        return _Exit(USAGE, f"{_flag(exc.field)}: {str(exc).split(': ', 1)[-1]}")
+    if isinstance(exc, ak.PatchError) and getattr(exc, "field", None):   # an option that does not fit the model
+        return _Exit(USAGE, f"{_flag(exc.field)}: {_first_line(exc)}")
+    if isinstance(exc, UnlearnDivergedError):
+        return _Exit(FAILED, f"diverged: {exc}")
+    if isinstance(exc, OutputLockedError):
+        return _Exit(FAILED, str(exc))
+    if isinstance(exc, (DataError, UnlearnError, CheckpointError, ak.PatchError, ak.AdapterError, OutputError)):
+        return _Exit(FAILED, _first_line(exc))
+    if isinstance(exc, torch.OutOfMemoryError):
+        return _Exit(FAILED, f"out of memory on {device} ({_first_line(exc)}); lower --batch-size or --max-length, "
+                             "or use a smaller --dtype")
+    if isinstance(exc, OSError):
+        return _Exit(FAILED, f"{exc.filename + ': ' if getattr(exc, 'filename', None) else ''}"
+                             f"{exc.strerror or _first_line(exc)}")
+    if isinstance(exc, ValueError):
+        return _Exit(FAILED, _first_line(exc))
+    return None
+
+
+def _run(args, held: list) -> int:
+    hp, nfe = _hparams(args)
+    cfg = _check_options(args, hp, nfe)                 # options, before any work (exit 2)
+    mode, device, main_rank = _check_paths(args, held)
+    try:                                                # the run (exit 1 on failure)
+        res = _train(args, cfg, nfe, hp, mode, device, main_rank)
+    except _Exit:
+        raise
+    except Exception as exc:
+        failure = _run_failure(exc, device)
+        if failure is None:
+            raise
+        raise failure from None
     if not main_rank:
         return 0
     last = res.metrics[-1] if res.metrics else {}
@@ -424,7 +357,6 @@ def _run(args, held: list) -> int:
                                                                                        res.domain_map.items()},
                       "high_entropy_share": res.high_entropy_share, "last_epoch": last}, indent=1, default=str))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
