@@ -162,6 +162,27 @@ def test_atomic_writer_refuses_symlinks_and_directories(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f.startswith(fsio.TMP_PREFIX)] == []
 
 
+def test_publish_dir_first_build_wins_and_failed_builds_leave_nothing(tmp_path):
+    """The benchmark cache's directory publisher (common.fsio.publish_dir)."""
+    final = tmp_path / "cache" / "entry"
+
+    def build(text):
+        return lambda d: open(os.path.join(d, "x.txt"), "w").write(text)
+    fsio.publish_dir(final, build("first"))
+    fsio.publish_dir(final, build("second"))                  # another process lost the race
+    assert (final / "x.txt").read_text() == "first"
+
+    def boom(d):
+        raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError, match="build failed"):
+        fsio.publish_dir(tmp_path / "cache" / "other", boom)
+    assert sorted(os.listdir(tmp_path / "cache")) == ["entry"]   # no temp directory left behind
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "cache")
+    with pytest.raises(fsio.OutputError, match="symbolic link"):
+        fsio.publish_dir(link, build("x"))
+
+
 @pytest.mark.parametrize("method,sub", [("alter", "adapter"), ("ga", "model")])
 def test_symlinked_output_directory_is_refused_before_training(tmp_path, files, capsys, method, sub):
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"

@@ -174,6 +174,32 @@ def atomic_dir(final, build) -> str:
     return final
 
 
+def publish_dir(final, build) -> str:
+    """Build a directory with ``build(tmp_dir)`` next to ``final`` and rename it to ``final``
+    unless ``final`` exists by then (another process published it first: ours is dropped). For
+    caches whose content is fixed by their name; an interrupted build leaves only a temp
+    directory. Creates ``final``'s parent. ``final`` must not be a symlink."""
+    final = os.fspath(final)
+    check_dir_target(final)
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-" + os.path.basename(os.path.abspath(final)), dir=parent)
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        build(tmp)
+        try:
+            os.rename(tmp, final)        # onto an existing non-empty directory: fails
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    return final
+
+
 def clean_stale_temp(*dirs) -> list[str]:
     """Remove temp files (and temp directories) of this package's own naming from ``dirs``: what a
     killed writer left behind. Only call it while holding the directory's lock. Symlinks are

@@ -29,6 +29,8 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 
+from ..common.fsio import atomic_write, ensure_dir
+
 GENRES = ("fantasy", "mystery", "poetry", "science fiction")
 OTHER_GENRES = GENRES + ("romance", "horror", "historical fiction", "satire", "travel writing")   # false answers
 
@@ -350,27 +352,22 @@ def corpus_hash(files: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write(path: str, text: str) -> None:
-    from ..common.fsio import atomic_write
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, text)
-
-
 def write_corpus(out_dir: str, cfg: CorpusConfig | None = None, jsonl: bool = False) -> dict:
     """Write every file of the corpus under ``out_dir`` (JSON arrays, or JSON lines with jsonl=True).
 
     Returns the manifest. Each file is written atomically.
     """
     files = build_corpus(cfg)
+    ensure_dir(out_dir)
     for name, rows in files.items():
         if name == "manifest":
             continue
         if jsonl:
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            _atomic_write(os.path.join(out_dir, f"{name}.jsonl"), text)
+            atomic_write(os.path.join(out_dir, f"{name}.jsonl"), text)
         else:
-            _atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(rows, indent=1, ensure_ascii=False))
-    _atomic_write(os.path.join(out_dir, "manifest.json"), json.dumps(files["manifest"], indent=1))
+            atomic_write(os.path.join(out_dir, f"{name}.json"), json.dumps(rows, indent=1, ensure_ascii=False))
+    atomic_write(os.path.join(out_dir, "manifest.json"), json.dumps(files["manifest"], indent=1))
     return files["manifest"]
 
 

@@ -8,8 +8,8 @@ that uses ``apply_chat_template`` and code that uses the plain template see the 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+
+from ..common.fsio import atomic_dir
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 
@@ -60,17 +60,8 @@ def train_tokenizer(texts: list[str], out_dir: str, vocab_size: int = 2048):
                                    pad_token="<pad>", unk_token="<unk>", padding_side="left")
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 512
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tok-")
-    try:
-        fast.save_pretrained(tmp)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    atomic_dir(out_dir, fast.save_pretrained)        # built beside out_dir, swapped into place
     return load_tokenizer(out_dir)
 
 
