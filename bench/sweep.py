@@ -156,9 +156,7 @@ def stage_select(preset, cells):
                         f"{list(TEST_SEEDS)}")
     data[preset] = {m: v["hparams"] for m, v in chosen.items()}
     data[f"{preset}_dev"] = chosen
-    with open(SELECTED_PATH + ".tmp", "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(SELECTED_PATH + ".tmp", SELECTED_PATH)
+    write_json(SELECTED_PATH, data, indent=1, sort_keys=True)
     print(json.dumps(chosen, indent=1))
 
 
