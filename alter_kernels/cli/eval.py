@@ -20,42 +20,27 @@ done, 2 bad usage or input (one line ``alter-eval: error: ...``). docs/benchmark
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
-import re
 import sys
 import time
 import warnings
 
-from .._fsio import ensure_dir, json_safe, write_json
+from ..common.fsio import ensure_dir, json_safe, write_json
+from ._common import OneLineParser, unescape_newlines
+from .eval_inputs import (REFERENCE_FORMAT, SPLITS, UsageError, _fingerprint, _read_json,  # noqa: F401
+                          read_reference, resolve_data)
 
 PROG = "alter-eval"
-REFERENCE_FORMAT = "alter_kernels.tofu_reference"
-SPLITS = ("forget", "retain", "real_authors", "world_facts")
-
-
-class UsageError(Exception):
-    """Bad command-line usage or input: reported as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):              # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _unescape(text: str) -> str:
-    return text.replace("\\n", "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .format import DEFAULT_TEMPLATE
-    from .metrics import TRUTH_RATIO_MODES
-    from .tofu import DEFAULT_MAX_NEW_TOKENS
-    p = _Parser(prog=PROG, description="TOFU evaluation (forget quality, model utility and its 9 parts, ROUGE-L, "
-                                       "probabilities, truth ratios) of a causal LM, optionally with an ALTER or "
-                                       "PEFT adapter, on TOFU-format files.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from ..common.text import DEFAULT_PROMPT_FORMAT
+    from ..eval.metrics import TRUTH_RATIO_MODES
+    from ..eval.tofu import DEFAULT_MAX_NEW_TOKENS
+    p = OneLineParser(prog=PROG, description="TOFU evaluation (forget quality, model utility and its 9 parts, "
+                                             "ROUGE-L, probabilities, truth ratios) of a causal LM, optionally with an "
+                                             "ALTER or PEFT adapter, on TOFU-format files.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,
                    help="model directory or Hugging Face name (default: the adapter's base model)")
@@ -94,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="torch / numpy / random seed")
     g.add_argument("--chat-template", action="store_true", help="prompt with the tokenizer's chat template")
     g.add_argument("--system-prompt", default=None, help="system prompt of --chat-template")
-    g.add_argument("--prompt-format", default=DEFAULT_TEMPLATE, type=_unescape,
+    g.add_argument("--prompt-format", default=DEFAULT_PROMPT_FORMAT, type=unescape_newlines,
                    help="prompt without --chat-template ({question} is replaced; a typed \\n is a newline) "
                         "(default: %(default)r)")
     g.add_argument("--keep-rows", action="store_true", help="also write per-row NLLs and probabilities")
@@ -102,72 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ------------------------------------------------------------------------------------- data
-_FORGET_RE = re.compile(r"^(forget\d+)(_perturbed)?\.jsonl?$")
-
-
-def _pick(folder: str, names: list[str], what: str) -> str:
-    for n in names:
-        for ext in (".json", ".jsonl"):
-            path = os.path.join(folder, n + ext)
-            if os.path.isfile(path):
-                return path
-    raise UsageError(f"--data {folder}: no {what} file (looked for {', '.join(n + '.json' for n in names)})")
-
-
-def resolve_data(data: list[str], forget_split: str | None = None) -> dict:
-    """{"forget", "retain", "real_authors", "world_facts"} -> file path."""
-    if len(data) == 1 and os.path.isdir(data[0]):
-        folder = data[0]
-        found = sorted({m.group(1) for f in os.listdir(folder) if (m := _FORGET_RE.match(f))})
-        if forget_split is None:
-            if not found:
-                raise UsageError(f"--data {folder}: no forget file (forgetNN_perturbed.json or forgetNN.json)")
-            if len(found) > 1:
-                raise UsageError(f"--data {folder} holds several forget splits {found}; pick one with --forget-split")
-            forget_split = found[0]
-        forget = _pick(folder, [f"{forget_split}_perturbed", forget_split], f"{forget_split} forget")
-        m = re.fullmatch(r"forget(\d+)", forget_split)
-        retain_names = ["retain_perturbed"] + ([f"retain{100 - int(m.group(1)):02d}"] if m else [])
-        return {"forget": forget, "retain": _pick(folder, retain_names, "retain"),
-                "real_authors": _pick(folder, ["real_authors_perturbed", "real_authors"], "real authors"),
-                "world_facts": _pick(folder, ["world_facts_perturbed", "world_facts"], "world facts")}
-    for f in data:
-        if not os.path.isfile(f):
-            raise UsageError(f"--data: {f} is not a file" + (" (a folder must be given alone)" if os.path.isdir(f) else ""))
-    if len(data) != 4:
-        raise UsageError(f"--data takes one folder or four files (forget, retain, real authors, world facts), "
-                         f"got {len(data)} files")
-    keys = {"forget": r"forget", "retain": r"retain", "real_authors": r"real[_-]?author", "world_facts": r"world[_-]?fact"}
-    by_name = {}
-    for f in data:
-        hits = [k for k, pat in keys.items() if re.search(pat, os.path.basename(f).lower())]
-        if len(hits) == 1 and hits[0] not in by_name:
-            by_name[hits[0]] = f
-    if len(by_name) == 4:
-        return by_name
-    return dict(zip(SPLITS, data))
-
-
-def _fingerprint(rows: list[dict]) -> str:
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(r["question"].encode("utf-8") + b"\x00")
-    return h.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------------ models
 def _model_name(name: str) -> str:
     return os.path.abspath(name) if os.path.isdir(name) else name
-
-
-def _read_json(path: str, what: str):
-    """json.load(path), or a UsageError "<what> (<reason>)"."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{what} ({exc})") from None
 
 
 def _adapter_kind(path: str) -> tuple[str, dict]:
@@ -216,26 +138,6 @@ def attach_adapter(model, path: str, kind: str):
     return model.eval()
 
 
-# ---------------------------------------------------------------------------------- reference
-def read_reference(path: str, truth_ratio: str, fingerprint: str) -> tuple[list[float], dict]:
-    ref = _read_json(path, f"--reference {path}: cannot read it")
-    if isinstance(ref, dict) and ref.get("format") == REFERENCE_FORMAT:
-        ratios, mode, fp = ref.get("truth_ratios"), ref.get("truth_ratio"), ref.get("forget_fingerprint")
-    elif isinstance(ref, dict) and isinstance(ref.get("forget"), dict) and "truth_ratios" in ref["forget"]:
-        ratios, mode = ref["forget"]["truth_ratios"], ref.get("truth_ratio_definition")   # an alter-eval output
-        fp = (ref.get("meta") or {}).get("forget_fingerprint")
-    else:
-        raise UsageError(f"--reference {path}: neither a reference written by --save-reference nor an alter-eval output")
-    if not isinstance(ratios, list) or not ratios or not all(isinstance(x, (int, float)) for x in ratios):
-        raise UsageError(f"--reference {path}: 'truth_ratios' must be a non-empty list of numbers")
-    if mode is not None and mode != truth_ratio:
-        raise UsageError(f"--reference {path} holds {mode} truth ratios but --truth-ratio is {truth_ratio}")
-    if fp is not None and fp != fingerprint:
-        raise UsageError(f"--reference {path} was computed on other forget questions than --data's "
-                         f"(fingerprint {fp} vs {fingerprint}); check --data / --task-id")
-    return [float(x) for x in ratios], ref
-
-
 # -------------------------------------------------------------------------------------- table
 def format_table(res: dict) -> str:
     meta = res.get("meta", {})
@@ -262,21 +164,11 @@ def format_table(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------- main
-def _run(args) -> int:
-    import random
+def _note(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
-    import numpy as np
-    import torch
-    from transformers import AutoTokenizer
 
-    from .. import __version__
-    from .data import load_rows
-    from .format import QAFormat
-    from .tofu import evaluate_tofu, truth_ratios
-
-    def note(msg):
-        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-
+def _check_args(args) -> None:
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.batch_size < 1:
@@ -289,6 +181,9 @@ def _run(args) -> int:
     if os.path.isdir(args.out) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
         raise UsageError(f"--out {args.out} must be a file path")
 
+
+def _resolve_model(args) -> tuple[str, str | None]:
+    """(model name, adapter kind: "alter" / "peft" / None); the adapter's base model without --model."""
     adapter_kind, adapter_meta = (None, {})
     if args.adapter:
         adapter_kind, adapter_meta = _adapter_kind(args.adapter)
@@ -297,25 +192,35 @@ def _run(args) -> int:
         model_name = adapter_meta.get("base_model") or adapter_meta.get("base_model_name_or_path")
         if not model_name:
             raise UsageError("--model is required" + (" (the adapter names no base model)" if args.adapter else ""))
-        note(f"model: {model_name} (the adapter's base model)")
+        _note(f"model: {model_name} (the adapter's base model)")
+    return model_name, adapter_kind
 
-    files = resolve_data(args.data, args.forget_split)
+
+def _load_splits(files: dict, task_id) -> dict:
+    from ..eval.data import load_rows
     rows = {}
     for s in SPLITS:
         need = ("question", "answer", "perturbed_answer")
         try:
-            rows[s] = load_rows(files[s], require=need, task_id=args.task_id)
+            rows[s] = load_rows(files[s], require=need, task_id=task_id)
         except (ValueError, OSError) as exc:
             raise UsageError(f"{s} data: {exc}") from None
         if not rows[s]:
             raise UsageError(f"{s} data: {files[s]} holds no rows")
-    note("rows: " + ", ".join(f"{s} {len(rows[s])} ({files[s]})" for s in SPLITS))
-    fingerprint = _fingerprint(rows["forget"])
+    _note("rows: " + ", ".join(f"{s} {len(rows[s])} ({files[s]})" for s in SPLITS))
+    return rows
 
-    seed = args.seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+
+def _seed_device_tokenizer(args, model_name: str):
+    """Seed torch / numpy / random, check the device, load the tokenizer: (device, tokenizer)."""
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         torch.empty(0, device=device)
@@ -325,49 +230,72 @@ def _run(args) -> int:
         tok = AutoTokenizer.from_pretrained(args.tokenizer or model_name, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load tokenizer {args.tokenizer or model_name!r}: {str(exc).splitlines()[0]}") from None
-    fmt = QAFormat(template=args.prompt_format, chat=args.chat_template, system_prompt=args.system_prompt)
-    progress = not args.no_progress
-    t0 = time.perf_counter()
+    return device, tok
 
-    reference, ref_meta = None, {}
+
+def _reference(args, forget: list, tok, fmt, device, fingerprint: str, forget_file: str):
+    """The retain model's forget-set truth ratios (--reference, or computed from --retain-model and
+    saved with --save-reference), or None; and what the output's meta records about them."""
+    from ..eval.tofu import truth_ratios
     if args.reference:
         reference, _ = read_reference(args.reference, args.truth_ratio, fingerprint)
-        ref_meta = {"reference": os.path.abspath(args.reference), "reference_n": len(reference)}
-    elif args.retain_model:
-        note(f"retain model {args.retain_model}: forget-set truth ratios")
-        retain_model = load_model(args.retain_model, args, device)
-        tr = truth_ratios(retain_model, tok, rows["forget"], fmt, args.batch_size, mode=args.truth_ratio,
-                          progress="retain model: forget" if progress else False)
-        reference = tr["ratio"].tolist()
-        del retain_model, tr
-        ref_meta = {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
-        if args.save_reference:
-            ensure_dir(os.path.dirname(os.path.abspath(args.save_reference)))
-            write_json(args.save_reference, json_safe({
-                "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
-                "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(files["forget"]),
-                "task_id": args.task_id, "forget_fingerprint": fingerprint, "prompt_format": args.prompt_format,
-                "chat_template": args.chat_template, "n": len(reference), "truth_ratios": reference}))
-            note(f"reference written to {args.save_reference}")
-    else:
-        note("no --retain-model / --reference: forget quality is not computed")
+        return reference, {"reference": os.path.abspath(args.reference), "reference_n": len(reference)}
+    if not args.retain_model:
+        _note("no --retain-model / --reference: forget quality is not computed")
+        return None, {}
+    _note(f"retain model {args.retain_model}: forget-set truth ratios")
+    retain_model = load_model(args.retain_model, args, device)
+    tr = truth_ratios(retain_model, tok, forget, fmt, args.batch_size, mode=args.truth_ratio,
+                      progress="retain model: forget" if not args.no_progress else False)
+    reference = tr["ratio"].tolist()
+    del retain_model, tr
+    if args.save_reference:
+        ensure_dir(os.path.dirname(os.path.abspath(args.save_reference)))
+        write_json(args.save_reference, json_safe({
+            "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
+            "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(forget_file),
+            "task_id": args.task_id, "forget_fingerprint": fingerprint, "prompt_format": args.prompt_format,
+            "chat_template": args.chat_template, "n": len(reference), "truth_ratios": reference}))
+        _note(f"reference written to {args.save_reference}")
+    return reference, {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
+
+
+def _meta(args, model_name: str, adapter_kind, ref_meta: dict, files: dict, fingerprint: str, device,
+          seconds: float) -> dict:
+    from ..version import __version__
+    return {"model": _model_name(model_name),
+            "adapter": os.path.abspath(args.adapter) if args.adapter else None, "adapter_type": adapter_kind,
+            **ref_meta, "data": {s: os.path.abspath(files[s]) for s in SPLITS}, "task_id": args.task_id,
+            "forget_fingerprint": fingerprint, "truth_ratio": args.truth_ratio,
+            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "device": str(device),
+            "dtype": args.dtype, "batch_size": args.batch_size, "prompt_format": args.prompt_format,
+            "chat_template": args.chat_template, "alter_kernels_version": __version__,
+            "seconds": round(seconds, 2)}
+
+
+def _run(args) -> int:
+    from ..eval.format import QAFormat
+    from ..eval.tofu import evaluate_tofu
+
+    _check_args(args)
+    model_name, adapter_kind = _resolve_model(args)
+    files = resolve_data(args.data, args.forget_split)
+    rows = _load_splits(files, args.task_id)
+    fingerprint = _fingerprint(rows["forget"])
+    device, tok = _seed_device_tokenizer(args, model_name)
+    fmt = QAFormat(template=args.prompt_format, chat=args.chat_template, system_prompt=args.system_prompt)
+    t0 = time.perf_counter()
+    reference, ref_meta = _reference(args, rows["forget"], tok, fmt, device, fingerprint, files["forget"])
 
     model = load_model(model_name, args, device)
     if args.adapter:
         model = attach_adapter(model, args.adapter, adapter_kind)
-        note(f"adapter {args.adapter} ({adapter_kind}) attached")
+        _note(f"adapter {args.adapter} ({adapter_kind}) attached")
     res = evaluate_tofu(model, tok, rows["forget"], rows["retain"], rows["real_authors"], rows["world_facts"],
                         reference_truth_ratios=reference, fmt=fmt, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, keep_rows=args.keep_rows,
-                        truth_ratio=args.truth_ratio, progress=progress)
-    res["meta"] = {"model": _model_name(model_name),
-                   "adapter": os.path.abspath(args.adapter) if args.adapter else None, "adapter_type": adapter_kind,
-                   **ref_meta, "data": {s: os.path.abspath(files[s]) for s in SPLITS}, "task_id": args.task_id,
-                   "forget_fingerprint": fingerprint, "truth_ratio": args.truth_ratio,
-                   "max_new_tokens": args.max_new_tokens, "seed": seed, "device": str(device),
-                   "dtype": args.dtype, "batch_size": args.batch_size, "prompt_format": args.prompt_format,
-                   "chat_template": args.chat_template, "alter_kernels_version": __version__,
-                   "seconds": round(time.perf_counter() - t0, 2)}
+                        truth_ratio=args.truth_ratio, progress=not args.no_progress)
+    res["meta"] = _meta(args, model_name, adapter_kind, ref_meta, files, fingerprint, device, time.perf_counter() - t0)
     first = ("forget_quality", "model_utility")
     res = {**{k: res[k] for k in first if k in res}, **{k: v for k, v in res.items() if k not in first}}
     ensure_dir(os.path.dirname(os.path.abspath(args.out)))

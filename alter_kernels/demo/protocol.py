@@ -1,5 +1,6 @@
-"""The benchmark protocol: DEV / TEST corpus seeds, evaluation through the default inference
-rule, and the hyper-parameters selected on DEV (docs/benchmark.md, "Protocol").
+"""The benchmark protocol: DEV / TEST corpus seeds, the retain subset that utility is scored on,
+evaluation through the default inference rule, and the hyper-parameters selected on DEV
+(docs/benchmark.md, "Protocol"). Was ``alter_kernels/benchmark/protocol.py``.
 
 - TEST: corpus seed 0 (what the demo reports) plus seeds 1 and 2 (mean and std over the three).
 - DEV: corpus seed 1000, same sizes; ``bench/sweep.py`` selects every method's hyper-parameters
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 
 DEV_SEED = 1000
 TEST_SEEDS = (0, 1, 2)
@@ -20,15 +22,35 @@ SELECTED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "select
 
 def bench_for(preset: str, seed: int = 0, cache_dir: str | None = None, progress: bool = False):
     """The embedded benchmark of ``preset`` ("full"/"default" or "quick") for corpus ``seed``."""
-    from .inject import PRESETS, build_benchmark, with_overrides
+    from ..synthetic.inject import PRESETS, build_benchmark, with_overrides
     base = PRESETS["quick" if preset == "quick" else "default"]
     cfg = base if seed == 0 else with_overrides(base, seed=seed)
     return build_benchmark(cfg, cache_dir=cache_dir, progress=progress)
 
 
+def retain_eval_subset(rows: list, n: int, seed: int = 0) -> list:
+    """A fixed, author-balanced subset of the retain rows for the utility evaluation (TOFU also
+    evaluates utility on a retain subset of the forget set's size)."""
+    if n >= len(rows):
+        return list(rows)
+    rng = random.Random(f"retain-eval-{seed}")
+    by_author: dict = {}
+    for r in rows:
+        by_author.setdefault(r.get("author", ""), []).append(r)
+    for v in by_author.values():
+        rng.shuffle(v)
+    out, i = [], 0
+    authors = sorted(by_author)
+    while len(out) < n:
+        for a in authors:
+            if i < len(by_author[a]) and len(out) < n:
+                out.append(by_author[a][i])
+        i += 1
+    return out
+
+
 def load_split(bench):
     from ..eval import load_rows
-    from ..demo import retain_eval_subset
     forget = load_rows(bench.path(bench.config.forget_split))
     retain_all = load_rows(bench.path(bench.retain_split))
     return {"forget": forget, "retain": retain_all, "retain_eval": retain_eval_subset(retain_all, len(forget), 0),

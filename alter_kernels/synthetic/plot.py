@@ -33,7 +33,7 @@ def plot_results(methods: dict, out_base: str, title: str = "Model utility vs fo
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path = out_base + ".png"
-    from .._fsio import atomic_write
+    from ..common.fsio import atomic_write
     atomic_write(path, writer=lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return path
@@ -70,5 +70,5 @@ def _svg(pts, path, title):
         el.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if n == "alter" else 4}" fill="{color}"/>')
         el.append(f'<text x="{x + 7:.1f}" y="{y - 5:.1f}">{n}</text>')
     el.append("</svg>")
-    from .._fsio import atomic_write
+    from ..common.fsio import atomic_write
     atomic_write(path, "\n".join(el))

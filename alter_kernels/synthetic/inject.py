@@ -19,10 +19,10 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+from ..common.fsio import publish_dir, write_json
 from .corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from .tokenizer import corpus_texts, load_tokenizer, train_tokenizer
 
@@ -145,7 +145,8 @@ def train_lm(tokenizer, texts: dict, model_cfg: ModelConfig, recipe: Recipe, pro
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..eval.format import IGNORE_INDEX, QAFormat, pad_batch
+    from ..common.text import IGNORE_INDEX
+    from ..eval.format import QAFormat, pad_batch
 
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
@@ -191,23 +192,6 @@ def train_lm(tokenizer, texts: dict, model_cfg: ModelConfig, recipe: Recipe, pro
     return model
 
 
-def _atomic_dir(final: str, write) -> None:
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, final)          # fails if another process got there first
-        except OSError:
-            if not os.path.isdir(final):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def build_benchmark(config: BenchmarkConfig | str = "default", cache_dir: str | None = None,
                     progress: bool = True, rebuild: bool = False) -> Benchmark:
     """Corpus files, tokenizer, finetuned and retain models: loaded from the cache, or built there."""
@@ -225,9 +209,9 @@ def build_benchmark(config: BenchmarkConfig | str = "default", cache_dir: str | 
 
     files = build_corpus(cfg.corpus)
     if not os.path.isfile(os.path.join(data_dir, "manifest.json")):
-        _atomic_dir(data_dir, lambda d: write_corpus(d, cfg.corpus))
+        publish_dir(data_dir, lambda d: write_corpus(d, cfg.corpus))
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        _atomic_dir(tok_dir, lambda d: train_tokenizer(corpus_texts(files), d, cfg.vocab_size))
+        publish_dir(tok_dir, lambda d: train_tokenizer(corpus_texts(files), d, cfg.vocab_size))
     tok = load_tokenizer(tok_dir)
     forget = files["manifest"]["splits"][cfg.forget_split]
     for name, d, exclude in (("finetuned", ft_dir, ()), ("retain", rt_dir, forget)):
@@ -238,14 +222,13 @@ def build_benchmark(config: BenchmarkConfig | str = "default", cache_dir: str | 
         nthreads = torch.get_num_threads()
         model = train_lm(tok, training_texts(files, exclude), cfg.model, cfg.recipe, progress, name)
         torch.set_num_threads(nthreads)
-        _atomic_dir(d, lambda p, m=model: (m.save_pretrained(p), tok.save_pretrained(p)))
+        publish_dir(d, lambda p, m=model: (m.save_pretrained(p), tok.save_pretrained(p)))
         info[f"{name}_train_seconds"] = round(time.perf_counter() - t0, 2)
         info[f"{name}_parameters"] = sum(p.numel() for p in model.parameters())
     info.setdefault("key", cfg.key())
     info["config"] = {"corpus": cfg.corpus.to_dict(), "model": asdict(cfg.model),
                       "recipe": asdict(cfg.recipe), "vocab_size": cfg.vocab_size,
                       "forget_split": cfg.forget_split}
-    from .._fsio import write_json
     write_json(info_path, info)
     return Benchmark(root=root, config=cfg, data_dir=data_dir, tokenizer_dir=tok_dir,
                      finetuned_dir=ft_dir, retain_dir=rt_dir, info=info)
