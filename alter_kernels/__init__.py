@@ -15,8 +15,6 @@ from .kernels.reference.routing import RoutingPlan
 from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
 from .version import __version__
 
-# after .unlearn: it loads the old-path module alter_kernels.patch, and a first import of a submodule
-# rebinds the package attribute of that name (ak.patch must stay the function)
 from .model import (AdapterError, AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter_parameters,
                     adapter_state_dict, clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction,
                     init_from_peft, is_patched, last_plans, load_adapter, patch, read_adapter_config, router_loss,

@@ -335,8 +335,8 @@ def test_bf16_generation_matches_a_teacher_forced_bf16_forward(fast, entropy):
 
 # --------------------------------------------------------------------------- native decode ops
 def _native(name):
-    from alter_kernels import _backend
-    op = _backend.native_op(name)
+    from alter_kernels import kernels
+    op = kernels.native_op(name)
     if op is None:
         pytest.skip(f"extension without {name} (build with `python setup.py build_ext --inplace`)")
     return op
@@ -344,7 +344,7 @@ def _native(name):
 
 @pytest.mark.parametrize("n,e,top_k", [(0, 3, 3), (1, 1, 3), (3, 3, 3), (5, 4, 2), (7, 5, 1), (4, 3, 0)])
 def test_native_decode_route_matches_reference(n, e, top_k):
-    from alter_kernels.reference.routing import route_ref
+    from alter_kernels.kernels.reference.routing import route_ref
     op = _native("decode_route")
     g = torch.Generator().manual_seed(n * 10 + e)
     h = torch.randn(n, 19, generator=g)
@@ -369,7 +369,7 @@ def test_native_decode_route_matches_reference(n, e, top_k):
                                                      (0, 6, [4, 4], 2, 3, True), (3, 17, [9, 3], 4, 1, False),
                                                      (2, 40, [33, 6], 2, 3, True), (5, 21, [9], 2, 2, False)])
 def test_native_decode_group_linear_matches_reference(dtype, n, d_in, d_outs, r, e, bias):
-    from alter_kernels.reference.asym_lora import asym_lora_ref
+    from alter_kernels.kernels.reference.asym_lora import asym_lora_ref
     op = _native("decode_group_linear")
     g = torch.Generator().manual_seed(n + d_in)
     x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
@@ -425,7 +425,7 @@ def test_native_and_python_fast_paths_agree(native):
 def test_python_decode_routing_rule_matches_reference(n, e, top_k):
     """The decode path's Python rule (generation/routing.py) is route_ref's, NaN / +-inf / theta included."""
     from alter_kernels.generation.routing import route_weights
-    from alter_kernels.reference.routing import route_ref
+    from alter_kernels.kernels.reference.routing import route_ref
     g = torch.Generator().manual_seed(100 * n + 10 * e + top_k)
     h = torch.randn(n, 19, generator=g)
     wg = torch.randn(19, e, generator=g)

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import alter_kernels as ak
-from alter_kernels import _backend
+from alter_kernels import kernels
 from alter_kernels.cli import unlearn as cli
 from alter_kernels.common import fsio
 from alter_kernels.unlearn import OptionError
@@ -426,8 +426,8 @@ def test_non_finite_adapter_tensors_are_refused(tmp_path):
 
 
 def _backends(op):
-    names = _backend.available(op, "cpu")
-    if not _backend.triton_interpret():
+    names = kernels.available(op, "cpu")
+    if not kernels.native.triton_interpret():
         names = [n for n in names if n != "triton"]
     return names
 
@@ -447,7 +447,7 @@ def test_tsallis_near_one_is_shannon_in_every_backend():
             h, w = torch.randn(4, 8), torch.randn(97, 8)
             torch.testing.assert_close(ak.lm_head_entropy(h, w, 1 + 1e-9), ak.lm_head_entropy(h, w, 1.0),
                                        rtol=1e-5, atol=1e-5)
-    op = _backend.native_op("tsallis_entropy_fwd")       # the kernel itself, called directly
+    op = kernels.native_op("tsallis_entropy_fwd")       # the kernel itself, called directly
     if op is not None:
         torch.testing.assert_close(op(z, 1 + 1e-9)[0].double(), shannon, rtol=1e-5, atol=1e-5)
 

@@ -111,7 +111,7 @@ def _check_out(args, method: str) -> None:
     outputs, then the engine's checks (a directory we can write, no symlinked or blocked outputs)."""
     from ..common.fsio import OutputError, is_within
     from ..unlearn.options import OptionError
-    from ..unlearn.trainer import prepare_out_dir
+    from ..unlearn.outputs import prepare_out_dir
     out = args.out
     for flag, src in (("--model", args.model), ("--tokenizer", args.tokenizer)):
         if src and os.path.isdir(src) and is_within(src, out):
@@ -195,7 +195,7 @@ def _check_options(args, hp: dict, nfe):
     import alter_kernels as ak
     from ..config import ConfigError, MAX_FORGET_EXPERTS
     from ..unlearn.options import OptionError, validate_options
-    from ..unlearn.trainer import DEFAULTS
+    from ..unlearn.options import DEFAULTS
     try:
         validate_options({**DEFAULTS, **hp, "num_forget_experts": nfe}, epochs=args.epochs,
                          batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed)
@@ -312,7 +312,7 @@ def _run_failure(exc: Exception, device: str) -> "_Exit | None":
     from ..unlearn.checkpoint import CheckpointError
     from ..unlearn.data import DataError
     from ..unlearn.options import OptionError
-    from ..unlearn.trainer import UnlearnDivergedError, UnlearnError
+    from ..unlearn.result import UnlearnDivergedError, UnlearnError
     if isinstance(exc, OptionError):
         return _Exit(USAGE, f"{_flag(exc.option)}: {exc.detail}")
     if isinstance(exc, ConfigError):

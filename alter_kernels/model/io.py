@@ -1,7 +1,7 @@
 """Adapter files: ``adapter_config.json`` (the AlterConfig plus metadata) and
 ``adapter_model.safetensors`` (A, B and router tensors keyed by their path in the model).
 
-Files are written with the package's atomic writer (:func:`alter_kernels._fsio.atomic_write`: a
+Files are written with the package's atomic writer (:func:`alter_kernels.common.fsio.atomic_write`: a
 new temp file in the target directory, fsync, ``os.replace``), so a crash never leaves a
 half-written adapter file behind; a target directory or file that is a symbolic link is refused.
 
@@ -21,7 +21,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .._fsio import OutputError, atomic_write, ensure_dir
+from ..common.fsio import OutputError, atomic_write, ensure_dir
 from ..config import AlterConfig
 from ..version import __version__
 from .params import adapter_state_dict

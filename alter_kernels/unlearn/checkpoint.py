@@ -14,7 +14,7 @@ of the .pt file), ``{"__ndarray__": key, "dtype": ...}`` (a numpy array stored a
 as the optimizer's per-parameter state). Decoding builds only dicts, lists, tuples, numbers,
 strings, tensors and numpy arrays.
 
-Both files are written with :func:`alter_kernels._fsio.atomic_write` (temp file, fsync,
+Both files are written with :func:`alter_kernels.common.fsio.atomic_write` (temp file, fsync,
 ``os.replace``): a crash leaves the previous complete checkpoint.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import zipfile
 import numpy as np
 import torch
 
-from .._fsio import atomic_write, write_json
+from ..common.fsio import atomic_write, write_json
 from . import _model_api as _m
 from .result import UnlearnError
 

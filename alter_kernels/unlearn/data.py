@@ -19,18 +19,15 @@ groups is used whole, with a warning naming the groups and their sizes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import sys
 import warnings
-from collections import Counter
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..common.rows import DataError, load_rows  # noqa: F401  (the one loader: alter_kernels.common.rows)
-from ..common.text import IGNORE_INDEX
+from ..common.text import DEFAULT_PROMPT_FORMAT, IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -123,7 +120,7 @@ def _ids(tok, text: str) -> list[int]:
 
 
 def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length: int = 512,
-                  chat_template: bool = False, prompt_format: str = "Question: {question}\nAnswer:",
+                  chat_template: bool = False, prompt_format: str = DEFAULT_PROMPT_FORMAT,
                   ) -> list[Example]:
     """QA rows -> [BOS] prompt answer [EOS] with the prompt masked; text rows -> windows of
     ``max_length`` tokens, every token a target."""

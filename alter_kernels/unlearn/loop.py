@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._fsio import ensure_dir
+from ..common.fsio import ensure_dir
 from . import _model_api as _m
 from . import checkpoint as ckpt
 from . import distributed as D

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from ..kernels import use_backend
-from ..kernels.reference.losses import IGNORE_INDEX, sequence_logprob
+from ..common.text import IGNORE_INDEX
+from ..kernels.reference.losses import sequence_logprob
 from . import _model_api as _patch
 from . import objectives as obj
 

@@ -29,6 +29,7 @@ import math
 import string
 from typing import Any
 
+from ..common.text import DEFAULT_PROMPT_FORMAT
 from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
 
 
@@ -46,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "struct_q": 0.5,         # q_s of R_struct
     "max_length": 512,
     "chat_template": False,
-    "prompt_format": "Question: {question}\nAnswer:",
+    "prompt_format": DEFAULT_PROMPT_FORMAT,
     "num_forget_experts": None,  # int, "auto", or None (from labels / alter_config)
     "kmeans_max_k": 8,
     "router_init": True,     # router columns at normalised centroids

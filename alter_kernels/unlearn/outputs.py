@@ -7,7 +7,7 @@ import functools
 import inspect
 import os
 
-from .._fsio import (OutDirLock, OutputError, atomic_dir, check_dir_target, check_file_target, clean_stale_temp,
+from ..common.fsio import (OutDirLock, OutputError, atomic_dir, check_dir_target, check_file_target, clean_stale_temp,
                      ensure_dir, is_within, write_json)
 from . import _model_api as _m
 from . import checkpoint as ckpt

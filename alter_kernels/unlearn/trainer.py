@@ -29,22 +29,18 @@ import torch
 
 from ..config import AlterConfig
 from . import distributed as D
-from .batches import AlterData
 from .checkpoint import trainable_state
 from .context import RunContext
-from .evaluation import heldout_routing_set, router_accuracy, warn_degenerate_routing
+from .evaluation import heldout_routing_set, warn_degenerate_routing
 from .loop import start_training, train
 from .methods import METHODS
-from .options import DEFAULTS, checked_hparams, method_name, validate_options
-from .outputs import guard_out_dir, prepare_out_dir, save_outputs
-from .result import UnlearnDivergedError, UnlearnError, UnlearnInterrupted, UnlearnResult
-from .setup import install_train_hooks, prepare_alter, prepare_run
+from .options import checked_hparams, method_name, validate_options
+from .outputs import guard_out_dir, save_outputs
+from .result import UnlearnError, UnlearnResult
+from .setup import install_train_hooks, prepare_run
 from .util import device_of
 
-# SHIM(issue 14): removed at integration; alter_kernels/cli.py imports these from here, and
-# docs/ name ``router_accuracy`` here.
-__all__ = ["unlearn", "DEFAULTS", "AlterData", "prepare_alter", "prepare_out_dir", "router_accuracy", "UnlearnError",
-           "UnlearnDivergedError", "UnlearnInterrupted", "UnlearnResult"]
+__all__ = ["unlearn"]
 
 
 @guard_out_dir
@@ -58,7 +54,7 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     returned patched), or "ga", "graddiff", "kl", "npo", "npo_retain" (full-parameter: the
     weights are updated in place). forget / retain: list of dict rows or a file path (JSON,
     JSONL, TXT) or "hf:NAME[:CONFIG][@SPLIT]". callback(record) is called after each step.
-    hparams: see ``alter_kernels.unlearn.trainer.DEFAULTS``.
+    hparams: see ``alter_kernels.unlearn.options.DEFAULTS``.
     distributed: None / "auto" (DDP when launched by torchrun / accelerate with WORLD_SIZE > 1),
     "none", "ddp" or "fsdp2" (``fully_shard``): every rank calls ``unlearn`` with the same
     arguments, takes its shard of each batch, and gets the single-process result; only rank 0
