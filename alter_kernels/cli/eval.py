@@ -97,7 +97,7 @@ def _adapter_kind(path: str) -> tuple[str, dict]:
     if not os.path.isdir(path) or not os.path.isfile(cfg_path):
         raise UsageError(f"--adapter {path}: no adapter_config.json there (expected an ALTER or PEFT adapter directory)")
     meta = _read_json(cfg_path, f"--adapter {path}: adapter_config.json is not valid JSON")
-    from ..adapter_io import FORMAT
+    from ..model.io import FORMAT
     if isinstance(meta, dict) and meta.get("format") == FORMAT:
         return "alter", meta
     if isinstance(meta, dict) and "peft_type" in meta:
