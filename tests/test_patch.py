@@ -367,7 +367,7 @@ def test_damaged_safetensors_file(tmp_path, damage):
 
 
 def test_save_leaves_nothing_half_written(tmp_path, monkeypatch):
-    from alter_kernels import _fsio
+    from alter_kernels.common import fsio as _fsio
     model = ak.patch(tiny_llama())
 
     def boom(fd):                      # the data is written, the flush to disk fails

@@ -23,7 +23,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 
 def kernels(xdt: str):
-    from alter_kernels.triton import asym_lora as K
+    from alter_kernels.kernels.triton import asym_lora as K
     blk = {"BM": K.BM, "BN": K.BN, "BR": 16}
     c = lambda **kw: {k: "constexpr" for k in kw}
     yield K._shrink, {"x_ptr": "*" + xdt, "a_ptr": "*fp32", "u_ptr": "*fp32", "N": "i32", "K": "i32", "R": "i32",
