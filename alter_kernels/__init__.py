@@ -13,6 +13,7 @@ from .adapter_io import AdapterError, load_adapter, read_adapter_config, save_ad
 from .config import AlterConfig
 from .interop import init_from_peft
 from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
+from .ops.lm_head_losses import TokenLosses, lm_head_kl, lm_head_token_losses
 from .patch import (AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter_parameters, adapter_state_dict,
                     clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction, is_patched,
                     last_plans, patch, router_loss, routing_inputs, set_inference_entropy, set_routing_inputs, token_entropy,
@@ -28,6 +29,7 @@ __all__ = [
     "AlterConfig", "AlterLinear", "LayerRouter", "RoutingPlan", "PatchError", "AdapterError",
     "patch", "unpatch", "save_adapter", "load_adapter", "read_adapter_config",
     "tsallis_entropy", "lm_head_entropy", "asym_lora", "route",
+    "lm_head_token_losses", "lm_head_kl", "TokenLosses",
     "inverted_hinge_loss", "npo_loss", "sequence_logprob", "token_nll",
     "set_routing_inputs", "routing_inputs", "set_inference_entropy", "clear_routing_inputs", "disable_adapters", "token_entropy",
     "last_plans", "add_plan_hook", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
