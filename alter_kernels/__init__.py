@@ -7,8 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _backend
-from ._backend import backends, use_backend
+from .kernels import backends, use_backend
+from .kernels.native import warn_if_extension_missing as _warn_if_extension_missing
 from .adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
 from .config import AlterConfig
 from .interop import init_from_peft
@@ -19,11 +19,11 @@ from .patch import (AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter
                     last_plans, patch, router_loss, routing_inputs, set_inference_entropy, set_routing_inputs, token_entropy,
                     unpatch)
 from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
-from .reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
-from .reference.routing import RoutingPlan
+from .kernels.reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
+from .kernels.reference.routing import RoutingPlan
 from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
 
-_backend.warn_if_extension_missing()
+_warn_if_extension_missing(lambda: backends('cpu'))
 
 __all__ = [
     "AlterConfig", "AlterLinear", "LayerRouter", "RoutingPlan", "PatchError", "AdapterError",

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import machine, md_table, peak_memory, write_results  # noqa: E402
 
 import alter_kernels as ak  # noqa: E402
-from alter_kernels import _backend  # noqa: E402
+from alter_kernels import kernels  # noqa: E402
 
 
 def make_plan(n, E, device, seed=0):
@@ -160,7 +160,7 @@ def bench_shape(d, n, E, r, device, iters, warmup, backends, dtype=torch.float32
 def bench_decode(d, E, r, ns, iters):
     """Forward-only small-N path of the C++ kernel: cat GEMM (mode 1) vs per-token gather (mode 2)."""
     rows = []
-    if not _backend.native_has_kernel("asym_lora_fwd", "CPU"):
+    if not kernels.native_has_kernel("asym_lora_fwd", "CPU"):
         return rows
     op = torch.ops.alter_kernels.asym_lora_fwd
     W = torch.randn(d, d)
@@ -219,7 +219,7 @@ def main(argv=None):
         iters = args.iters
     if args.warmup:
         warmup = args.warmup
-    backends = [b for b in _backend.available("asym_lora", device) if b not in ("reference",)
+    backends = [b for b in kernels.available("asym_lora", device) if b not in ("reference",)
                 and not (b == "triton" and device.type == "cpu")]
     rows = []
     for d, n in shapes:

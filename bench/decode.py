@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="alter_kernels")
 
 import alter_kernels as ak  # noqa: E402
-from alter_kernels import _backend  # noqa: E402
+from alter_kernels import kernels  # noqa: E402
 from bench.common import machine, md_table, peak_memory, write_results  # noqa: E402
 
 CONFIGS = {
@@ -110,7 +110,7 @@ def variants(base, gated, quick: bool, native_available: bool, with_hf: bool = T
 
 def bench_config(name, device, batches, prompt, new, reps, quick, memory, with_hf):
     base, gated, n_params = build(name, device)
-    native_available = _backend.native_op("decode_group_linear") is not None and device.type == "cpu"
+    native_available = kernels.native_op("decode_group_linear") is not None and device.type == "cpu"
     runs = variants(base, gated, quick, native_available, with_hf and not quick)
     rows = []
     for bsz in batches:
@@ -196,7 +196,7 @@ def main(argv=None):
         rows += bench_config(name, device, batches, prompt, new, reps if name == "tiny" else max(3, reps // 2),
                              args.quick, not args.no_memory, name in args.hf_configs.split(","))
     results = {"machine": machine(), "args": vars(args), "backends": ak.backends(),
-               "native_decode_ops": _backend.native_op("decode_group_linear") is not None,
+               "native_decode_ops": kernels.native_op("decode_group_linear") is not None,
                "note": "ratios are measured side by side (interleaved repetitions, medians); the machine may be "
                        "shared and noisy", "rows": rows}
     table = ("# Decode throughput (bench/decode.py)\n\n"

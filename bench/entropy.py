@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import alter_kernels as ak  # noqa: E402
-from alter_kernels import _backend  # noqa: E402
+from alter_kernels import kernels  # noqa: E402
 from common import copy_bandwidth, machine, md_table, peak_memory, time_fn, write_results  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,7 +121,7 @@ def backend_fn(op, backend, *args, **kw):
 
 
 def bench_tsallis(args, device, dtype, rows, skipped, copy=None):
-    backends = [b for b in _backend.available("tsallis_entropy", device) if b != "reference"]
+    backends = [b for b in kernels.available("tsallis_entropy", device) if b != "reference"]
     if device.type == "cpu":
         backends = [b for b in backends if b != "triton"]  # interpreted on the CPU: not a benchmark
     for n in args.n:
@@ -173,7 +173,7 @@ def bench_tsallis(args, device, dtype, rows, skipped, copy=None):
 
 def bench_lm_head(args, device, dtype, rows, skipped):
     """Against the materialised path (x_vs_ref, mem_vs_ref) and the bare GEMM (x_vs_gemm)."""
-    backends = [b for b in _backend.available("lm_head_entropy", device) if b != "reference"]
+    backends = [b for b in kernels.available("lm_head_entropy", device) if b != "reference"]
     if device.type == "cpu":
         backends = [b for b in backends if b != "triton"]
     n, v = args.lm_n, args.lm_v
@@ -310,7 +310,7 @@ def main(argv=None):
     if skipped:
         md += "\nSkipped:\n\n" + md_table(skipped, ["op", "N", "V", "why"])
     results = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "device": str(device),
-               "backends": _backend.backends(device), "rows": rows, "skipped": skipped, "copy": copy}
+               "backends": kernels.backends(device), "rows": rows, "skipped": skipped, "copy": copy}
     paths = write_results(os.path.join(args.out, "entropy"), results, md)
     print(md)
     print("wrote", *paths)

@@ -204,7 +204,7 @@ build_ext() {
   "$PY" - "$DEVICE" <<'EOF'
 import sys
 import alter_kernels as ak
-from alter_kernels import _backend
+from alter_kernels import kernels
 dev = sys.argv[1]
 if dev == "cpu":   # dry run: the arch string the GPU build uses must parse (a private helper: informative only)
     import os
@@ -214,12 +214,12 @@ if dev == "cpu":   # dry run: the arch string the GPU build uses must parse (a p
         print("nvcc flags for 9.0a:", cpp_extension._get_cuda_arch_flags())
     except Exception as exc:
         print("arch flags not checked:", type(exc).__name__, exc)
-ext = _backend.load_extension()
-print("extension:", getattr(ext, "__file__", None), "error:", _backend.extension_error())
+ext = kernels.load_extension()
+print("extension:", getattr(ext, "__file__", None), "error:", kernels.extension_error())
 print("backends on", dev, ak.backends(dev))
 for op in ("tsallis_entropy", "lm_head_entropy", "asym_lora", "route"):
-    print(f"  {op}: {_backend.available(op, dev)}")
-if dev == "cuda" and not _backend.native_has_kernel("tsallis_entropy_fwd", "CUDA"):
+    print(f"  {op}: {kernels.available(op, dev)}")
+if dev == "cuda" and not kernels.native_has_kernel("tsallis_entropy_fwd", "CUDA"):
     sys.exit("the extension has no CUDA kernels")
 EOF
 }

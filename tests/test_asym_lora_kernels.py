@@ -13,13 +13,13 @@ import torch
 import torch.nn as nn
 
 import alter_kernels as ak
-from alter_kernels import _backend
-from alter_kernels.reference.asym_lora import asym_lora_ref
-from alter_kernels.reference.routing import route_ref
+from alter_kernels import kernels
+from alter_kernels.kernels.reference.asym_lora import asym_lora_ref
+from alter_kernels.kernels.reference.routing import route_ref
 
 CPU = torch.device("cpu")
-FAST = [b for b in _backend.available("asym_lora", CPU) if b not in ("reference", "triton")]
-TRITON = "triton" in _backend.available("asym_lora", CPU)
+FAST = [b for b in kernels.available("asym_lora", CPU) if b not in ("reference", "triton")]
+TRITON = "triton" in kernels.available("asym_lora", CPU)
 ALL = FAST + (["triton"] if TRITON else [])
 
 

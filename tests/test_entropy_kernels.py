@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels import _backend
-from alter_kernels.reference.entropy import tsallis_entropy_ref
+from alter_kernels import kernels
+from alter_kernels.kernels.reference.entropy import tsallis_entropy_ref
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
 QS = [0.5, 1.0, 1.5, 2.0, 3.0]
 VS = [1, 7, 1000, 32000, 50257]
-BACKENDS = _backend.available("tsallis_entropy", "cpu")  # reference, cpp, triton (interpreted) if present
+BACKENDS = kernels.available("tsallis_entropy", "cpu")  # reference, cpp, triton (interpreted) if present
 TRITON_MAX_V = 1000  # the interpreter is slow: Triton only at small shapes
 
 
@@ -194,9 +194,9 @@ def test_fp64_and_dispatch():
     x = make_logits(3, 50, dtype=torch.float64)
     e = ak.tsallis_entropy(x, 1.5)
     assert e.dtype == torch.float64  # fp64 stays on the reference
-    if _backend.native_has_kernel("tsallis_entropy_fwd", "CPU"):
-        assert _backend.pick("tsallis_entropy", "cpu").backend == "cpp"
-    assert _backend.pick("tsallis_entropy", "cpu").backend != "triton"
+    if kernels.native_has_kernel("tsallis_entropy_fwd", "CPU"):
+        assert kernels.pick("tsallis_entropy", "cpu").backend == "cpp"
+    assert kernels.pick("tsallis_entropy", "cpu").backend != "triton"
 
 
 def test_bad_input():

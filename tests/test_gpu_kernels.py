@@ -27,9 +27,9 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels import _backend
-from alter_kernels.reference.asym_lora import asym_lora_ref
-from alter_kernels.reference.entropy import tsallis_entropy_ref
+from alter_kernels import kernels
+from alter_kernels.kernels.reference.asym_lora import asym_lora_ref
+from alter_kernels.kernels.reference.entropy import tsallis_entropy_ref
 from test_asym_lora_kernels import check as check_on_device  # y and gradients on the case's device
 from test_asym_lora_kernels import make_case
 from test_entropy_kernels import assert_criterion, cancellation_floor
@@ -56,7 +56,7 @@ DT = {FP32: "fp32", BF16: "bf16", FP16: "fp16"}
 def fast_backends(op: str) -> list[str]:
     """Every non-reference backend of ``op`` on the test device (CUDA: cuda, triton (, torch);
     CPU dry run: cpp, triton interpreted (, torch))."""
-    return [b for b in _backend.available(op, DEV) if b != "reference"]
+    return [b for b in kernels.available(op, DEV) if b != "reference"]
 
 
 def params(op, cases, ids):
@@ -70,10 +70,10 @@ def gen(seed: int) -> torch.Generator:
 
 def test_required_backends_present():
     need = [b for b in os.environ.get("ALTER_GPU_REQUIRE", "").split(",") if b]
-    have = {op: _backend.available(op, DEV) for op in ("tsallis_entropy", "lm_head_entropy", "asym_lora")}
+    have = {op: kernels.available(op, DEV) for op in ("tsallis_entropy", "lm_head_entropy", "asym_lora")}
     missing = {op: [b for b in need if b not in bs] for op, bs in have.items()}
     assert not any(missing.values()), (f"backends missing on {DEV}: {missing}; available: {have}; "
-                                       f"extension error: {_backend.extension_error()}")
+                                       f"extension error: {kernels.extension_error()}")
     for op, bs in have.items():
         assert [b for b in bs if b != "reference"], f"{op}: no fast backend on {DEV}"
 

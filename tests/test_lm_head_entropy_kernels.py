@@ -10,16 +10,16 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels import _backend
-from alter_kernels.reference.entropy import lm_head_entropy_ref
+from alter_kernels import kernels
+from alter_kernels.kernels.reference.entropy import lm_head_entropy_ref
 from test_entropy_kernels import assert_criterion
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
 QS = [0.5, 1.0, 1.5, 2.0, 3.0]
 VS = [1, 7, 1000, 32000, 50257]
-BACKENDS = _backend.available("lm_head_entropy", "cpu")
-HAS_CPP = _backend.native_has_kernel("lm_head_entropy_fwd", "CPU")
+BACKENDS = kernels.available("lm_head_entropy", "cpu")
+HAS_CPP = kernels.native_has_kernel("lm_head_entropy_fwd", "CPU")
 
 
 def make(n, v, d, dtype=torch.float32, bias=True, scale=1.0):
@@ -167,7 +167,7 @@ def test_fp64_dispatch_and_errors():
     h, w, b = make(3, 20, 4, dtype=torch.float64)
     assert ak.lm_head_entropy(h, w, 1.5, bias=b).dtype == torch.float64  # the reference
     if HAS_CPP:
-        assert _backend.pick("lm_head_entropy", "cpu").backend == "cpp"
+        assert kernels.pick("lm_head_entropy", "cpu").backend == "cpp"
     with pytest.raises(ValueError, match="weight must be"):
         ak.lm_head_entropy(torch.randn(2, 4), torch.randn(5, 3))
     with pytest.raises(ValueError, match="bias must have shape"):

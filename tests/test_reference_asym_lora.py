@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.reference import asym_lora_ref
+from alter_kernels.kernels.reference import asym_lora_ref
 
 
 def setup(n=9, d_in=7, d_out=5, r=3, e=4, dtype=torch.float64, seed=0):

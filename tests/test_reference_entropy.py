@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.reference import lm_head_entropy_ref, tsallis_entropy_ref
+from alter_kernels.kernels.reference import lm_head_entropy_ref, tsallis_entropy_ref
 
 QS = [0.5, 1.0, 1.5, 2.0, 3.0]
 

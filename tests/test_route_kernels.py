@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels import _backend
-from alter_kernels.reference.routing import route_ref
+from alter_kernels import kernels
+from alter_kernels.kernels.reference.routing import route_ref
 
-FAST = [b for b in _backend.available("route", "cpu") if b != "reference"]
+FAST = [b for b in kernels.available("route", "cpu") if b != "reference"]
 pytestmark = pytest.mark.skipif(not FAST, reason="no fast route backend built")
 
 

@@ -1,9 +1,8 @@
-"""Public ops. Each module is the single dispatch point of its op."""
+"""Public ops: input checks, then the registry's pick (kernels/registry.py) by device and dtype."""
 from .asym_lora import asym_lora
+from .decode import decode_group_linear, decode_route
 from .entropy import lm_head_entropy, tsallis_entropy
-from .routing import route
-from ._fake import register_fakes
+from .routing import route, route_plan
 
-register_fakes()
-
-__all__ = ["asym_lora", "lm_head_entropy", "tsallis_entropy", "route"]
+__all__ = ["asym_lora", "lm_head_entropy", "tsallis_entropy", "route", "route_plan", "decode_route",
+           "decode_group_linear"]

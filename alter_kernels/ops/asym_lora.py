@@ -1,17 +1,10 @@
 """Dispatch point of the asymmetric multi-expert LoRA linear ``asym_lora``."""
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .. import _backend
-from ..reference.asym_lora import asym_lora_ref
-from ._asym_lora_impl import register_backends
+from ..kernels import registry
 from ._checks import check_same_device, check_shape, check_tensor
-
-_backend.register("asym_lora", "reference", asym_lora_ref, priority=0)
-register_backends()
 
 OP = "asym_lora"
 
@@ -28,22 +21,21 @@ def asym_lora(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: torch.T
     """
     if not _fast_ok(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias):
         _full_checks(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias)
-    return _pick(x.device).fn(x, weight, A, B, expert_weights, float(scale), a_grad_mask, b_grad_mask, bias)
+    return _pick(x.device, x.dtype).fn(x, weight, A, B, expert_weights, float(scale), a_grad_mask, b_grad_mask, bias)
 
 
 _pick_cache: dict = {}
 
 
-def _pick(device: torch.device):
-    """_backend.pick, memoised on everything it depends on (it costs ~10 us, a decode step calls
+def _pick(device: torch.device, dtype: torch.dtype):
+    """registry.pick, memoised on everything it depends on (it costs ~10 us, a decode step calls
     this once per patched linear)."""
     if torch.compiler.is_compiling():
-        return _backend.pick(OP, device)
-    key = (_backend._forced(), os.environ.get("ALTER_KERNELS_BACKEND"), os.environ.get("TRITON_INTERPRET"),
-           device, len(_backend._REGISTRY.get(OP, ())))
+        return registry.pick(OP, device, dtype)
+    key = (registry.cache_key(), device, dtype)
     impl = _pick_cache.get(key)
     if impl is None:
-        impl = _pick_cache[key] = _backend.pick(OP, device)
+        impl = _pick_cache[key] = registry.pick(OP, device, dtype)
     return impl
 
 

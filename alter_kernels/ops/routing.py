@@ -1,45 +1,18 @@
-"""Dispatch point of the routing plan ``route`` (ALTER_SPEC section 3)."""
+"""Dispatch points of the routing ops ``route`` and ``route_plan`` (ALTER_SPEC section 3)."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from .. import _backend
-from ..reference.routing import RoutingPlan, route_ref
+from ..kernels import registry
+from ..kernels.reference.routing import RoutingPlan
 from ._checks import check_shape, check_tensor
-
-_backend.register("route", "reference", route_ref, priority=0)
-
-
-def route_cpp(hidden, router_weight, entropy, threshold=1.2, tau_high=0.8, tau_low=0.01, top_k=3, labels=None):
-    """C++ plan kernel. The logits come from one GEMM here; when they carry autograd (training:
-    W_g requires grad), the whole plan goes through the differentiable reference instead, so
-    expert_weights keeps its gradient path to W_g (router_grad_from_task) exactly as before.
-    Decoding (no grad) costs 3 calls instead of ~30. Under torch.compile the (traceable)
-    reference is used too."""
-    logits = hidden.to(torch.float32) @ router_weight.to(torch.float32)
-    if logits.requires_grad or torch.compiler.is_compiling():
-        return route_ref(hidden, router_weight, entropy, threshold, tau_high, tau_low, top_k, labels)
-    w, high, am, bm = _backend.native_op("route_plan")(logits, entropy, float(threshold), float(tau_high),
-                                                      float(tau_low), int(top_k), labels)
-    plan = RoutingPlan(expert_weights=w, high=high, a_grad_mask=am, b_grad_mask=bm, router_logits=logits)
-    if labels is not None:
-        labels = labels.to(device=hidden.device, dtype=torch.long)
-        labelled = labels >= 0
-        ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-        plan.router_loss = torch.where(labelled, ce, torch.zeros_like(ce)).sum() / labelled.sum().clamp(min=1)
-    return plan
-
-
-_backend.register("route", "cpp", route_cpp,
-                  supports=lambda d: d.type == "cpu" and _backend.native_has_kernel("route_plan", "CPU"),
-                  priority={"cpu": 10, "default": -1})
 
 OP = "route"
 
 
-def _check_scalars(threshold, tau_high, tau_low, top_k) -> None:
+def check_route_scalars(threshold, tau_high, tau_low, top_k, OP: str = OP) -> None:
     """threshold: a number, +-inf allowed (every token low / high), NaN never; temperatures finite
     > 0; top_k an int >= 0 (0: high-entropy tokens use the retain expert only)."""
     for name, v in (("threshold", threshold), ("tau_high", tau_high), ("tau_low", tau_low)):
@@ -74,14 +47,38 @@ def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tens
     check_tensor(entropy, "entropy", OP)
     check_shape(entropy, "entropy", OP, (n,), " ([N])")
     if labels is not None:
-        check_tensor(labels, "labels", OP, float_only=False)
-        check_shape(labels, "labels", OP, (n,), " ([N])")
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"{OP}: labels must be an integer tensor, got {labels.dtype}")
-        e = router_weight.shape[1]
-        # a data-dependent check: skipped while torch.compile traces (set_routing_inputs checks too)
-        if not torch.compiler.is_compiling() and labels.numel() and int(labels.max()) >= e:
-            raise ValueError(f"{OP}: label {int(labels.max())} out of range for {e} experts (0..{e - 1})")
-    _check_scalars(threshold, tau_high, tau_low, top_k)
-    return _backend.pick(OP, hidden.device).fn(hidden, router_weight, entropy, threshold, tau_high,
+        check_labels(labels, router_weight.shape[1], n)
+    check_route_scalars(threshold, tau_high, tau_low, top_k)
+    return registry.pick(OP, hidden.device).fn(hidden, router_weight, entropy, threshold, tau_high,
                                                tau_low, top_k, labels)
+
+
+def check_labels(labels: torch.Tensor, e: int, n: int, OP: str = OP) -> None:
+    check_tensor(labels, "labels", OP, float_only=False)
+    check_shape(labels, "labels", OP, (n,), " ([N])")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{OP}: labels must be an integer tensor, got {labels.dtype}")
+    # a data-dependent check: skipped while torch.compile traces (set_routing_inputs checks too)
+    if not torch.compiler.is_compiling() and labels.numel() and int(labels.max()) >= e:
+        raise ValueError(f"{OP}: label {int(labels.max())} out of range for {e} experts (0..{e - 1})")
+
+
+def route_plan(logits: torch.Tensor, entropy: torch.Tensor, threshold: float = 1.2, tau_high: float = 0.8,
+               tau_low: float = 0.01, top_k: int = 3, labels: torch.Tensor | None = None):
+    """The routing rule from router logits: logits [N, E] (h W_g, un-tempered), entropy [N],
+    labels [N] or None -> (expert_weights [N, E] fp32, high [N] bool, a_grad_mask [N] bool | None,
+    b_grad_mask [N, E] bool | None); the masks only with labels. Not differentiable (``route``
+    is, through the reference, when W_g requires grad)."""
+    op = "route_plan"
+    check_tensor(logits, "logits", op, ndim=2)
+    n, e = logits.shape
+    if e < 1:
+        raise ValueError(f"{op}: logits must have at least one expert column, got {tuple(logits.shape)}")
+    check_tensor(entropy, "entropy", op)
+    check_shape(entropy, "entropy", op, (n,), " ([N])")
+    if labels is not None:
+        check_labels(labels, e, n, op)
+        labels = labels.to(torch.long)
+    check_route_scalars(threshold, tau_high, tau_low, top_k, op)
+    return registry.pick(op, logits.device).fn(logits.to(torch.float32), entropy.to(torch.float32), float(threshold),
+                                               float(tau_high), float(tau_low), int(top_k), labels)

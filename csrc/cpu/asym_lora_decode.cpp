@@ -23,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "route_rule.h"
+
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -44,38 +46,11 @@ void route_rows(const scalar_t* h, const float* wg, const float* ent, float* out
       const float* row = wg + i * e;
       for (int64_t j = 0; j < e; ++j) logits[j] += hv * row[j];
     }
-    const float et = ent[t];
-    const bool high = !(et <= threshold);  // NaN and +inf count as high
-    const float tau = static_cast<float>(high ? tau_high : tau_low);
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < e; ++j) {
-      g[j] = logits[j] / tau;
-      mx = std::max(mx, g[j]);
-    }
-    float z = 0.f;
-    for (int64_t j = 0; j < e; ++j) {
-      g[j] = std::exp(g[j] - mx);
-      z += g[j];
-    }
-    for (int64_t j = 0; j < e; ++j) g[j] /= z;
+    const bool high = is_high(ent[t], threshold);
     float* o = out + t * e;
     for (int64_t j = 0; j < e; ++j) o[j] = 0.f;
-    if (high) {
-      o[0] = 1.f;
-      for (int64_t j = 0; j < e; ++j) taken[j] = 0;
-      for (int64_t s = 0; s < k; ++s) {  // k is tiny: selection by repeated maximum
-        int64_t best = -1;
-        for (int64_t j = 1; j < e; ++j)
-          if (!taken[j] && (best < 0 || g[j] > g[best])) best = j;
-        taken[best] = 1;
-        o[best] = g[best];
-      }
-    } else {
-      int64_t best = 0;
-      for (int64_t j = 1; j < e; ++j)
-        if (g[j] > g[best]) best = j;
-      o[best] = 1.f;
-    }
+    route_token(logits.data(), e, high, static_cast<float>(tau_high), static_cast<float>(tau_low), k, -1, g.data(),
+                taken.data(), o);
   }
 }
 

@@ -13,6 +13,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "route_rule.h"
+
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -60,45 +62,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> route_plan_cpu(const Tensor& logits_i
     for (int64_t n = b; n < e_; ++n) {
       const float* ln = pl + n * E;
       float* wn = pw + n * E;
-      const bool hi = !(pe[n] <= static_cast<float>(threshold));
+      const bool hi = is_high(pe[n], threshold);
       ph[n] = hi;
-      const float inv_tau = 1.0f / static_cast<float>(hi ? tau_high : tau_low);
-      float m = -std::numeric_limits<float>::infinity();
-      bool nan = false;
-      for (int64_t e = 0; e < E; ++e) {
-        const float z = ln[e] * inv_tau;
-        g[e] = z;
-        if (std::isnan(z)) nan = true;
-        else if (z > m) m = z;
-      }
-      float sum = 0.f;
-      for (int64_t e = 0; e < E; ++e) {
-        g[e] = std::exp(g[e] - m);
-        sum += g[e];
-      }
-      for (int64_t e = 0; e < E; ++e) g[e] = nan ? std::numeric_limits<float>::quiet_NaN() : g[e] / sum;
       const int64_t lab = plab ? plab[n] : -1;
-      if (hi) {
-        wn[0] = 1.f;
-        for (int64_t e = 0; e < E; ++e) taken[e] = 0;
-        for (int64_t t = 0; t < k; ++t) {  // k <= 8: selection is cheapest
-          int64_t best = -1;
-          for (int64_t e = 1; e < E; ++e) {
-            if (taken[e]) continue;
-            if (best < 0 || g[e] > g[best] || (std::isnan(g[e]) && !std::isnan(g[best]))) best = e;
-          }
-          taken[best] = 1;
-          wn[best] = g[best];
-        }
-      } else {
-        int64_t choice = lab;
-        if (choice < 0) {
-          choice = 0;
-          for (int64_t e = 1; e < E; ++e)
-            if (g[e] > g[choice] || (std::isnan(g[e]) && !std::isnan(g[choice]))) choice = e;
-        }
-        wn[choice] = 1.f;
-      }
+      route_token(ln, E, hi, static_cast<float>(tau_high), static_cast<float>(tau_low), k, lab, g.data(),
+                  taken.data(), wn);
       if (pam) {
         pam[n] = hi;
         if (!hi && lab >= 0) pbm[n * E + lab] = true;

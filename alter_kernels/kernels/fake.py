@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend
+from .native import NAMESPACE, load_extension, native_op
 
 _done = False
 
@@ -55,6 +55,22 @@ def _lm_head_entropy_bwd(grad_ent, grad_lse, hidden, weight, bias, stats, q, nee
             torch.empty_like(bias) if (need_bias and bias is not None) else none())
 
 
+def _route_plan(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None):
+    n, e = logits.shape
+    f32, b = dict(dtype=torch.float32, device=logits.device), dict(dtype=torch.bool, device=logits.device)
+    if labels is None:           # the masks are undefined tensors (None) without labels
+        return torch.empty((n, e), **f32), torch.empty((n,), **b), None, None
+    return torch.empty((n, e), **f32), torch.empty((n,), **b), torch.empty((n,), **b), torch.empty((n, e), **b)
+
+
+def _decode_route(hidden, router_weight, entropy, threshold, tau_high, tau_low, top_k):
+    return hidden.new_empty((hidden.shape[0], router_weight.shape[1]), dtype=torch.float32)
+
+
+def _decode_group_linear(x, weights, biases, a_cat, b_t, expert_weights):
+    return [x.new_empty((x.shape[0], w.shape[0])) for w in weights]
+
+
 FAKES = {
     "asym_lora_fwd": _asym_lora_fwd,
     "asym_lora_bwd": _asym_lora_bwd,
@@ -62,6 +78,9 @@ FAKES = {
     "tsallis_entropy_bwd": _tsallis_entropy_bwd,
     "lm_head_entropy_fwd": _lm_head_entropy_fwd,
     "lm_head_entropy_bwd": _lm_head_entropy_bwd,
+    "route_plan": _route_plan,
+    "decode_route": _decode_route,
+    "decode_group_linear": _decode_group_linear,
 }
 
 
@@ -70,11 +89,11 @@ def register_fakes(extra: dict | None = None) -> None:
     global _done
     if extra:
         FAKES.update(extra)
-    if _backend.load_extension() is None:
+    if load_extension() is None:
         return
     for name, fn in FAKES.items():
-        if getattr(fn, "_alter_registered", False) or _backend.native_op(name) is None:
+        if getattr(fn, "_alter_registered", False) or native_op(name) is None:
             continue
-        torch.library.register_fake(f"{_backend.NAMESPACE}::{name}", fn)
+        torch.library.register_fake(f"{NAMESPACE}::{name}", fn)
         fn._alter_registered = True
     _done = True

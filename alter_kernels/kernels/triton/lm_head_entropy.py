@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._entropy_autograd import chunked_lm_head_kernels
+from ..entropy_autograd import chunked_lm_head_kernels
 from .tsallis_entropy import tsallis_bwd, tsallis_fwd
 
 TILE_BYTES_CUDA = 256 << 20

@@ -24,7 +24,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
+from .reference.asym_lora import asym_lora_ref
 
 OP = "asym_lora"
 
@@ -169,7 +169,6 @@ def make_backend(impl: _Impl):
         if not params_finite(A, B):
             # inf/NaN in A or B: the fused GEMMs would turn an expert of weight 0 into 0 * inf = NaN;
             # the reference skips experts of weight 0 exactly (docs/DESIGN.md, "inf / NaN")
-            from ..reference.asym_lora import asym_lora_ref
             return asym_lora_ref(x, weight, A, B, w, scale, a_mask, b_mask, bias)
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or A.requires_grad or
                                         B.requires_grad or w.requires_grad or
@@ -181,37 +180,3 @@ def make_backend(impl: _Impl):
 
 TORCH_IMPL = _Impl(torch_fwd, torch_bwd)
 NATIVE_IMPL = _Impl(native_fwd, native_bwd)
-
-
-def _triton_supports(device: torch.device) -> bool:
-    if not _backend.triton_available():
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and _backend.triton_interpret())
-
-
-def _triton_run(*args, **kwargs):
-    from ..triton.asym_lora import TRITON_IMPL
-    return make_backend(TRITON_IMPL)(*args, **kwargs)
-
-
-_native_cache: dict = {}
-
-
-def _native(key: str) -> bool:
-    """Whether the extension has the asym_lora kernels for a dispatch key (cached: pick() runs per call)."""
-    if key not in _native_cache:
-        _native_cache[key] = (_backend.native_has_kernel("asym_lora_fwd", key)
-                              and _backend.native_has_kernel("asym_lora_bwd", key))
-    return _native_cache[key]
-
-
-def register_backends() -> None:
-    _backend.register(OP, "torch", make_backend(TORCH_IMPL), priority=5)
-    _backend.register(OP, "cpp", make_backend(NATIVE_IMPL),
-                      supports=lambda d: d.type == "cpu" and _native("CPU"),
-                      priority={"cpu": 10, "default": -1})
-    _backend.register(OP, "cuda", make_backend(NATIVE_IMPL),
-                      supports=lambda d: d.type == "cuda" and _native("CUDA"),
-                      priority={"cuda": 15, "default": -1})
-    _backend.register(OP, "triton", _triton_run, supports=_triton_supports,
-                      priority={"cuda": 20, "cpu": -10, "default": -10})

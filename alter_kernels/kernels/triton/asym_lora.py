@@ -11,8 +11,8 @@ stay with torch (cuBLAS). Triton does the adapter part, fused:
   _bwd_b      dB_e = g^T (s w_e u on b_grad_mask[:, e] rows, 0 elsewhere), written straight
               into the [E, d_out, r] layout             one program per (d_out block, expert)
 
-Accumulation is fp32 (tl.dot with input_precision="ieee": no TF32). float64 input goes to the
-torch implementation.
+Accumulation is fp32 (tl.dot with input_precision="ieee": no TF32). The registry sends float64
+input to the torch implementation (kernels/table.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._asym_lora_impl import _Impl, torch_bwd, torch_fwd
+from ..asym_lora import _Impl
 
 
 @triton.jit
@@ -126,8 +126,6 @@ BM, BN, BK = 32, 64, 64
 
 
 def triton_fwd(x, weight, A, B, w, scale, bias):
-    if x.dtype == torch.float64:
-        return torch_fwd(x, weight, A, B, w, scale, bias)
     n, d_in = x.shape
     E, d_out, r = B.shape
     x, A, B, w = x.contiguous(), A.contiguous(), B.contiguous(), w.contiguous()
@@ -143,8 +141,6 @@ def triton_fwd(x, weight, A, B, w, scale, bias):
 
 
 def triton_bwd(g, x, weight, A, B, w, u, scale, a_mask, b_mask, need_dx, need_dA, need_dB, need_dw):
-    if x.dtype == torch.float64:
-        return torch_bwd(g, x, weight, A, B, w, u, scale, a_mask, b_mask, need_dx, need_dA, need_dB, need_dw)
     n, d_in = x.shape
     E, d_out, r = B.shape
     g, u, B, w = g.contiguous(), u.contiguous(), B.contiguous(), w.contiguous()

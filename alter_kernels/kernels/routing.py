@@ -1,0 +1,43 @@
+"""Compiled backends of the routing ops: ``route`` (plan for a forward), ``route_plan`` (the rule
+from router logits), and the decode-shaped ``decode_route`` / ``decode_group_linear``.
+
+The C++ kernels share one per-token rule (csrc/cpu/route_rule.h); the Python statement of the
+rule is ``reference/routing.py::route_plan_ref``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .native import native_op
+from .reference.routing import RoutingPlan, route_ref, router_ce
+
+
+def route_plan_native(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None):
+    w, high, am, bm = native_op("route_plan")(logits, entropy, float(threshold), float(tau_high),
+                                              float(tau_low), int(top_k), labels)
+    return w, high, am, bm
+
+
+def route_native(hidden, router_weight, entropy, threshold=1.2, tau_high=0.8, tau_low=0.01, top_k=3, labels=None):
+    """C++ plan kernel. The logits come from one GEMM here; when they carry autograd (training:
+    W_g requires grad), the whole plan goes through the differentiable reference instead, so
+    expert_weights keeps its gradient path to W_g (router_grad_from_task) exactly as before.
+    Decoding (no grad) costs 3 calls instead of ~30. Under torch.compile the (traceable)
+    reference is used too."""
+    logits = hidden.to(torch.float32) @ router_weight.to(torch.float32)
+    if logits.requires_grad or torch.compiler.is_compiling():
+        return route_ref(hidden, router_weight, entropy, threshold, tau_high, tau_low, top_k, labels)
+    w, high, am, bm = route_plan_native(logits, entropy, threshold, tau_high, tau_low, top_k, labels)
+    plan = RoutingPlan(expert_weights=w, high=high, a_grad_mask=am, b_grad_mask=bm, router_logits=logits)
+    if labels is not None:
+        plan.router_loss = router_ce(logits, labels.to(device=hidden.device, dtype=torch.long))
+    return plan
+
+
+def decode_route_native(hidden, router_weight, entropy, threshold, tau_high, tau_low, top_k):
+    return native_op("decode_route")(hidden, router_weight, entropy, float(threshold), float(tau_high),
+                                     float(tau_low), int(top_k))
+
+
+def decode_group_linear_native(x, weights, biases, a_cat, b_t, expert_weights):
+    return native_op("decode_group_linear")(x, weights, biases, a_cat, b_t, expert_weights)
