@@ -16,7 +16,8 @@ of them); of the KL: [m_b, log Z_b, m, log Z, KL]. What a backward was not asked
 as None or a 0-element placeholder; the Functions drop it. The only tensors autograd keeps
 are the inputs and these statistics.
 
-float64 input stays on the reference (the kernels accumulate in fp32).
+The kernels accumulate in fp32 and take fp32 / bf16 / fp16: the table (table.py) sends float64
+to the reference.
 """
 from __future__ import annotations
 
@@ -25,10 +26,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .reference.lm_head_losses import TokenLosses, lm_head_kl_ref, lm_head_token_losses_ref
-
-NAMESPACE = "alter_kernels"
-LOSS_STATS, KL_STATS = 7, 5
+from .native import native_op
+from .reference.lm_head_losses import TokenLosses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +94,8 @@ class _KLFn(torch.autograd.Function):
         return tuple(o if n else None for o, n in zip(out, (need_hb, need_h, need_w, need_b))) + (None, None)
 
 
-def _has_f64(*tensors) -> bool:
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
-
-
 def token_losses_with(kern: LossKernels, hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:
     """hidden [N, d] (2-D), weight [V, d], labels int64 [N], bias [V] or None; q None = no entropy."""
-    if _has_f64(hidden, weight, bias):
-        return lm_head_token_losses_ref(hidden, weight, labels, bias, q, ignore_index)
     with_ent = q is not None
     nll, ihl, ent, lse = _TokenLossesFn.apply(hidden, weight, bias, labels, float(q) if with_ent else 0.0,
                                               with_ent, int(ignore_index), kern)
@@ -111,33 +104,27 @@ def token_losses_with(kern: LossKernels, hidden, weight, labels, bias, q, ignore
 
 def kl_with(kern: KLKernels, hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
     """hidden_base, hidden [N, d], weight [V, d], bias [V] or None, mask bool [N] or None -> KL [N]."""
-    if _has_f64(hidden_base, hidden, weight, bias):
-        return lm_head_kl_ref(hidden_base, hidden, weight, bias, mask)
     return _KLFn.apply(hidden_base, hidden, weight, bias, mask, kern)
 
 
 # ---- native (C++ CPU / CUDA) kernels: torch.ops.alter_kernels.lm_head_{losses,kl}_{fwd,bwd} ----
 
-def _op(name: str):
-    return getattr(getattr(torch.ops, NAMESPACE), name)
-
-
 def native_loss_kernels() -> LossKernels:
     def fwd(h, w, bias, labels, q, with_ent, ignore_index):
-        return _op("lm_head_losses_fwd")(h, w, bias, labels, q, with_ent, ignore_index)
+        return native_op("lm_head_losses_fwd")(h, w, bias, labels, q, with_ent, ignore_index)
 
     def bwd(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_index, need_h, need_w, need_b):
-        return _op("lm_head_losses_bwd")(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_index,
+        return native_op("lm_head_losses_bwd")(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_index,
                                          need_h, need_w, need_b)
     return LossKernels(fwd, bwd)
 
 
 def native_kl_kernels() -> KLKernels:
     def fwd(hb, h, w, bias, mask):
-        return _op("lm_head_kl_fwd")(hb, h, w, bias, mask)
+        return native_op("lm_head_kl_fwd")(hb, h, w, bias, mask)
 
     def bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b):
-        return _op("lm_head_kl_bwd")(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b)
+        return native_op("lm_head_kl_bwd")(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b)
     return KLKernels(fwd, bwd)
 
 
@@ -157,47 +144,3 @@ def token_losses_triton(hidden, weight, labels, bias, q, ignore_index) -> TokenL
 def kl_triton(hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
     from .triton import lm_head_losses as tl
     return kl_with(tl.KL_KERNELS, hidden_base, hidden, weight, bias, mask)
-
-
-# ---- fakes (meta implementations) of the native ops, for torch.compile / FakeTensor ----
-
-def _vec(n, like):
-    return torch.empty((n,), dtype=torch.float32, device=like.device)
-
-
-def _placeholder(like):            # a fresh 0-element fp32 tensor each (no output aliases another)
-    return like.new_empty((0,), dtype=torch.float32)
-
-
-def _losses_fwd_fake(hidden, weight, bias, labels, q, with_entropy, ignore_index, vocab_tile=0, row_block=0):
-    n = hidden.shape[0]
-    return (_vec(n, hidden), _vec(n, hidden), _vec(n, hidden), _vec(n, hidden),
-            torch.empty((n, LOSS_STATS), dtype=torch.float32, device=hidden.device))
-
-
-def _losses_bwd_fake(grad_nll, grad_ihl, grad_ent, grad_lse, hidden, weight, bias, labels, stats, q, ignore_index,
-                     need_hidden, need_weight, need_bias, vocab_tile=0, row_block=0):
-    return (torch.empty_like(hidden) if need_hidden else _placeholder(hidden),
-            torch.empty_like(weight) if need_weight else _placeholder(hidden),
-            torch.empty_like(bias) if (need_bias and bias is not None) else _placeholder(hidden))
-
-
-def _kl_fwd_fake(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_block=0):
-    n = hidden.shape[0]
-    return _vec(n, hidden), torch.empty((n, KL_STATS), dtype=torch.float32, device=hidden.device)
-
-
-def _kl_bwd_fake(grad, hidden_base, hidden, weight, bias, mask, stats, need_base, need_hidden, need_weight, need_bias,
-                 vocab_tile=0, row_block=0):
-    return (torch.empty_like(hidden_base) if need_base else _placeholder(hidden),
-            torch.empty_like(hidden) if need_hidden else _placeholder(hidden),
-            torch.empty_like(weight) if need_weight else _placeholder(hidden),
-            torch.empty_like(bias) if (need_bias and bias is not None) else _placeholder(hidden))
-
-
-FAKES = {
-    "lm_head_losses_fwd": _losses_fwd_fake,
-    "lm_head_losses_bwd": _losses_bwd_fake,
-    "lm_head_kl_fwd": _kl_fwd_fake,
-    "lm_head_kl_bwd": _kl_bwd_fake,
-}

@@ -1,41 +1,18 @@
 """Public fused LM-head loss ops (issue 16): ``lm_head_token_losses`` and ``lm_head_kl``.
 
-Input checks and the registry lookup; the implementations live in alter_kernels/kernels/
-(reference, C++/CUDA through torch.ops, Triton).
+Input checks, then the registry's pick (kernels/registry.py) by device and dtype; the
+implementations live in alter_kernels/kernels/ (reference, C++/CUDA through torch.ops, Triton),
+registered in kernels/table.py.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _backend
-from ..kernels import lm_head_losses as K
-from ..kernels.reference.lm_head_losses import IGNORE_INDEX, TokenLosses, lm_head_kl_ref, lm_head_token_losses_ref
+from ..kernels import registry
+from ..kernels.reference.lm_head_losses import IGNORE_INDEX, TokenLosses
 from ._checks import check_q, check_same_device, check_shape, check_tensor
-from ._fake import register_fakes
 
-# ---- registration (issue 14: moves into the kernels layer's registration table at integration) ----
 TOKEN_LOSSES, KL = "lm_head_token_losses", "lm_head_kl"
-
-_backend.register(TOKEN_LOSSES, "reference", lm_head_token_losses_ref, priority=0)
-_backend.register(KL, "reference", lm_head_kl_ref, priority=0)
-
-
-def _native_supports(name: str, key: str, dev_type: str):
-    return lambda d: d.type == dev_type and _backend.native_has_kernel(name, key)
-
-
-def _triton_supports(d: torch.device) -> bool:
-    return _backend.triton_available() and (d.type == "cuda" or (d.type == "cpu" and _backend.triton_interpret()))
-
-
-for _name, _native, _triton in ((TOKEN_LOSSES, K.token_losses_native, K.token_losses_triton),
-                                (KL, K.kl_native, K.kl_triton)):
-    _fwd = "lm_head_losses_fwd" if _name == TOKEN_LOSSES else "lm_head_kl_fwd"
-    _backend.register(_name, "cpp", _native, _native_supports(_fwd, "CPU", "cpu"), priority={"cpu": 10})
-    _backend.register(_name, "cuda", _native, _native_supports(_fwd, "CUDA", "cuda"), priority={"cuda": 15})
-    _backend.register(_name, "triton", _triton, _triton_supports, priority={"cuda": 20, "cpu": -10})
-
-register_fakes(K.FAKES)
 
 
 # ---- input checks ----
@@ -103,7 +80,7 @@ def lm_head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     lead = hidden.shape[:-1]
     h2 = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1).to(torch.int64).contiguous()
-    out = _backend.pick(TOKEN_LOSSES, hidden.device).fn(h2, weight, y, bias, q, int(ignore_index))
+    out = registry.pick(TOKEN_LOSSES, hidden.device, weight.dtype).fn(h2, weight, y, bias, q, int(ignore_index))
     return TokenLosses(*(None if t is None else t.reshape(lead) for t in out))
 
 
@@ -136,5 +113,5 @@ def lm_head_kl(hidden_base: torch.Tensor, hidden: torch.Tensor, weight: torch.Te
             raise ValueError(f"{op}: mask must be on the device of hidden ({hidden.device}), got {mask.device}")
         m = mask.reshape(-1).to(torch.bool).contiguous()
     d = hidden.shape[-1]
-    kl = _backend.pick(KL, hidden.device).fn(hidden_base.reshape(-1, d), hidden.reshape(-1, d), weight, bias, m)
+    kl = registry.pick(KL, hidden.device, weight.dtype).fn(hidden_base.reshape(-1, d), hidden.reshape(-1, d), weight, bias, m)
     return kl.reshape(lead)

@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from .losses import IGNORE_INDEX
 
 
 class TokenLosses(NamedTuple):
