@@ -138,9 +138,9 @@ def kl_native(hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
 
 def token_losses_triton(hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:
     from .triton import lm_head_losses as tl
-    return token_losses_with(tl.LOSS_KERNELS, hidden, weight, labels, bias, q, ignore_index)
+    return token_losses_with(LossKernels(*tl.LOSS_KERNELS), hidden, weight, labels, bias, q, ignore_index)
 
 
 def kl_triton(hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
     from .triton import lm_head_losses as tl
-    return kl_with(tl.KL_KERNELS, hidden_base, hidden, weight, bias, mask)
+    return kl_with(KLKernels(*tl.KL_KERNELS), hidden_base, hidden, weight, bias, mask)

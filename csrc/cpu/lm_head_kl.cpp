@@ -20,6 +20,11 @@ using namespace losses_cpu;
 
 constexpr int64_t kKStats = 5;
 
+// The KL and its gradient are differences of nearly equal terms when p_b ~ p (the usual case:
+// a model near its base), so exponentials here use the ~1 ulp exp, not entropy_common.h's
+// faster exp_u20, whose error (~1e-6 relative) would show in p - p_b.
+inline fVec exp1(const fVec& x) { return x.exp(); }
+
 struct KLRow {
   float mb = -kInf, m = -kInf;
   double zb = 0.0, z = 0.0, a = 0.0;
@@ -47,9 +52,9 @@ void fold_kl(const float* xb, const float* x, int64_t n, KLRow& r) {
   const fVec mbv(r.mb), mv(r.m), lowest(-FLT_MAX), zero(0.f);
   fVec zba(0.f), za(0.f), aa(0.f);
   auto body = [&](const fVec& vb, const fVec& v) {
-    const fVec eb = vexp(at::vec::maximum(vb - mbv, lowest));
+    const fVec eb = exp1(at::vec::maximum(vb - mbv, lowest));
     zba = zba + eb;
-    za = za + vexp(at::vec::maximum(v - mv, lowest));
+    za = za + exp1(at::vec::maximum(v - mv, lowest));
     // p_b = 0 terms add nothing (avoids 0 * inf = NaN where z_b = -inf)
     aa = aa + fVec::blendv(zero, eb * (vb - v), eb > zero);
   };
@@ -146,7 +151,10 @@ std::tuple<at::Tensor, at::Tensor> lm_head_kl_fwd_cpu(const at::Tensor& hidden_b
               const float* pm = z.data_ptr<float>();
               at::parallel_for(0, rb, std::max<int64_t>(1, 8192 / vt), [&](int64_t i0, int64_t i1) {
                 for (int64_t i = i0; i < i1; ++i) {
-                  if (keep[r0 + i]) fold_kl(pb + i * vt, pm + i * vt, vt, rows[r0 + i]);
+                  if (!keep[r0 + i]) continue;
+                  for (int64_t o = 0; o < vt; o += kSub) {  // fp32 lane sums per sub-block, double across
+                    fold_kl(pb + i * vt + o, pm + i * vt + o, std::min(kSub, vt - o), rows[r0 + i]);
+                  }
                 }
               });
             });
@@ -166,13 +174,16 @@ void grad_kl_row(float* xb, float* x, int64_t n, const float* s, float g, bool k
     return;
   }
   constexpr int64_t L = fVec::size();
-  const fVec mbv(s[0]), lzbv(s[1]), mv(s[2]), lzv(s[3]), klv(s[4]), gv(g), lowest(-FLT_MAX), zero(0.f);
+  // log p_b - log p - KL = (z_b - z) - K with the row constant K = (m_b - m) + (log Z_b - log Z) + KL
+  // (in double): no cancellation between two rounded log-probabilities
+  const float k = static_cast<float>((static_cast<double>(s[0]) - s[2]) + (static_cast<double>(s[1]) - s[3]) + s[4]);
+  const fVec mbv(s[0]), lzbv(s[1]), mv(s[2]), lzv(s[3]), kv(k), gv(g), lowest(-FLT_MAX), zero(0.f);
   auto body = [&](float* pb, float* pm, int64_t cnt) {
     const fVec vb = fVec::loadu(pb, cnt), v = fVec::loadu(pm, cnt);
     const fVec tb = (vb - mbv) - lzbv, t = (v - mv) - lzv;  // log p_b, log p (-inf stays -inf)
-    const fVec pbv = vexp(at::vec::maximum(tb, lowest)), p = vexp(at::vec::maximum(t, lowest));
+    const fVec pbv = exp1(at::vec::maximum(tb, lowest)), p = exp1(at::vec::maximum(t, lowest));
     if (need_base) {
-      const fVec db = gv * pbv * (tb - t - klv);
+      const fVec db = gv * pbv * ((vb - v) - kv);
       fVec::blendv(zero, db, pbv > zero).store(pb, cnt);
     }
     (gv * (p - pbv)).store(pm, cnt);

@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..lm_head_losses import KLKernels, LossKernels
 from .lm_head_entropy import chunk_rows
 
 NONE, SHANNON, Q2, GENERAL = 0, 1, 2, 3
@@ -25,6 +24,15 @@ def _mode(q: float, with_ent: bool) -> int:
     if not with_ent:
         return NONE
     return SHANNON if abs(q - 1.0) < 1e-6 else (Q2 if q == 2.0 else GENERAL)   # ops._checks.SHANNON_TOL
+
+
+@triton.jit
+def _store4(P0, P1, P2, P3, valid, v0, v1, v2, v3):
+    """Four scalar stores, 0 where the row is not valid (ignored / masked)."""
+    tl.store(P0, tl.where(valid, v0, 0.0))
+    tl.store(P1, tl.where(valid, v1, 0.0))
+    tl.store(P2, tl.where(valid, v2, 0.0))
+    tl.store(P3, tl.where(valid, v3, 0.0))
 
 
 @triton.jit
@@ -99,18 +107,11 @@ def _losses_fwd_kernel(X, LAB, NLL, IHL, ENT, LSE, ST, stride_row, V, q, ignore,
     if MODE != 0:
         ent = tl.where(bad, float("nan"), ent)
     lse = tl.where(nan_cnt > 0, float("nan"), lse)
-    tl.store(NLL + row, tl.where(valid, nll, 0.0))
-    tl.store(IHL + row, tl.where(valid, ihl, 0.0))
-    tl.store(ENT + row, tl.where(valid, ent, 0.0))
-    tl.store(LSE + row, tl.where(valid, lse, 0.0))
-    s_ptr = ST + 7 * row
-    tl.store(s_ptr, tl.where(valid, tl.where(nan_cnt > 0, float("nan"), m), 0.0))
-    tl.store(s_ptr + 1, tl.where(valid, logz, 0.0))
-    tl.store(s_ptr + 2, tl.where(valid, aux, 0.0))
-    tl.store(s_ptr + 3, tl.where(valid, zy, 0.0))
-    tl.store(s_ptr + 4, tl.where(valid, za, 0.0))
-    tl.store(s_ptr + 5, tl.where(valid, cnt.to(tl.float32), 0.0))
-    tl.store(s_ptr + 6, tl.where(valid, arg.to(tl.float32), 0.0))
+    _store4(NLL + row, IHL + row, ENT + row, LSE + row, valid, nll, ihl, ent, lse)
+    m = tl.where(nan_cnt > 0, float("nan"), m)
+    _store4(ST + 7 * row, ST + 7 * row + 1, ST + 7 * row + 2, ST + 7 * row + 3, valid, m, logz, aux, zy)
+    _store4(ST + 7 * row + 4, ST + 7 * row + 5, ST + 7 * row + 6, ST + 7 * row + 6, valid, za,
+            cnt.to(tl.float32), arg.to(tl.float32), arg.to(tl.float32))
 
 
 @triton.jit
@@ -233,6 +234,7 @@ def _kl_bwd_kernel(XB, X, G, MASK, ST, stride_b, stride_m, V, HAS_MASK: tl.const
     mm = tl.load(s_ptr + 2)
     lzm = tl.load(s_ptr + 3)
     kl = tl.load(s_ptr + 4)
+    k = (mb - mm) + (lzb - lzm) + kl      # log p_b - log p - KL = (z_b - z) - k: no cancellation
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < V
@@ -243,7 +245,7 @@ def _kl_bwd_kernel(XB, X, G, MASK, ST, stride_b, stride_m, V, HAS_MASK: tl.const
         pb = tl.exp(tb)
         d = tl.where(valid, g * (tl.exp(t) - pb), 0.0)
         if NEED_BASE:
-            db = tl.where(pb > 0.0, g * pb * (tb - t - kl), 0.0)
+            db = tl.where(pb > 0.0, g * pb * ((xb - x) - k), 0.0)
             db = tl.where(mb != mb, float("nan"), db)
             tl.store(XB + row * stride_b + offs, tl.where(valid, db, 0.0), mask=mask)
         tl.store(X + row * stride_m + offs, d, mask=mask)
@@ -370,5 +372,6 @@ def kl_bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b):
             None if acc_m[2] is None else acc_m[2].to(bias.dtype))
 
 
-LOSS_KERNELS = LossKernels(losses_fwd, losses_bwd)
-KL_KERNELS = KLKernels(kl_fwd, kl_bwd)
+# (fwd, bwd) pairs for kernels/lm_head_losses.py's LossKernels / KLKernels
+LOSS_KERNELS = (losses_fwd, losses_bwd)
+KL_KERNELS = (kl_fwd, kl_bwd)
