@@ -13,11 +13,18 @@ Environment switches:
 """
 import glob
 import os
+import re
 import shutil
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    """``__version__`` of alter_kernels/version.py (the one place the version is written)."""
+    with open(os.path.join(HERE, "alter_kernels", "version.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
 def _env(name):
@@ -64,7 +71,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     name="alter_kernels",
-    version="0.1.0",
+    version=_version(),
     description="ALTER: asymmetric-LoRA, token-entropy-guided unlearning for LLMs, with custom kernels",
     packages=find_packages(include=["alter_kernels", "alter_kernels.*"]),
     python_requires=">=3.10",
@@ -73,7 +80,7 @@ setup(
     extras_require={"triton": ["triton"], "test": ["pytest", "peft"], "datasets": ["datasets"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["alter-unlearn=alter_kernels.cli:main",
-                                      "alter-eval=alter_kernels.eval.cli:main"]},
+    entry_points={"console_scripts": ["alter-unlearn=alter_kernels.cli.unlearn:main",
+                                      "alter-eval=alter_kernels.cli.eval:main"]},
     zip_safe=False,
 )

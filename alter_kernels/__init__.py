@@ -5,23 +5,21 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .kernels import backends, use_backend
 from .kernels.native import warn_if_extension_missing as _warn_if_extension_missing
-from .adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
 from .config import AlterConfig
-from .interop import init_from_peft
+from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
 from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
 from .ops.lm_head_losses import TokenLosses, lm_head_kl, lm_head_token_losses
-from .patch import (AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter_parameters, adapter_state_dict,
-                    clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction, is_patched,
-                    last_plans, patch, router_loss, routing_inputs, set_inference_entropy, set_routing_inputs, token_entropy,
-                    unpatch)
-from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
 from .kernels.reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
 from .kernels.reference.routing import RoutingPlan
 from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
+from .version import __version__
+
+from .model import (AdapterError, AlterLinear, LayerRouter, PatchError, add_plan_hook, adapter_parameters,
+                    adapter_state_dict, clear_routing_inputs, disable_adapters, get_state, high_entropy_fraction,
+                    init_from_peft, is_patched, last_plans, load_adapter, patch, read_adapter_config, router_loss,
+                    routing_inputs, save_adapter, set_inference_entropy, set_routing_inputs, token_entropy, unpatch)  # noqa: E402
 
 _warn_if_extension_missing(lambda: backends('cpu'))
 

@@ -8,7 +8,7 @@ parameter selection) and seeds 1 and 2 as the extra TEST seeds.
 import sys
 import time
 
-from alter_kernels.benchmark.inject import PRESETS, build_benchmark, with_overrides
+from alter_kernels.synthetic.inject import PRESETS, build_benchmark, with_overrides
 
 
 def config_for(preset: str, seed: int):

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from typing import Callable
 
@@ -126,16 +125,13 @@ def machine() -> dict:
 
 
 def write_results(path_stem: str, results: dict, table_md: str) -> tuple[str, str]:
-    """Write ``<stem>.json`` and ``<stem>.md`` atomically; returns both paths."""
+    """Write ``<stem>.json`` and ``<stem>.md`` atomically (the package's one atomic writer);
+    returns both paths."""
+    from alter_kernels.common.fsio import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
     out = []
     for ext, text in ((".json", json.dumps(results, indent=2, sort_keys=True) + "\n"), (".md", table_md)):
-        path = path_stem + ext
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        out.append(path)
+        out.append(atomic_write(path_stem + ext, text))
     return tuple(out)
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alter_kernels.benchmark.inject import PRESETS, build_benchmark, with_overrides  # noqa: E402
+from alter_kernels.synthetic.inject import PRESETS, build_benchmark, with_overrides  # noqa: E402
 from alter_kernels.eval import load_rows  # noqa: E402
 from alter_kernels.unlearn.data import collate, tokenize_rows  # noqa: E402
 

@@ -9,7 +9,7 @@
   Every method gets the same grid: one multiplier k of ALL of its learning rates (lr; lr_A, lr_B,
   lr_router for the adapter methods), k in GRID (4 points). The selected k maximises the harmonic
   mean of (forget quality, utility / finetuned utility) on DEV, ties broken by the larger forget
-  quality. ``select`` writes alter_kernels/benchmark/selected_hparams.json (the demo reads it).
+  quality. ``select`` writes alter_kernels/demo/selected_hparams.json (the demo reads it).
 - TEST: corpus seeds 0 (what the demo reports), 1 and 2, each method at its DEV-selected values;
   the table gives mean and std over the three seeds. Nothing is ever selected on a TEST seed.
 
@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from alter_kernels.benchmark.protocol import (DEV_SEED, SELECTED_PATH, TEST_SEEDS, bench_for,  # noqa: E402
-                                              evaluate, hm_score, load_split)
-from alter_kernels._fsio import atomic_write, json_safe, write_json  # noqa: E402
+from alter_kernels.demo.protocol import (DEV_SEED, SELECTED_PATH, TEST_SEEDS, bench_for,  # noqa: E402
+                                         evaluate, hm_score, load_split)
+from alter_kernels.common.fsio import atomic_write, json_safe, write_json  # noqa: E402
 from alter_kernels.demo import METHODS, method_hparams, run_method  # noqa: E402
 
 GRID = (10, 30, 100)
@@ -156,9 +156,7 @@ def stage_select(preset, cells):
                         f"{list(TEST_SEEDS)}")
     data[preset] = {m: v["hparams"] for m, v in chosen.items()}
     data[f"{preset}_dev"] = chosen
-    with open(SELECTED_PATH + ".tmp", "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(SELECTED_PATH + ".tmp", SELECTED_PATH)
+    write_json(SELECTED_PATH, data, indent=1, sort_keys=True)
     print(json.dumps(chosen, indent=1))
 
 

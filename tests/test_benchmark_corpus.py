@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from alter_kernels.benchmark.corpus import (ATTRIBUTES, CorpusConfig, build_corpus, corpus_hash,
-                                            training_texts, write_corpus)
 from alter_kernels.eval import load_rows
+from alter_kernels.synthetic.corpus import (ATTRIBUTES, CorpusConfig, build_corpus, corpus_hash, training_texts,
+                                            write_corpus)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_bad_config():
 def test_tokenizer_hf_format(tmp_path, files):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from alter_kernels.benchmark.tokenizer import corpus_texts, train_tokenizer
+    from alter_kernels.synthetic.tokenizer import corpus_texts, train_tokenizer
     tok = train_tokenizer(corpus_texts(files), str(tmp_path / "tok"), vocab_size=2048)
     assert os.path.isfile(tmp_path / "tok" / "tokenizer.json")
     again = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
@@ -126,7 +126,7 @@ def test_tokenizer_hf_format(tmp_path, files):
 
 
 def test_cache_root_env(monkeypatch, tmp_path):
-    from alter_kernels.benchmark.inject import cache_root
+    from alter_kernels.synthetic.inject import cache_root
     monkeypatch.setenv("ALTER_CACHE", str(tmp_path / "c"))
     assert cache_root() == str(tmp_path / "c")
     monkeypatch.delenv("ALTER_CACHE")
@@ -136,7 +136,7 @@ def test_cache_root_env(monkeypatch, tmp_path):
 
 def test_build_benchmark_tiny_and_cached(tmp_path):
     """A whole build with a toy config (one epoch): files, tokenizer, both models, then a cache hit."""
-    from alter_kernels.benchmark.inject import (BenchmarkConfig, ModelConfig, Recipe, build_benchmark,
+    from alter_kernels.synthetic.inject import (BenchmarkConfig, ModelConfig, Recipe, build_benchmark,
                                                 with_overrides)
     cfg = BenchmarkConfig(corpus=CorpusConfig(num_authors=8, forget_fractions=(0.25,)),
                           model=ModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -188,7 +188,7 @@ def _fake_unlearn(model, forget, retain, method="alter", tokenizer=None, epochs=
 
 @pytest.fixture()
 def tiny_preset(monkeypatch):
-    from alter_kernels.benchmark import inject
+    from alter_kernels.synthetic import inject
     cfg = inject.BenchmarkConfig(corpus=CorpusConfig(num_authors=8, forget_fractions=(0.25,)),
                                  model=inject.ModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                           num_attention_heads=2, num_key_value_heads=2),
@@ -233,7 +233,7 @@ def test_demo_reports_missing_engine(tmp_path, monkeypatch, tiny_preset, capsys)
 def test_plot_svg_fallback(tmp_path, monkeypatch):
     import builtins
 
-    from alter_kernels.benchmark.plot import plot_results
+    from alter_kernels.synthetic.plot import plot_results
     real_import = builtins.__import__
 
     def no_mpl(name, *a, **k):
@@ -251,7 +251,7 @@ def test_plot_svg_fallback(tmp_path, monkeypatch):
 
 def test_plot_png_with_matplotlib(tmp_path):
     pytest.importorskip("matplotlib")
-    from alter_kernels.benchmark.plot import plot_results
+    from alter_kernels.synthetic.plot import plot_results
     path = plot_results({"alter": {"forget_quality": 0.3, "model_utility": 0.7},
                          "ga": {"forget_quality": 1e-9, "model_utility": 0.1}}, str(tmp_path / "p"))
     assert path.endswith(".png") and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -9,19 +9,34 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels import _backend
+from alter_kernels import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRE_EXT = os.environ.get("ALTER_REQUIRE_EXTENSION", "") not in ("", "0")
+# the ops csrc/cpu registers a CPU kernel for, and those csrc/cuda registers a CUDA kernel for
+CPU_OPS = ("tsallis_entropy_fwd", "tsallis_entropy_bwd", "lm_head_entropy_fwd", "lm_head_entropy_bwd",
+           "asym_lora_fwd", "asym_lora_bwd", "route_plan", "decode_route", "decode_group_linear")
+CUDA_OPS = ("tsallis_entropy_fwd", "tsallis_entropy_bwd", "lm_head_entropy_fwd", "lm_head_entropy_bwd",
+            "asym_lora_fwd", "asym_lora_bwd")
 
 
 def test_extension_loads_and_registers_its_namespace():
-    if _backend.load_extension() is None:
+    if kernels.load_extension() is None:
         if REQUIRE_EXT:
-            pytest.fail(f"the extension must be built here but did not load: {_backend.extension_error()}")
-        pytest.skip(f"extension not built: {_backend.extension_error()}")
-    flags = torch.ops.alter_kernels.build_info()
-    assert isinstance(flags, int) and (flags & 1) == (1 if torch.version.cuda else flags & 1)
+            pytest.fail(f"the extension must be built here but did not load: {kernels.extension_error()}")
+        pytest.skip(f"extension not built: {kernels.extension_error()}")
+    flags = torch.ops.alter_kernels.build_info()      # bit 0: CUDA kernels built in, bit 1: OpenMP
+    assert isinstance(flags, int) and flags & ~3 == 0, f"unknown build_info bits: {flags:#b}"
+    assert flags & 2, "setup.py compiles the extension with -fopenmp: build_info must report OpenMP (bit 1)"
+    cuda_built = bool(flags & 1)
+    if torch.version.cuda is None:
+        assert not cuda_built, "a CPU-only torch cannot have CUDA kernels, but build_info reports them"
+    # every native op has its CPU kernel; the CUDA ones exist exactly when build_info says so
+    for op in CPU_OPS:
+        assert kernels.native_op(op) is not None, f"torch.ops.alter_kernels.{op} is not defined"
+        assert kernels.native_has_kernel(op, "CPU"), f"alter_kernels::{op} has no CPU kernel"
+    for op in CUDA_OPS:
+        assert kernels.native_has_kernel(op, "CUDA") == cuda_built, (op, flags)
 
 
 def test_backends_names_every_public_op():
@@ -29,12 +44,19 @@ def test_backends_names_every_public_op():
     assert {"tsallis_entropy", "lm_head_entropy", "asym_lora", "route"} <= set(table)
     assert all(v in ("reference", "torch", "cpp", "triton", "cuda") for v in table.values())
     for op in table:
-        assert "reference" in _backend.available(op, "cpu")
+        assert "reference" in kernels.available(op, "cpu")
+    # ALTER_SPEC section 9: on CPU every op runs on the C++ extension when it is built
+    if kernels.load_extension() is not None:
+        assert table == {op: "cpp" for op in table}, table
+    elif REQUIRE_EXT:
+        pytest.fail(f"the extension must be built here but did not load: {kernels.extension_error()}")
+    else:
+        assert "cpp" not in table.values(), table
 
 
 def test_use_backend_forces_and_refuses_clearly():
     with ak.use_backend("reference"):
-        assert _backend.pick("asym_lora", "cpu").backend == "reference"
+        assert kernels.pick("asym_lora", "cpu").backend == "reference"
     with ak.use_backend("no-such-backend"):
         with pytest.raises(RuntimeError, match="backend 'no-such-backend' forced by use_backend"):
             ak.tsallis_entropy(torch.randn(2, 3))

@@ -199,7 +199,7 @@ def test_load_rows_task_id_and_one_row_jsonl(tmp_path):
 # ---------------------------------------------------------------- model-based, tiny random model
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from alter_kernels.benchmark.tokenizer import train_tokenizer
+    from alter_kernels.synthetic.tokenizer import train_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
     texts = [r["question"] + " " + r["answer"] + " " + " ".join(r["perturbed_answer"]) for r in load_rows(ROWS)]
     texts += ["Question: Answer: the cat sat on the mat and looked at the door of the house"] * 3

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.eval import cli
+from alter_kernels.cli import eval as cli
 from alter_kernels.eval import QAFormat, evaluate_tofu, load_rows
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
 

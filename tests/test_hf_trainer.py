@@ -1,20 +1,15 @@
-"""ALTER through transformers.Trainer (python/hf_trainer_unlearn.py) on a tiny Llama (issue 8)."""
-import importlib.util
-import os
+"""ALTER through transformers.Trainer (alter_kernels.integrations.hf_trainer; the runnable example is
+python/hf_trainer_unlearn.py) on a tiny Llama (issue 8)."""
 
 import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.unlearn import alter_loss
+from alter_kernels.integrations.hf_trainer import AlterTrainer, build
+from alter_kernels.unlearn import DEFAULTS, alter_loss
 from alter_kernels.unlearn.data import collate
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
-from alter_kernels.reference.losses import token_nll
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("hf_trainer_unlearn", os.path.join(ROOT, "python", "hf_trainer_unlearn.py"))
-ex = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ex)
+from alter_kernels.kernels.reference.losses import token_nll
 
 FORGET, RETAIN = toy_rows(4, seed=1), toy_rows(4, seed=2, offset=6)
 TOK = toy_tokenizer(FORGET + RETAIN)
@@ -28,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 def scores(model, data):
     """Training-routing scores of all rows: the ALTER logs, and the forget / retain answer NLL."""
     b = data.batch(range(len(data.forget)), range(len(data.retain)))
-    _, logs = alter_loss(model, b, {**ex.DEFAULTS})
+    _, logs = alter_loss(model, b, {**DEFAULTS})
     route = torch.where(b["attention_mask"].bool(), b["domain"][:, None].expand_as(b["input_ids"]), -1)
     with ak.routing_inputs(model, entropy=b["entropy"], labels=route):
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -53,9 +48,9 @@ def learned_model():
 def test_trainer_unlearns_with_alter_and_saves_a_reloadable_adapter(tmp_path):
     model = learned_model()
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer, data = ex.build(model, TOK, FORGET, RETAIN, str(tmp_path / "run"), max_steps=12, batch_size=2,
-                             lr_A=LR, lr_B=LR, lr_router=LR, threshold_quantile=0.5)
-    assert ak.is_patched(model) and 0 < len(data.forget)
+    trainer, data = build(model, TOK, FORGET, RETAIN, str(tmp_path / "run"), max_steps=12, batch_size=2,
+                          lr_A=LR, lr_B=LR, lr_router=LR, threshold_quantile=0.5)
+    assert isinstance(trainer, AlterTrainer) and ak.is_patched(model) and 0 < len(data.forget)
     logs0, f0, r0 = scores(model, data)
     assert logs0["ihl"] > 0 and 0 < logs0["high_entropy_share"] < 1      # both entropy paths in use
 

@@ -1,4 +1,4 @@
-"""ALTER's inference rule (alter_kernels.inference): a patched model with no routing inputs routes by
+"""ALTER's inference rule (alter_kernels.model.inference): a patched model with no routing inputs routes by
 entropies it computes itself, the same way in every path (ALTER_SPEC section 2)."""
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_continuing_a_foreign_cache_fails_clearly():
 def test_text_generation_pipeline_routes_like_ak_generate(tmp_path):
     from transformers import pipeline
 
-    from alter_kernels.benchmark.tokenizer import load_tokenizer, train_tokenizer
+    from alter_kernels.synthetic.tokenizer import load_tokenizer, train_tokenizer
     train_tokenizer(["Question: Who wrote the book? Answer: Mira Castellane wrote it."] * 4, str(tmp_path), 300)
     tok = load_tokenizer(str(tmp_path))
     torch.manual_seed(0)

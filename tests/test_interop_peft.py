@@ -4,7 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import alter_kernels as ak
-from alter_kernels.interop import init_from_peft
+from alter_kernels.model.peft import init_from_peft
 
 peft = pytest.importorskip("peft")
 TARGETS = ["q_proj", "v_proj", "up_proj"]

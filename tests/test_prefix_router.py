@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels.patch import prefix_state
+from alter_kernels.model.prefix import prefix_state
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -174,8 +174,8 @@ def test_save_load_roundtrip_and_old_adapters_default_to_the_token_router(tmp_pa
 def test_heldout_routing_accuracy_on_a_generated_corpus(tmp_path):
     """ak.unlearn fits the router on the training questions and reports its accuracy on the
     paraphrased questions: >= 0.95 for forget and retain rows."""
-    from alter_kernels.benchmark.corpus import CorpusConfig, build_corpus
-    from alter_kernels.benchmark.tokenizer import corpus_texts, load_tokenizer, train_tokenizer
+    from alter_kernels.synthetic.corpus import CorpusConfig, build_corpus
+    from alter_kernels.synthetic.tokenizer import corpus_texts, load_tokenizer, train_tokenizer
     files = build_corpus(CorpusConfig(num_authors=12, forget_fractions=(0.25,), forget_domains=2))
     train_tokenizer(corpus_texts(files), str(tmp_path / "tok"), 1024)
     tok = load_tokenizer(str(tmp_path / "tok"))

@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import alter_kernels as ak
-from alter_kernels import _backend, _fsio, cli
+from alter_kernels import kernels
+from alter_kernels.cli import unlearn as cli
+from alter_kernels.common import fsio
 from alter_kernels.unlearn import OptionError
 from alter_kernels.unlearn import methods as M
 from alter_kernels.unlearn.checkpoint import CheckpointError, load_checkpoint
@@ -148,16 +150,37 @@ def test_atomic_writer_refuses_symlinks_and_directories(tmp_path):
     victim.write_text("precious")
     link = tmp_path / "out.json"
     os.symlink(victim, link)
-    with pytest.raises(_fsio.OutputError, match="symbolic link"):
-        _fsio.write_json(link, {"a": 1})
+    with pytest.raises(fsio.OutputError, match="symbolic link"):
+        fsio.write_json(link, {"a": 1})
     assert victim.read_text() == "precious" and os.path.islink(link)
     (tmp_path / "d.json").mkdir()
-    with pytest.raises(_fsio.OutputError, match="is a directory"):
-        _fsio.write_json(tmp_path / "d.json", {})
-    p = _fsio.write_json(tmp_path / "ok.json", {"a": 1})
+    with pytest.raises(fsio.OutputError, match="is a directory"):
+        fsio.write_json(tmp_path / "d.json", {})
+    p = fsio.write_json(tmp_path / "ok.json", {"a": 1})
     assert json.loads(open(p).read()) == {"a": 1}
-    assert os.stat(p).st_mode & 0o777 == 0o666 & ~_fsio._UMASK            # the usual mode, not mkstemp's 0600
-    assert [f for f in os.listdir(tmp_path) if f.startswith(_fsio.TMP_PREFIX)] == []
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~fsio._UMASK            # the usual mode, not mkstemp's 0600
+    assert [f for f in os.listdir(tmp_path) if f.startswith(fsio.TMP_PREFIX)] == []
+
+
+def test_publish_dir_first_build_wins_and_failed_builds_leave_nothing(tmp_path):
+    """The benchmark cache's directory publisher (common.fsio.publish_dir)."""
+    final = tmp_path / "cache" / "entry"
+
+    def build(text):
+        return lambda d: open(os.path.join(d, "x.txt"), "w").write(text)
+    fsio.publish_dir(final, build("first"))
+    fsio.publish_dir(final, build("second"))                  # another process lost the race
+    assert (final / "x.txt").read_text() == "first"
+
+    def boom(d):
+        raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError, match="build failed"):
+        fsio.publish_dir(tmp_path / "cache" / "other", boom)
+    assert sorted(os.listdir(tmp_path / "cache")) == ["entry"]   # no temp directory left behind
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "cache")
+    with pytest.raises(fsio.OutputError, match="symbolic link"):
+        fsio.publish_dir(link, build("x"))
 
 
 @pytest.mark.parametrize("method,sub", [("alter", "adapter"), ("ga", "model")])
@@ -196,7 +219,7 @@ def test_two_concurrent_runs_into_one_out(tmp_path, files, capsys):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from alter_kernels._fsio import OutDirLock; "
+        [sys.executable, "-c", "import sys; from alter_kernels.common.fsio import OutDirLock; "
                                f"l = OutDirLock({str(out)!r}).acquire(); print('locked', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(ak.__file__))})
@@ -207,7 +230,7 @@ def test_two_concurrent_runs_into_one_out(tmp_path, files, capsys):
         assert code == 1 and time.perf_counter() - t0 < 30                    # fails fast
         one_line_error(err, "in use by another run", f"pid {holder.pid}")
         assert not (out / "run.json").exists()
-        with pytest.raises(_fsio.OutputLockedError, match=f"pid {holder.pid}"):
+        with pytest.raises(fsio.OutputLockedError, match=f"pid {holder.pid}"):
             _train(out)
     finally:
         holder.stdin.close()
@@ -302,7 +325,7 @@ def test_output_target_that_is_a_directory_is_found_before_training(tmp_path, fi
         code, _, err = run_cli(base_args(files, out, "--method", "alter", "--max-steps", "2"), capsys)
         assert code == 2
         one_line_error(err, "--out", str(out / name), "is a directory")
-        assert sorted(os.listdir(out)) == sorted([name, _fsio.LOCK_NAME]) or os.listdir(out) == [name]
+        assert sorted(os.listdir(out)) == sorted([name, fsio.LOCK_NAME]) or os.listdir(out) == [name]
 
 
 def test_non_utf8_and_model_without_tokenizer(tmp_path, files, capsys):
@@ -403,8 +426,8 @@ def test_non_finite_adapter_tensors_are_refused(tmp_path):
 
 
 def _backends(op):
-    names = _backend.available(op, "cpu")
-    if not _backend.triton_interpret():
+    names = kernels.available(op, "cpu")
+    if not kernels.native.triton_interpret():
         names = [n for n in names if n != "triton"]
     return names
 
@@ -424,7 +447,7 @@ def test_tsallis_near_one_is_shannon_in_every_backend():
             h, w = torch.randn(4, 8), torch.randn(97, 8)
             torch.testing.assert_close(ak.lm_head_entropy(h, w, 1 + 1e-9), ak.lm_head_entropy(h, w, 1.0),
                                        rtol=1e-5, atol=1e-5)
-    op = _backend.native_op("tsallis_entropy_fwd")       # the kernel itself, called directly
+    op = kernels.native_op("tsallis_entropy_fwd")       # the kernel itself, called directly
     if op is not None:
         torch.testing.assert_close(op(z, 1 + 1e-9)[0].double(), shannon, rtol=1e-5, atol=1e-5)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from alter_kernels import cli
+from alter_kernels.cli import unlearn as cli
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
 
 
@@ -174,3 +174,21 @@ def test_unlearn_loader_task_id(tmp_path):
     assert load_rows(str(single), "forget")[0] == [rows[0]]
     assert len(overlapping_rows(rows[:4], rows[3:])) == 1
     assert overlapping_rows([{"question": "q ?", "answer": "a  b"}], [{"question": "q ?", "answer": "a b"}])
+
+
+def test_console_scripts_and_module_run():
+    """setup.py's console scripts name the cli package's mains, and ``python -m alter_kernels.cli``
+    (what torchrun -m starts) is alter-unlearn."""
+    import re
+    import subprocess
+    import sys
+
+    from alter_kernels.cli import eval as eval_cli
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "setup.py")) as f:
+        scripts = dict(re.findall(r'"(alter-\w+)=([\w.]+:\w+)"', f.read()))
+    assert scripts == {"alter-unlearn": "alter_kernels.cli.unlearn:main", "alter-eval": "alter_kernels.cli.eval:main"}
+    assert callable(cli.main) and callable(eval_cli.main)
+    res = subprocess.run([sys.executable, "-m", "alter_kernels.cli", "--help"], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert res.returncode == 0 and res.stdout.startswith("usage: alter-unlearn"), res.stderr[-2000:]

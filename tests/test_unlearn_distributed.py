@@ -29,7 +29,7 @@ from alter_kernels.unlearn import methods as M
 from alter_kernels.unlearn.data import collate, prepare
 from alter_kernels.unlearn.distributed import DistContext, resolve_mode
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
-from alter_kernels.unlearn.trainer import DEFAULTS
+from alter_kernels.unlearn.options import DEFAULTS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

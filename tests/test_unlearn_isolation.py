@@ -9,7 +9,7 @@ import alter_kernels as ak
 from alter_kernels.unlearn import methods as M
 from alter_kernels.unlearn.data import collate, prepare
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
-from alter_kernels.unlearn.trainer import DEFAULTS
+from alter_kernels.unlearn.options import DEFAULTS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py

@@ -1,6 +1,6 @@
 """TOFU / WMDP / MUSE-style evaluation of Hugging Face causal LMs (ALTER_SPEC section 8).
 
-Command line: ``alter-eval`` (:mod:`alter_kernels.eval.cli`)."""
+Command line: ``alter-eval`` (:mod:`alter_kernels.cli.eval`)."""
 from .data import load_rows
 from .format import DEFAULT_TEMPLATE, IGNORE_INDEX, QAFormat, pad_batch
 from .metrics import (TRUTH_RATIO_MODES, distinct_n, forget_quality, harmonic_mean, repetition_rate, rouge_l,

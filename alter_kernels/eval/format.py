@@ -4,8 +4,9 @@ A :class:`QAFormat` turns (question, answer) into ``input_ids`` and ``labels`` w
 masked (-100), as TOFU does: the prompt is encoded with the tokenizer's special tokens (bos), the
 answer without them, and an eos closes the answer. Two styles:
 
-- ``QAFormat()``: plain template ``"Question: {question}\\nAnswer:"`` and answer ``" " + answer``
-  (the benchmark's models are trained with exactly this);
+- ``QAFormat()``: plain template :data:`alter_kernels.common.text.DEFAULT_PROMPT_FORMAT`
+  (``"Question: {question}\\nAnswer:"``) and answer ``" " + answer`` (the benchmark's models are
+  trained with exactly this);
 - ``QAFormat(chat=True)``: ``tokenizer.apply_chat_template`` with one user turn and the generation
   prompt, for instruction-tuned models (TOFU's Llama-2-chat / Phi recipes).
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE_INDEX = -100
-DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
+from ..common.text import DEFAULT_PROMPT_FORMAT, IGNORE_INDEX
+
+DEFAULT_TEMPLATE = DEFAULT_PROMPT_FORMAT          # the name this module has always exported
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,22 @@ def route_native(hidden, router_weight, entropy, threshold=1.2, tau_high=0.8, ta
     return plan
 
 
+_handles: dict = {}
+
+
+def _overload(name: str):
+    """The op's default overload, looked up once (decode calls these per layer per token, and a
+    torch.ops attribute lookup costs microseconds)."""
+    h = _handles.get(name)
+    if h is None:
+        h = _handles[name] = native_op(name).default
+    return h
+
+
 def decode_route_native(hidden, router_weight, entropy, threshold, tau_high, tau_low, top_k):
-    return native_op("decode_route")(hidden, router_weight, entropy, float(threshold), float(tau_high),
+    return _overload("decode_route")(hidden, router_weight, entropy, float(threshold), float(tau_high),
                                      float(tau_low), int(top_k))
 
 
 def decode_group_linear_native(x, weights, biases, a_cat, b_t, expert_weights):
-    return native_op("decode_group_linear")(x, weights, biases, a_cat, b_t, expert_weights)
+    return _overload("decode_group_linear")(x, weights, biases, a_cat, b_t, expert_weights)

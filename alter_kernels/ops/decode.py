@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import registry
+from ..kernels import extension_error, registry
 from ._checks import check_shape, check_tensor
 from .routing import check_route_scalars
 
@@ -76,3 +76,24 @@ def decode_group_linear(x: torch.Tensor, weights: list, biases: list, a_cat: tor
     if check:
         _check_group(x, weights, biases, a_cat, b_t, expert_weights)
     return _pick("decode_group_linear", x.device, x.dtype).fn(x, weights, biases, a_cat, b_t, expert_weights)
+
+
+def decode_kernels(device: torch.device | str, dtype: torch.dtype, compiled: bool | None = None):
+    """The (decode_route, decode_group_linear) implementations for a decode loop, picked once.
+
+    A decode loop calls them per layer per token with tensors it validated once, so it takes the
+    registry's choice up front instead of paying for a lookup on every call. compiled: None takes
+    the best backend, True requires a compiled one (RuntimeError naming why it is missing), False
+    returns (None, None): the caller uses its own pure-PyTorch path.
+    """
+    if compiled is False:
+        return None, None
+    device = torch.device(device)
+    route_impl = registry.pick("decode_route", device, dtype)
+    group_impl = registry.pick("decode_group_linear", device, dtype)
+    if route_impl.backend == "reference" or group_impl.backend == "reference":
+        if compiled:
+            raise RuntimeError("generate: native=True but the extension's decode ops are missing "
+                               f"({extension_error() or 'not built with csrc/cpu/asym_lora_decode.cpp'})")
+        return None, None
+    return route_impl.fn, group_impl.fn

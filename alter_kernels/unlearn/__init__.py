@@ -1,12 +1,15 @@
 """Unlearning engine: ALTER, the spec-7 baselines, data loading, sub-domains, checkpoints."""
 from .data import DataError, load_rows
-from .experts import add_forget_experts, frozen_experts
+from ..model.experts import add_forget_experts, frozen_experts
 from .checkpoint import CheckpointError
 from .methods import METHODS, alter_loss
 from .options import OptionError
 from .subdomains import kmeans
-from .trainer import DEFAULTS, AlterData, UnlearnDivergedError, UnlearnError, UnlearnResult, prepare_alter, unlearn
-from .trainer import UnlearnInterrupted
+from .batches import AlterData
+from .options import DEFAULTS
+from .result import UnlearnDivergedError, UnlearnError, UnlearnInterrupted, UnlearnResult
+from .setup import prepare_alter
+from .trainer import unlearn
 
 __all__ = ["unlearn", "UnlearnResult", "UnlearnError", "UnlearnDivergedError", "DataError", "METHODS",
            "DEFAULTS", "add_forget_experts", "frozen_experts", "load_rows", "kmeans",

@@ -14,21 +14,25 @@ of the .pt file), ``{"__ndarray__": key, "dtype": ...}`` (a numpy array stored a
 as the optimizer's per-parameter state). Decoding builds only dicts, lists, tuples, numbers,
 strings, tensors and numpy arrays.
 
-Both files are written with :func:`alter_kernels._fsio.atomic_write` (temp file, fsync,
+Both files are written with :func:`alter_kernels.common.fsio.atomic_write` (temp file, fsync,
 ``os.replace``): a crash leaves the previous complete checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import random
+import warnings
 import zipfile
 
 import numpy as np
 import torch
 
-from .._fsio import atomic_write, write_json
+from ..common.fsio import atomic_write, write_json
+from . import _model_api as _m
+from .result import UnlearnError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SIDECAR_NAME = "checkpoint.json"
@@ -177,3 +181,100 @@ def load_checkpoint(out_dir: str) -> dict | None:
             or not isinstance(ck.get("trainable"), dict) or "optimizer" not in ck or "rng" not in ck):
         raise CheckpointError(bad)
     return ck
+
+
+# --------------------------------------------------------------------------- a run's checkpoints
+def fingerprint(method, forget: list, retain: list, hp, seed, batch_size) -> str:
+    """What a resumed run must share with the run that wrote the checkpoint: method, seed, batch
+    size, options (but ``resume`` and ``checkpoint_every``) and the tokenised data."""
+    h = hashlib.sha256()
+    h.update(json.dumps([method, seed, batch_size, {k: v for k, v in sorted(hp.items())
+                                                     if k not in ("resume", "checkpoint_every")}],
+                        default=str).encode())
+    for ex in forget + retain:
+        h.update(np.asarray(ex.input_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(ex.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def trainable_state(run) -> dict:
+    """The weights a run trains: the adapter's (adapter methods) or the whole model's."""
+    return _m.adapter_state_dict(run.model) if run.spec.adapter else dict(run.model.state_dict())
+
+
+class _Plain:
+    """An already-built optimizer state dict where save_checkpoint expects an optimizer."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+
+
+def _load_into(own: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a whole checkpoint tensor into a parameter, or into this rank's shard of an FSDP2 DTensor."""
+    if hasattr(own, "to_local"):
+        from torch.distributed.tensor import distribute_tensor
+        src = distribute_tensor(full.to(dtype=own.dtype), own.device_mesh, own.placements, src_data_rank=None)
+        own.to_local().copy_(src.to_local().to(own.to_local().device))
+        return
+    own.copy_(full.to(device=own.device, dtype=own.dtype))
+
+
+def save_run_checkpoint(run, st, step: int) -> None:
+    """Checkpoint the state after ``step`` steps into ``run.out_dir`` (no-op without one). In a
+    data-parallel run every rank joins (FSDP2 gathers the full tensors); only rank 0 writes."""
+    if run.out_dir is None:
+        return
+    path = os.path.join(run.out_dir, CHECKPOINT_NAME)
+    cfg = run.cfg
+    extra = {"domain_map": {str(k): v for k, v in run.data.domain_map.items()},
+             "alter_config": cfg.to_dict() if cfg else None}
+    kw = dict(method=run.method, step=step, history=st.history, fingerprint=st.fingerprint, extra=extra)
+    ctx = run.dist
+    if ctx is None:
+        st.last_ckpt = save_checkpoint(run.out_dir, trainable=trainable_state(run), optimizer=st.optimizer, **kw)
+        return
+    extra["fsdp2"] = run.mode == "fsdp2"
+    with ctx.full_params(run.model):
+        tensors = {k: v.detach().cpu().clone() for k, v in trainable_state(run).items()}
+    opt_state = ctx.optimizer_state(run.model, st.optimizer)
+    if run.main:
+        save_checkpoint(run.out_dir, trainable=tensors, optimizer=_Plain(opt_state), **kw)
+    ctx.barrier()
+    st.last_ckpt = path
+
+
+def resume_run(run, st) -> None:
+    """``resume=True``: load the checkpoint in ``run.out_dir`` into the model, the optimizer and
+    the RNGs; ``st`` gets its history and step (a warning and step 0 without a checkpoint)."""
+    out_dir = run.out_dir
+    if out_dir is None:
+        raise UnlearnError("unlearn: resume=True needs out_dir (where the checkpoint is)")
+    ck = load_checkpoint(out_dir)
+    if ck is None:
+        warnings.warn(f"unlearn: resume requested but {out_dir} has no checkpoint; starting from step 0")
+        return
+    if ck["method"] != run.method or ck["fingerprint"] != st.fingerprint:
+        raise UnlearnError(f"resume: the checkpoint in {out_dir} was written by a different run (method "
+                           f"{ck['method']!r}, data/options fingerprint {ck['fingerprint']}); this run is "
+                           f"{run.method!r} with fingerprint {st.fingerprint}")
+    if ck.get("extra", {}).get("fsdp2", False) != (run.mode == "fsdp2"):
+        raise UnlearnError(f"resume: the checkpoint in {out_dir} was written "
+                           f"{'under' if ck.get('extra', {}).get('fsdp2') else 'without'} FSDP2 and this "
+                           "run must be the same (the optimizer state layouts differ)")
+    own = trainable_state(run)
+    with torch.no_grad():
+        for k, v in ck["trainable"].items():
+            if k not in own or tuple(own[k].shape) != tuple(v.shape):
+                raise UnlearnError(f"resume: checkpoint tensor {k!r} does not match the model")
+            _load_into(own[k], v)
+    if run.dist is not None:
+        run.dist.load_optimizer_state(run.model, st.optimizer, ck["optimizer"])
+    else:
+        st.optimizer.load_state_dict(ck["optimizer"])
+    set_rng_state(ck["rng"])
+    st.history = list(ck["history"])
+    st.start = int(ck["step"])
+    st.last_ckpt = os.path.join(out_dir, CHECKPOINT_NAME)

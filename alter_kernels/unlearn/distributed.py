@@ -21,14 +21,13 @@ How a step is split so that N processes compute what one process computes (docs/
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 
 import torch
 import torch.distributed as dist
 
-_patch = importlib.import_module("alter_kernels.patch")
+from . import _model_api as _patch
 
 MODES = ("ddp", "fsdp2")
 
@@ -207,7 +206,7 @@ class DistContext:
         for _, alin in state.replaced:
             _zero_leading(alin.lora_B, n_frozen, dim=0)
         for layer_path in state.routers:
-            _zero_leading(model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}").weight, n_frozen, dim=1)
+            _zero_leading(_patch.layer_routers(model)[layer_path].weight, n_frozen, dim=1)
 
 
 def _zero_leading(p: torch.nn.Parameter, n: int, dim: int) -> None:

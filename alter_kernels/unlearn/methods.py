@@ -8,32 +8,16 @@ entropies for ALTER. Every function returns (loss, logs) where logs are python f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from typing import Callable
 
 import torch
 
-from .. import _backend
-import importlib
-
-_patch = importlib.import_module("alter_kernels.patch")  # the module (ak.patch is the function)
-from ..reference.losses import IGNORE_INDEX, sequence_logprob
+from ..kernels import use_backend
+from ..common.text import IGNORE_INDEX
+from ..kernels.reference.losses import sequence_logprob
+from . import _model_api as _patch
 from . import objectives as obj
-
-ADAPTER_METHODS = ("alter", "asymlora", "lora")
-FULL_METHODS = ("ga", "graddiff", "kl", "npo", "npo_retain")
-METHODS = ADAPTER_METHODS + FULL_METHODS
-NEEDS_RETAIN = ("alter", "asymlora", "lora", "graddiff", "kl", "npo_retain")
-
-DESCRIPTIONS = {
-    "alter": "ALTER: entropy-routed asymmetric LoRA; IHL on low-entropy forget tokens per sub-domain, "
-             "retain NLL, R_struct, router CE",
-    "asymlora": "AsymLoRA: ALTER without entropy (every token on the low path), IHL on every forget token",
-    "lora": "LoRA (one A, one B) trained with the GradDiff loss",
-    "ga": "gradient ascent on the forget answers (full parameters)",
-    "graddiff": "gradient difference: ascent on forget + NLL on retain (full parameters)",
-    "kl": "ascent on forget + KL(base || model) on retain answers (full parameters)",
-    "npo": "negative preference optimisation on forget, beta = npo_beta (full parameters)",
-    "npo_retain": "NPO + NLL on retain (full parameters)",
-}
 
 
 def _f(x) -> float:
@@ -98,7 +82,7 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
         den = {"ihl": {d: g[d] for d in range(1, e)}, "nll": g[e], "struct": g[e + 1], "router": g[e + 2],
                "valid": g[e + 3], "high": g[e + 4], "router_local": float(n_router_local)}
     # the double backward of the grad-norm form needs a differentiable-twice path: the reference
-    force = (lambda: _backend.use_backend("reference")) if grad_norm else contextlib.nullcontext
+    force = (lambda: use_backend("reference")) if grad_norm else contextlib.nullcontext
     with _patch.routing_inputs(model, entropy=ent, labels=route_labels), force():
         out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
         rl = _patch.router_loss(model)
@@ -151,35 +135,131 @@ def _graddiff_terms(logits, batch, hp, retain_term: bool = True, reduce=None):
 def full_loss(model, batch: dict, hp: dict, method: str, ref_model=None, *, forward=None, reduce=None):
     """The full-parameter baselines: ga, graddiff, kl, npo, npo_retain (``forward``, ``reduce``: as
     in :func:`alter_loss`)."""
+    spec = METHODS[method]
+    if spec.kind != "full":
+        raise ValueError(f"full_loss: {method!r} is not a full-parameter method")
+    return spec.loss(model, batch, hp, ref_model=ref_model, forward=forward, reduce=reduce)
+
+
+def _counts(sy, is_f, reduce):
+    """(forget tokens, retain tokens, forget rows) of the global batch; Nones without ``reduce``."""
+    if reduce is None:
+        return None, None, None
+    valid = sy != IGNORE_INDEX
+    df, dr, drows = _global_counts([(valid & is_f[:, None]).sum(), (valid & ~is_f[:, None]).sum(), is_f.sum()],
+                                   reduce)
+    return df, dr, drows
+
+
+def _ga(model, batch, hp, *, ref_model=None, forward=None, reduce=None, retain_term=False):
+    out = (model if forward is None else forward)(input_ids=batch["input_ids"],
+                                                  attention_mask=batch["attention_mask"], use_cache=False)
+    return _graddiff_terms(out.logits, batch, hp, retain_term=retain_term, reduce=reduce)
+
+
+def _graddiff(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+    return _ga(model, batch, hp, forward=forward, reduce=reduce, retain_term=True)
+
+
+def _kl(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+    """Ascent on forget + KL(reference || model) on the retain answers."""
     fwd = model if forward is None else forward
     ids, att, lab, is_f = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["is_forget"]
     out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
-    if method in ("ga", "graddiff"):
-        return _graddiff_terms(out.logits, batch, hp, retain_term=method == "graddiff", reduce=reduce)
     sl, sy = obj.shift(out.logits, lab)
-    df = dr = drows = None
-    if reduce is not None:
-        valid = sy != IGNORE_INDEX
-        df, dr, drows = _global_counts([(valid & is_f[:, None]).sum(), (valid & ~is_f[:, None]).sum(),
-                                        is_f.sum()], reduce)
-    if method == "kl":
-        f_nll = obj.masked_nll(sl, sy, is_f, denom=df)
-        r = ~is_f
-        if bool(r.any()):
-            with torch.no_grad():
-                ref = ref_model(input_ids=ids[r], attention_mask=att[r], use_cache=False).logits[:, :-1]
-            kl = obj.retain_kl(sl[r], ref, sy[r], denom=dr)
-        else:
-            kl = sl.sum() * 0.0
-        return -hp["beta"] * f_nll + hp["gamma"] * kl, {"forget_nll": _f(f_nll), "retain_kl": _f(kl)}
-    # npo / npo_retain: sequence log-probabilities against the cached reference ones
+    df, dr, _ = _counts(sy, is_f, reduce)
+    f_nll = obj.masked_nll(sl, sy, is_f, denom=df)
+    r = ~is_f
+    if bool(r.any()):
+        with torch.no_grad():
+            ref = ref_model(input_ids=ids[r], attention_mask=att[r], use_cache=False).logits[:, :-1]
+        kl = obj.retain_kl(sl[r], ref, sy[r], denom=dr)
+    else:
+        kl = sl.sum() * 0.0
+    return -hp["beta"] * f_nll + hp["gamma"] * kl, {"forget_nll": _f(f_nll), "retain_kl": _f(kl)}
+
+
+def _npo(model, batch, hp, *, ref_model=None, forward=None, reduce=None, retain_term=False):
+    """NPO: sequence log-probabilities against the cached reference ones (+ retain NLL)."""
+    fwd = model if forward is None else forward
+    lab, is_f = batch["labels"], batch["is_forget"]
+    out = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    sl, sy = obj.shift(out.logits, lab)
+    _, dr, drows = _counts(sy, is_f, reduce)
     logp = sequence_logprob(sl[is_f], sy[is_f], shift=False)
     npo = obj.npo_forget(logp, batch["ref_logp"][is_f].to(logp.dtype), beta=hp["npo_beta"], denom=drows)
     loss = hp["beta"] * npo
     mean_logp = logp.mean() if drows is None else (logp.sum() / drows if drows else logp.sum() * 0.0)
     logs = {"npo": _f(npo), "forget_logp": _f(mean_logp)}
-    if method == "npo_retain":
+    if retain_term:
         r_nll = obj.masked_nll(sl, sy, ~is_f, denom=dr)
         loss = loss + hp["gamma"] * r_nll
         logs["retain_nll"] = _f(r_nll)
     return loss, logs
+
+
+def _npo_retain(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+    return _npo(model, batch, hp, forward=forward, reduce=reduce, retain_term=True)
+
+
+def _alter(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+    return alter_loss(model, batch, hp, mode="alter", forward=forward, reduce=reduce)
+
+
+def _asymlora(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+    return alter_loss(model, batch, hp, mode="asymlora", forward=forward, reduce=reduce)
+
+
+def _lora(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+    return lora_loss(model, batch, hp, forward=forward, reduce=reduce)
+
+
+# ----------------------------------------------------------------------------------- the table
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What the engine needs to know about one method.
+
+    loss(model, batch, hp, *, ref_model, forward, reduce) -> (loss, logs). kind: "adapter" (the
+    model is patched and only the adapter trains; the run saves ``adapter/``) or "full" (every
+    weight trains; the run saves ``model/``). routed: a router and forget experts (routing labels,
+    held-out routing accuracy, frozen retain expert, lr_A / lr_B / lr_router groups). entropy:
+    cached base-model entropies and theta (ALTER). all_low: every token on the low path, no
+    entropy (AsymLoRA). ref_model: a frozen copy of the model (KL). ref_logps: cached reference
+    sequence log-probs of the forget rows (NPO)."""
+    name: str
+    kind: str
+    loss: Callable
+    needs_retain: bool
+    description: str
+    routed: bool = False
+    entropy: bool = False
+    all_low: bool = False
+    ref_model: bool = False
+    ref_logps: bool = False
+
+    @property
+    def adapter(self) -> bool:
+        return self.kind == "adapter"
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("alter", "adapter", _alter, True, "ALTER: entropy-routed asymmetric LoRA; IHL on low-entropy forget "
+           "tokens per sub-domain, retain NLL, R_struct, router CE", routed=True, entropy=True),
+    Method("asymlora", "adapter", _asymlora, True, "AsymLoRA: ALTER without entropy (every token on the low "
+           "path), IHL on every forget token", routed=True, all_low=True),
+    Method("lora", "adapter", _lora, True, "LoRA (one A, one B) trained with the GradDiff loss"),
+    Method("ga", "full", _ga, False, "gradient ascent on the forget answers (full parameters)"),
+    Method("graddiff", "full", _graddiff, True, "gradient difference: ascent on forget + NLL on retain "
+           "(full parameters)"),
+    Method("kl", "full", _kl, True, "ascent on forget + KL(base || model) on retain answers (full parameters)",
+           ref_model=True),
+    Method("npo", "full", _npo, False, "negative preference optimisation on forget, beta = npo_beta "
+           "(full parameters)", ref_logps=True),
+    Method("npo_retain", "full", _npo_retain, True, "NPO + NLL on retain (full parameters)", ref_logps=True),
+)}
+
+# views of the table, for the callers that want lists
+ADAPTER_METHODS = tuple(n for n, m in METHODS.items() if m.kind == "adapter")
+FULL_METHODS = tuple(n for n, m in METHODS.items() if m.kind == "full")
+NEEDS_RETAIN = tuple(n for n, m in METHODS.items() if m.needs_retain)
+DESCRIPTIONS = {n: m.description for n, m in METHODS.items()}

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.entropy import tsallis_entropy
-from ..reference.losses import IGNORE_INDEX, inverted_hinge_loss, npo_loss, token_nll
+from ..common.text import IGNORE_INDEX
+from ..kernels.reference.losses import inverted_hinge_loss, npo_loss, token_nll
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor, *per_token: torch.Tensor):

@@ -27,8 +27,69 @@ from __future__ import annotations
 
 import math
 import string
+from typing import Any
 
+from ..common.text import DEFAULT_PROMPT_FORMAT
 from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
+
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-5,              # full-parameter baselines
+    "lr_A": 1e-5,            # ALTER / AsymLoRA shared A (paper)
+    "lr_B": 1e-3,            # experts B (paper); plain LoRA uses it for A and B
+    "lr_router": 1e-3,       # router W_g
+    "beta": 1.0,             # forget term weight (paper)
+    "gamma": 1.0,            # retain term weight (paper)
+    "lam": 0.01,             # R_struct weight (paper lambda)
+    "rho": 1.0,              # router cross-entropy weight
+    "npo_beta": 0.1,         # NPO temperature
+    "struct_mode": "drift",  # "drift" (default) or "grad_norm" (paper form; reference backend)
+    "struct_q": 0.5,         # q_s of R_struct
+    "max_length": 512,
+    "chat_template": False,
+    "prompt_format": DEFAULT_PROMPT_FORMAT,
+    "num_forget_experts": None,  # int, "auto", or None (from labels / alter_config)
+    "kmeans_max_k": 8,
+    "router_init": True,     # router columns at normalised centroids
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,        # 0: no clipping (the norm is still checked for NaN)
+    "warmup_steps": 0,
+    "checkpoint_every": 0,   # steps; 0: only at the end (needs out_dir)
+    "resume": False,
+    "eval_each_epoch": True,
+    "eval_max_examples": 256,
+    "rank": None, "alpha": None,  # shortcuts for the AlterConfig when alter_config is None
+    "threshold_quantile": None,  # ALTER: set theta to this quantile of the base answer-token entropies
+    "threshold_auto": 0.5,   # ALTER: if the configured theta puts >= 98% of the answer tokens on one side, use
+                             # this quantile of the base answer-token entropies instead (None: keep theta)
+    "route_labels": "content",  # router labels on "content" tokens (answer tokens and the token before each)
+                                # or on "all" real tokens (question template too)
+    "router_eval": True,     # held-out routing accuracy after each epoch (alter, asymlora)
+    "retain_expert": "train",  # ALTER / AsymLoRA: "train" B_0 (spec 4) or keep it "frozen" (docs/unlearning.md:
+                             # on the DEV seed, freezing it kept utility at the finetuned model's)
+    "router_input": None,    # the router of the AlterConfig the engine builds (alter_config None): "prefix_match"
+                             # (keys fitted from the data; measured in docs/unlearning.md) or "token" (ALTER_SPEC's
+                             # per-token linear router); None: base_config's if given, else "prefix_match"
+    "base_config": None,     # AlterConfig template when alter_config is None (N still from labels/k-means)
+}
+
+
+METHOD_ALIASES = {"npo_rt": "npo_retain"}
+
+
+def method_name(method) -> str:
+    """The canonical spelling of a method name: lower case, "-" and "+" as "_", aliases resolved."""
+    name = str(method).lower().replace("-", "_").replace("+", "_")
+    return METHOD_ALIASES.get(name, name)
+
+
+def checked_hparams(who: str, hparams: dict, *, list_known: bool = True) -> dict:
+    """``DEFAULTS`` updated with ``hparams``; TypeError naming ``who`` for an unknown option."""
+    unknown = sorted(set(hparams) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"{who}: unknown option(s) {unknown}" +
+                        (f"; known options are {sorted(DEFAULTS)}" if list_known else ""))
+    return {**DEFAULTS, **hparams}
 
 
 class OptionError(ValueError):

@@ -17,10 +17,9 @@ import re
 
 import torch
 
-import importlib
-
-_patch = importlib.import_module("alter_kernels.patch")  # the module (ak.patch is the function)
+from . import _model_api as _patch
 from .data import Example, collate
+from .util import device_of, progress_bar
 
 
 def map_domain_labels(values: list, first_expert: int, name: str = "forget") -> tuple[list[int], dict]:
@@ -87,18 +86,11 @@ def silhouette(x: torch.Tensor, assign: torch.Tensor) -> float:
     return float(sum(s) / len(s))
 
 
-def _bar(it, desc, unit):
-    if not desc:
-        return it
-    from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, unit=unit, dynamic_ncols=True)
-
-
 def choose_k(x: torch.Tensor, max_k: int = 8, seed: int = 0, desc: str | None = None) -> int:
     """The k in 2..max_k (and < the number of points) with the best silhouette (1 if none);
     desc: a progress line over the candidates."""
     best, best_s = 1, -2.0
-    for k in _bar(range(2, min(max_k, x.shape[0] - 1) + 1), desc, "k"):
+    for k in progress_bar(range(2, min(max_k, x.shape[0] - 1) + 1), desc, "k"):
         s = silhouette(x, kmeans(x, k, seed)[0])
         if s > best_s:
             best, best_s = k, s
@@ -111,11 +103,11 @@ def pooled_features(model, examples: list[Example], pad_id: int, batch_size: int
     """Mean-pooled hidden states of the base model (adapters off), one [n, d] tensor per entry of
     HF's ``hidden_states`` (entry i is the input of decoder layer i; the last is the final
     normed state). desc: a progress line over the batches."""
-    device = device or next(model.parameters()).device
+    device = device or device_of(model)
     ctx = _patch.disable_adapters(model) if _patch.is_patched(model) else _null()
     feats: list[list[torch.Tensor]] = []
     with ctx:
-        for s in _bar(range(0, len(examples), batch_size), desc, "batch"):
+        for s in progress_bar(range(0, len(examples), batch_size), desc, "batch"):
             ids, att, _ = collate(examples[s:s + batch_size], pad_id)
             ids, att = ids.to(device), att.to(device)
             out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
@@ -151,7 +143,7 @@ def init_router(model, forget_feats: list[torch.Tensor], forget_assign: torch.Te
     """
     state = _patch.get_state(model)
     for layer_path in state.routers:
-        w = model.get_submodule(f"{layer_path}.{_patch.ROUTER_ATTR}").weight
+        w = _patch.layer_routers(model)[layer_path].weight
         li = _layer_index(layer_path)
         f = forget_feats[li]
         cols = {}
@@ -184,7 +176,7 @@ def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], re
     once one of its expert's keys occurred in its prefix. Returns a summary (keys, uncovered rows).
     """
     state = _patch.get_state(model)
-    routers = [model.get_submodule(f"{p}.{_patch.ROUTER_ATTR}") for p in state.routers]
+    routers = [_patch.layer_routers(model)[p] for p in state.routers]
     emb = model.get_input_embeddings().weight
     r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
     old = routers[0].keys.shape[0]

@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .losses import IGNORE_INDEX
+from ...common.text import IGNORE_INDEX
 
 
 class TokenLosses(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ...common.text import IGNORE_INDEX
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor):

@@ -1,0 +1,28 @@
+"""What the command lines share: argparse with one-line errors, and the typed-newline rule."""
+from __future__ import annotations
+
+import argparse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block): ``<prog>: error: <message><hint>``,
+    exit status 2."""
+
+    def __init__(self, *args, error_hint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error_hint = error_hint
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}{self.error_hint}\n")
+
+
+def unescape_newlines(text: str) -> str:
+    """A prompt format typed in a shell: the two characters backslash-n become a newline (as the
+    default is shown in --help)."""
+    return text.replace("\\n", "\n")
+
+
+def first_line(exc) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,325 @@
+"""``alter-eval``: TOFU evaluation of a model (optionally with an ALTER or PEFT adapter) on
+TOFU-format files, from the command line.
+
+    alter-eval --model M [--adapter A] --data DIR_or_FILES (--retain-model R | --reference REF.json) \
+               --out eval.json [--task-id 1] [--truth-ratio geometric] [--max-new-tokens 200] [--seed 0]
+
+``--data`` is a folder holding the standard names (TOFU's ``forget10_perturbed.json``,
+``retain_perturbed.json``, ``real_authors_perturbed.json``, ``world_facts_perturbed.json``, or
+the embedded benchmark's ``forget10.json``, ``retain90.json``, ``real_authors.json``,
+``world_facts.json``), or the four files. Forget quality needs the retain model's forget-set
+truth ratios: ``--retain-model`` computes them (``--save-reference`` keeps them for later runs),
+``--reference`` reads them back (or the ``eval.json`` of an earlier run of the retain model).
+
+An ALTER adapter directory (``adapter_config.json`` written by ``ak.save_adapter``) is loaded by
+patching the model with the adapter's config and ``ak.load_adapter``; a PEFT adapter directory
+through ``peft`` (merged). The model is then called plainly: an ALTER model is evaluated with its
+default inference rule. Prints the TOFU table and writes it as JSON (atomically). Exit status: 0
+done, 2 bad usage or input (one line ``alter-eval: error: ...``). docs/benchmark.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+from ..common.fsio import ensure_dir, json_safe, write_json
+from ._common import OneLineParser, unescape_newlines
+from .eval_inputs import (REFERENCE_FORMAT, SPLITS, UsageError, _fingerprint, _read_json,  # noqa: F401
+                          read_reference, resolve_data)
+
+PROG = "alter-eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..common.text import DEFAULT_PROMPT_FORMAT
+    from ..eval.metrics import TRUTH_RATIO_MODES
+    from ..eval.tofu import DEFAULT_MAX_NEW_TOKENS
+    p = OneLineParser(prog=PROG, description="TOFU evaluation (forget quality, model utility and its 9 parts, "
+                                             "ROUGE-L, probabilities, truth ratios) of a causal LM, optionally with an "
+                                             "ALTER or PEFT adapter, on TOFU-format files.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="model directory or Hugging Face name (default: the adapter's base model)")
+    g.add_argument("--adapter", default=None, help="ALTER adapter directory (ak.save_adapter) or PEFT adapter directory")
+    g.add_argument("--tokenizer", default=None, help="tokenizer directory or name (default: the --model one)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model weights dtype")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    g.add_argument("--trust-remote-code", action="store_true", help="pass trust_remote_code=True to from_pretrained")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE",
+                   help="a folder with the standard TOFU file names, or the four files (forget, retain, real "
+                        "authors, world facts: recognised by name, else taken in that order)")
+    g.add_argument("--forget-split", default=None,
+                   help="with a --data folder holding several forget splits: which one (e.g. forget10)")
+    g.add_argument("--task-id", default=None,
+                   help="keep only the rows of this task_id group (comma-separated for several) in every file "
+                        "that has a task_id field")
+
+    g = p.add_argument_group("forget quality reference (one of)")
+    ref = g.add_mutually_exclusive_group()
+    ref.add_argument("--retain-model", default=None,
+                     help="model directory or name of the retain model (trained without the forget set)")
+    ref.add_argument("--reference", default=None,
+                     help="reference JSON written by --save-reference (or an alter-eval output of the retain model)")
+    g.add_argument("--save-reference", default=None,
+                   help="with --retain-model: write its forget-set truth ratios here, for later --reference")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--out", required=True, help="output JSON file (written atomically)")
+    g.add_argument("--truth-ratio", default="geometric", choices=list(TRUTH_RATIO_MODES),
+                   help="geometric: TOFU's aggregation and open-unlearning; arithmetic: the TOFU paper's equation")
+    g.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help="greedy generation length of the ROUGE answers (TOFU: 200)")
+    g.add_argument("--batch-size", type=int, default=16, help="rows per forward / generate batch")
+    g.add_argument("--seed", type=int, default=0, help="torch / numpy / random seed")
+    g.add_argument("--chat-template", action="store_true", help="prompt with the tokenizer's chat template")
+    g.add_argument("--system-prompt", default=None, help="system prompt of --chat-template")
+    g.add_argument("--prompt-format", default=DEFAULT_PROMPT_FORMAT, type=unescape_newlines,
+                   help="prompt without --chat-template ({question} is replaced; a typed \\n is a newline) "
+                        "(default: %(default)r)")
+    g.add_argument("--keep-rows", action="store_true", help="also write per-row NLLs and probabilities")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+# ------------------------------------------------------------------------------------ models
+def _model_name(name: str) -> str:
+    return os.path.abspath(name) if os.path.isdir(name) else name
+
+
+def _adapter_kind(path: str) -> tuple[str, dict]:
+    cfg_path = os.path.join(path, "adapter_config.json")
+    if not os.path.isdir(path) or not os.path.isfile(cfg_path):
+        raise UsageError(f"--adapter {path}: no adapter_config.json there (expected an ALTER or PEFT adapter directory)")
+    meta = _read_json(cfg_path, f"--adapter {path}: adapter_config.json is not valid JSON")
+    from ..model.io import FORMAT
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        return "alter", meta
+    if isinstance(meta, dict) and "peft_type" in meta:
+        return "peft", meta
+    raise UsageError(f"--adapter {path}: adapter_config.json is neither an ALTER adapter (format {FORMAT!r}) nor a "
+                     "PEFT one (peft_type)")
+
+
+def load_model(name: str, args, device):
+    import torch
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, args.dtype),
+                                                     trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def attach_adapter(model, path: str, kind: str):
+    import alter_kernels as ak
+    if kind == "alter":
+        try:
+            cfg, _ = ak.read_adapter_config(path)
+            ak.patch(model, cfg)
+            ak.load_adapter(model, path)
+        except (ak.AdapterError, ak.PatchError) as exc:
+            raise UsageError(f"--adapter {path}: {exc}") from None
+        return model.eval()
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UsageError(f"--adapter {path} is a PEFT adapter: install peft (pip install peft)") from None
+    try:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UsageError(f"--adapter {path}: peft could not load it: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------------- table
+def format_table(res: dict) -> str:
+    meta = res.get("meta", {})
+    name = meta.get("model", "?") + (f" + adapter {meta['adapter']}" if meta.get("adapter") else "")
+    fq = res.get("forget_quality")
+    lines = [f"TOFU evaluation: {name}",
+             f"  truth ratio: {res.get('truth_ratio_definition')}, max_new_tokens {res.get('max_new_tokens')}, "
+             f"seed {meta.get('seed')}",
+             f"forget quality  {'n/a (no --retain-model / --reference)' if fq is None else f'{fq:.6g}'}",
+             f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded)",
+             f"{'split':<14}{'rows':>6}{'probability':>13}{'ROUGE-L':>10}{'truth ratio':>13}"]
+    for s in SPLITS:
+        st = res[s]
+        tr = st.get("truth_ratio")
+        lines.append(f"{s.replace('_', ' '):<14}{st['n']:>6}{st['probability']:>13.4f}{st['rouge']:>10.4f}"
+                     f"{'-' if tr is None else format(tr, '.4f'):>13}")
+    lines.append("  truth ratio column: forget mean(min(R, 1/R)); others mean(max(0, 1 - R)); "
+                 "real authors / world facts probability P_true / (P_true + sum P_false)")
+    fl = res.get("fluency", {})
+    if fl:
+        lines.append(f"fluency (forget + retain answers): distinct-2 {fl['distinct_2']:.3f}, "
+                     f"repetition rate {fl['repetition_rate_2']:.3f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- main
+def _note(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_args(args) -> None:
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.save_reference and not args.retain_model:
+        raise UsageError("--save-reference needs --retain-model (it saves that model's truth ratios)")
+    if "{question}" not in args.prompt_format and not args.chat_template:
+        raise UsageError(f"--prompt-format must contain {{question}}, got {args.prompt_format!r}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+        raise UsageError(f"--out {args.out} must be a file path")
+
+
+def _resolve_model(args) -> tuple[str, str | None]:
+    """(model name, adapter kind: "alter" / "peft" / None); the adapter's base model without --model."""
+    adapter_kind, adapter_meta = (None, {})
+    if args.adapter:
+        adapter_kind, adapter_meta = _adapter_kind(args.adapter)
+    model_name = args.model
+    if model_name is None:
+        model_name = adapter_meta.get("base_model") or adapter_meta.get("base_model_name_or_path")
+        if not model_name:
+            raise UsageError("--model is required" + (" (the adapter names no base model)" if args.adapter else ""))
+        _note(f"model: {model_name} (the adapter's base model)")
+    return model_name, adapter_kind
+
+
+def _load_splits(files: dict, task_id) -> dict:
+    from ..eval.data import load_rows
+    rows = {}
+    for s in SPLITS:
+        need = ("question", "answer", "perturbed_answer")
+        try:
+            rows[s] = load_rows(files[s], require=need, task_id=task_id)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"{s} data: {exc}") from None
+        if not rows[s]:
+            raise UsageError(f"{s} data: {files[s]} holds no rows")
+    _note("rows: " + ", ".join(f"{s} {len(rows[s])} ({files[s]})" for s in SPLITS))
+    return rows
+
+
+def _seed_device_tokenizer(args, model_name: str):
+    """Seed torch / numpy / random, check the device, load the tokenizer: (device, tokenizer)."""
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise UsageError(f"--device {device}: {str(exc).splitlines()[0]}") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer or model_name, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load tokenizer {args.tokenizer or model_name!r}: {str(exc).splitlines()[0]}") from None
+    return device, tok
+
+
+def _reference(args, forget: list, tok, fmt, device, fingerprint: str, forget_file: str):
+    """The retain model's forget-set truth ratios (--reference, or computed from --retain-model and
+    saved with --save-reference), or None; and what the output's meta records about them."""
+    from ..eval.tofu import truth_ratios
+    if args.reference:
+        reference, _ = read_reference(args.reference, args.truth_ratio, fingerprint)
+        return reference, {"reference": os.path.abspath(args.reference), "reference_n": len(reference)}
+    if not args.retain_model:
+        _note("no --retain-model / --reference: forget quality is not computed")
+        return None, {}
+    _note(f"retain model {args.retain_model}: forget-set truth ratios")
+    retain_model = load_model(args.retain_model, args, device)
+    tr = truth_ratios(retain_model, tok, forget, fmt, args.batch_size, mode=args.truth_ratio,
+                      progress="retain model: forget" if not args.no_progress else False)
+    reference = tr["ratio"].tolist()
+    del retain_model, tr
+    if args.save_reference:
+        ensure_dir(os.path.dirname(os.path.abspath(args.save_reference)))
+        write_json(args.save_reference, json_safe({
+            "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
+            "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(forget_file),
+            "task_id": args.task_id, "forget_fingerprint": fingerprint, "prompt_format": args.prompt_format,
+            "chat_template": args.chat_template, "n": len(reference), "truth_ratios": reference}))
+        _note(f"reference written to {args.save_reference}")
+    return reference, {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
+
+
+def _meta(args, model_name: str, adapter_kind, ref_meta: dict, files: dict, fingerprint: str, device,
+          seconds: float) -> dict:
+    from ..version import __version__
+    return {"model": _model_name(model_name),
+            "adapter": os.path.abspath(args.adapter) if args.adapter else None, "adapter_type": adapter_kind,
+            **ref_meta, "data": {s: os.path.abspath(files[s]) for s in SPLITS}, "task_id": args.task_id,
+            "forget_fingerprint": fingerprint, "truth_ratio": args.truth_ratio,
+            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "device": str(device),
+            "dtype": args.dtype, "batch_size": args.batch_size, "prompt_format": args.prompt_format,
+            "chat_template": args.chat_template, "alter_kernels_version": __version__,
+            "seconds": round(seconds, 2)}
+
+
+def _run(args) -> int:
+    from ..eval.format import QAFormat
+    from ..eval.tofu import evaluate_tofu
+
+    _check_args(args)
+    model_name, adapter_kind = _resolve_model(args)
+    files = resolve_data(args.data, args.forget_split)
+    rows = _load_splits(files, args.task_id)
+    fingerprint = _fingerprint(rows["forget"])
+    device, tok = _seed_device_tokenizer(args, model_name)
+    fmt = QAFormat(template=args.prompt_format, chat=args.chat_template, system_prompt=args.system_prompt)
+    t0 = time.perf_counter()
+    reference, ref_meta = _reference(args, rows["forget"], tok, fmt, device, fingerprint, files["forget"])
+
+    model = load_model(model_name, args, device)
+    if args.adapter:
+        model = attach_adapter(model, args.adapter, adapter_kind)
+        _note(f"adapter {args.adapter} ({adapter_kind}) attached")
+    res = evaluate_tofu(model, tok, rows["forget"], rows["retain"], rows["real_authors"], rows["world_facts"],
+                        reference_truth_ratios=reference, fmt=fmt, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, keep_rows=args.keep_rows,
+                        truth_ratio=args.truth_ratio, progress=not args.no_progress)
+    res["meta"] = _meta(args, model_name, adapter_kind, ref_meta, files, fingerprint, device, time.perf_counter() - t0)
+    first = ("forget_quality", "model_utility")
+    res = {**{k: res[k] for k in first if k in res}, **{k: v for k, v in res.items() if k not in first}}
+    ensure_dir(os.path.dirname(os.path.abspath(args.out)))
+    write_json(args.out, json_safe(res))
+    print(format_table(res))
+    print(f"written: {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        try:
+            return _run(args)
+        except UsageError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

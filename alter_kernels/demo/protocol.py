@@ -1,0 +1,132 @@
+"""The benchmark protocol: DEV / TEST corpus seeds, the retain subset that utility is scored on,
+evaluation through the default inference rule, and the hyper-parameters selected on DEV
+(docs/benchmark.md, "Protocol"). Was ``alter_kernels/benchmark/protocol.py``.
+
+- TEST: corpus seed 0 (what the demo reports) plus seeds 1 and 2 (mean and std over the three).
+- DEV: corpus seed 1000, same sizes; ``bench/sweep.py`` selects every method's hyper-parameters
+  there (same grid size for every method) and writes ``selected_hparams.json`` beside this file.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+
+DEV_SEED = 1000
+TEST_SEEDS = (0, 1, 2)
+SELECTED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "selected_hparams.json")
+
+
+def bench_for(preset: str, seed: int = 0, cache_dir: str | None = None, progress: bool = False):
+    """The embedded benchmark of ``preset`` ("full"/"default" or "quick") for corpus ``seed``."""
+    from ..synthetic.inject import PRESETS, build_benchmark, with_overrides
+    base = PRESETS["quick" if preset == "quick" else "default"]
+    cfg = base if seed == 0 else with_overrides(base, seed=seed)
+    return build_benchmark(cfg, cache_dir=cache_dir, progress=progress)
+
+
+def retain_eval_subset(rows: list, n: int, seed: int = 0) -> list:
+    """A fixed, author-balanced subset of the retain rows for the utility evaluation (TOFU also
+    evaluates utility on a retain subset of the forget set's size)."""
+    if n >= len(rows):
+        return list(rows)
+    rng = random.Random(f"retain-eval-{seed}")
+    by_author: dict = {}
+    for r in rows:
+        by_author.setdefault(r.get("author", ""), []).append(r)
+    for v in by_author.values():
+        rng.shuffle(v)
+    out, i = [], 0
+    authors = sorted(by_author)
+    while len(out) < n:
+        for a in authors:
+            if i < len(by_author[a]) and len(out) < n:
+                out.append(by_author[a][i])
+        i += 1
+    return out
+
+
+def load_split(bench):
+    from ..eval import load_rows
+    forget = load_rows(bench.path(bench.config.forget_split))
+    retain_all = load_rows(bench.path(bench.retain_split))
+    return {"forget": forget, "retain": retain_all, "retain_eval": retain_eval_subset(retain_all, len(forget), 0),
+            "real": load_rows(bench.path("real_authors")), "world": load_rows(bench.path("world_facts"))}
+
+
+def _has_builtin_inference_entropy() -> bool:
+    from ..config import AlterConfig
+    return "inference_entropy" in {f.name for f in dataclasses.fields(AlterConfig)}
+
+
+@contextlib.contextmanager
+def inference_rule(model):
+    """Evaluate a patched model with the default inference rule: every forward without routing
+    inputs is routed by the BASE model's entropies (spec 2, ``inference_entropy="base"``).
+
+    Once the package computes them itself (AlterConfig.inference_entropy exists) this does
+    nothing. Before that it installs a forward pre-hook computing ``ak.token_entropy`` on the
+    forward's full input and turns off the KV cache in ``generate`` (each step recomputes the
+    whole sequence, so generated tokens are routed by the base entropy too)."""
+    import alter_kernels as ak
+    if not ak.is_patched(model) or _has_builtin_inference_entropy():
+        yield model
+        return
+    state = ak.get_state(model) if hasattr(ak, "get_state") else model._alter_state
+    set_here = []
+
+    def pre(module, args, kwargs):
+        if state.entropy is not None or state.labels is not None:
+            set_here.append(False)
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        att = kwargs.get("attention_mask")
+        state.entropy = ak.token_entropy(model, ids, att)
+        set_here.append(True)
+        return None
+
+    def post(module, args, kwargs, out):
+        if set_here and set_here.pop():
+            state.entropy = None
+        return None
+
+    h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = model.register_forward_hook(post, with_kwargs=True)
+    gc = getattr(model, "generation_config", None)
+    prev = getattr(gc, "use_cache", None)
+    if gc is not None:
+        gc.use_cache = False
+    try:
+        yield model
+    finally:
+        h1.remove()
+        h2.remove()
+        if gc is not None:
+            gc.use_cache = prev
+
+
+def hm_score(fq: float, mu: float, mu_ft: float) -> float:
+    """Harmonic mean of (forget quality, utility / finetuned utility)."""
+    a, b = fq, (mu / mu_ft if mu_ft > 0 else 0.0)
+    return 0.0 if a <= 0 or b <= 0 or not math.isfinite(a) or not math.isfinite(b) else 2 * a * b / (a + b)
+
+
+def evaluate(model, tok, split: dict, ref=None, batch_size: int = 16, max_new_tokens: int = 32) -> dict:
+    """TOFU suite (evaluate_tofu) through the inference rule; returns the full result dict."""
+    from ..eval import QAFormat, evaluate_tofu
+    with inference_rule(model):
+        return evaluate_tofu(model, tok, split["forget"], split["retain_eval"], split["real"], split["world"],
+                             reference_truth_ratios=ref, fmt=QAFormat(), batch_size=batch_size,
+                             max_new_tokens=max_new_tokens)
+
+
+def load_selected(preset: str) -> dict | None:
+    """{method: hparams} selected on DEV for ``preset`` by bench/sweep.py, or None."""
+    if not os.path.exists(SELECTED_PATH):
+        return None
+    with open(SELECTED_PATH) as f:
+        data = json.load(f)
+    return data.get("quick" if preset == "quick" else "full")

@@ -1,0 +1,51 @@
+"""The prompt side of :func:`alter_kernels.generate`: base-model entropies of the prompt (the base
+pass, adapters off) and stacking the base stream's KV cache under the adapted one."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..model.entropy import token_entropy
+from ..model.hf import cache_kwarg
+from ..model.state import get_state, is_patched
+from ..ops.entropy import lm_head_entropy
+
+
+def q_route(model: nn.Module, q: float | None) -> float:
+    """The entropy order q: ``q`` if given, else the patched model's ``q_route`` (1.5 unpatched)."""
+    if q is not None:
+        return float(q)
+    return get_state(model).config.q_route if is_patched(model) else 1.5
+
+
+def prompt_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None, q: float | None = None) -> torch.Tensor:
+    """Routing entropies [B, T] of a (left-padded) prompt from the base model (adapters off):
+    :func:`alter_kernels.token_entropy` (positions counted over real tokens, +inf where token t
+    has no real predecessor)."""
+    return token_entropy(model, input_ids, attention_mask, q=q_route(model, q), position_ids=position_ids)
+
+
+def base_pass(model, backbone, head, input_ids, mask, pos, cache, q: float) -> torch.Tensor:
+    """Base-model (adapters off) S_q [B, T] at every prompt position; fills ``cache`` if given."""
+    state = get_state(model)
+    kw = {cache_kwarg(backbone): cache} if cache is not None else {}
+    prev, state.enabled = state.enabled, False
+    try:
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                          **kw).last_hidden_state
+    finally:
+        state.enabled = prev
+    return lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None)).float()
+
+
+def stack_static_caches(cache, other) -> None:
+    """Append ``other``'s batch rows to ``cache`` (two prefilled StaticCaches of one length): the
+    decode steps then run both streams as one batch."""
+    for la, lb in zip(cache.layers, other.layers):
+        if not (hasattr(la, "keys") and hasattr(lb, "keys")) or int(la.get_seq_length()) != int(lb.get_seq_length()):
+            raise RuntimeError("generate: cannot stack the base and adapted KV caches (unexpected cache layout)")
+        la.keys = torch.cat([la.keys, lb.keys])
+        la.values = torch.cat([la.values, lb.values])
+        if hasattr(la, "batch_size"):
+            la.batch_size = la.keys.shape[0]

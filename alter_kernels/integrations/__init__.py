@@ -1,0 +1,1 @@
+"""Integrations of the unlearning engine with other training frameworks (app layer)."""

@@ -1,0 +1,81 @@
+"""The engine's batches: the mixed forget + retain batch of one step, the per-epoch order, and
+batched passes over examples (split over the ranks in data-parallel runs)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..config import AlterConfig
+from .data import collate, epoch_order, pad_float
+from .util import progress_bar
+
+
+@dataclasses.dataclass
+class AlterData:
+    """What one ALTER step needs besides the model, prepared once (see :func:`prepare_alter`):
+    tokenised forget / retain examples, each forget row's expert, the cached base-model entropies
+    and the adapter's config. ``batch(fi, ri)`` builds the mixed batch that
+    :func:`alter_kernels.unlearn.alter_loss` takes, for another training loop (HF Trainer, ...).
+
+    ``unlearn`` keeps the data of every method in one: ``forget_cache`` / ``retain_cache`` are
+    None without entropies (all methods but ALTER), ``config`` None for full-parameter methods,
+    ``forget_ref`` the reference log-probs of the forget rows (NPO) or None."""
+    forget: list
+    retain: list
+    forget_domain: list
+    forget_cache: tuple | None
+    retain_cache: tuple | None
+    config: AlterConfig | None
+    domain_map: dict
+    pad_id: int
+    forget_ref: list | None = None
+
+    def batch(self, forget_idx, retain_idx, device=None) -> dict:
+        return batch_of(self, list(forget_idx), list(retain_idx), device or "cpu")
+
+    def step_batch(self, epoch: int, k: int, batch_size: int, seed: int, device) -> dict:
+        """Batch ``k`` of ``epoch``: forget rows in the epoch's seeded order, retain rows cycling."""
+        order = epoch_order(len(self.forget), seed, epoch)
+        fi = order[k * batch_size:(k + 1) * batch_size]
+        ri = []
+        if self.retain:
+            rorder = epoch_order(len(self.retain), seed, epoch, salt=1)
+            ri = [rorder[(k * batch_size + j) % len(self.retain)] for j in range(batch_size)]
+        return batch_of(self, fi, ri, device)
+
+
+def batch_of(d: AlterData, fi, ri, dev) -> dict:
+    """The mixed batch of forget rows fi then retain rows ri (the layout methods.* expect)."""
+    exs = [d.forget[i] for i in fi] + [d.retain[i] for i in ri]
+    ids, att, lab = collate(exs, d.pad_id)
+    t = ids.shape[1]
+    b = {"input_ids": ids, "attention_mask": att, "labels": lab,
+         "is_forget": torch.tensor([True] * len(fi) + [False] * len(ri)),
+         "domain": torch.tensor([d.forget_domain[i] for i in fi] + [0] * len(ri), dtype=torch.long)}
+    if d.forget_cache is not None:
+        fc, rc = d.forget_cache, d.retain_cache
+        b["entropy"] = pad_float([fc[0][i] for i in fi] + [rc[0][i] for i in ri], t, math.inf)
+        b["base_sq"] = pad_float([fc[1][i] for i in fi] + [rc[1][i] for i in ri], t, math.nan)
+    if d.forget_ref is not None:
+        b["ref_logp"] = torch.tensor([d.forget_ref[i] for i in fi] + [0.0] * len(ri), dtype=torch.float32)
+    return {k2: v.to(dev) for k2, v in b.items()}
+
+
+def batched(n: int, bs: int):
+    """Index lists [0, bs), [bs, 2 bs), ... covering range(n)."""
+    for s in range(0, n, bs):
+        yield list(range(s, min(n, s + bs)))
+
+
+def map_batches(n: int, bs: int, fn, ctx=None, lockstep: bool = False, desc: str | None = None) -> list:
+    """fn(idx) for each batch of indices, concatenated; with a DistContext the batches are split
+    round-robin over the ranks (the same batches as one process: bit-identical results) and
+    gathered, so every rank gets the whole list. desc: a progress line (single process)."""
+    groups = list(batched(n, bs))
+    if ctx is None:
+        per = [fn(idx) for idx in progress_bar(groups, desc)]
+    else:
+        per = ctx.map_batches(len(groups), lambda j: fn(groups[j]), lockstep=lockstep)
+    return [x for part in per for x in part]

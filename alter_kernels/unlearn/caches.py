@@ -1,0 +1,111 @@
+"""What the set-up computes once from the base model: ALTER's routing entropies and R_struct
+references, theta, and NPO's reference log-probabilities."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+
+import torch
+
+from ..kernels.reference.losses import sequence_logprob
+from . import _model_api as _m
+from .batches import map_batches
+from .data import Example, collate
+from .result import UnlearnError
+
+_log = logging.getLogger("alter_kernels.unlearn")
+
+AUTO_SIDE_SHARE = 0.98
+
+
+@torch.no_grad()
+def entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct, ctx=None, desc=None):
+    """Per example: routing entropies e_t (q_route) and base S_{q_s} of the same distributions."""
+    def one(idx):
+        ids, att, _ = collate([exs[i] for i in idx], pad_id)
+        ids, att = ids.to(dev), att.to(dev)
+        e = _m.token_entropy(model, ids, att, q=q_route).float().cpu()
+        s = _m.token_entropy(model, ids, att, q=q_struct).float().cpu()
+        return [(e[j, :len(exs[i].input_ids)].clone(), s[j, :len(exs[i].input_ids)].clone())
+                for j, i in enumerate(idx)]
+    pairs = map_batches(len(exs), bs, one, ctx, desc=desc)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@torch.no_grad()
+def ref_logps(model, exs: list[Example], pad_id, bs, dev, ctx=None, desc=None) -> list[float]:
+    """Sequence log-probability of each example's answer under ``model`` (NPO's reference)."""
+    def one(idx):
+        ids, att, lab = collate([exs[i] for i in idx], pad_id)
+        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).logits
+        return sequence_logprob(logits, lab.to(dev)).float().cpu().tolist()
+    return map_batches(len(exs), bs, one, ctx, desc=desc)
+
+
+def quantile_threshold(exs: list[Example], ents: list[torch.Tensor], q: float) -> float:
+    """theta = the q-quantile of the routing entropies of the answer tokens (finite ones)."""
+    if not 0.0 < float(q) < 1.0:
+        raise ValueError(f"unlearn: threshold_quantile must be in (0, 1), got {q!r}")
+    vals = torch.cat([e[torch.tensor(ex.labels) != -100] for ex, e in zip(exs, ents)])
+    vals = vals[torch.isfinite(vals)]
+    if vals.numel() == 0:
+        raise UnlearnError("unlearn: threshold_quantile: no answer token has a finite entropy")
+    return float(torch.quantile(vals.double(), float(q)))
+
+
+def choose_threshold(theta: float, exs: list[Example], ents: list[torch.Tensor], hp) -> tuple[float, str, float]:
+    """(theta, source, low share of the configured theta): ``threshold_quantile`` if given
+    ("quantile"); else the ``threshold_auto`` quantile when the configured theta puts >= 98% of
+    the answer tokens on one side ("auto"); else the configured theta ("config")."""
+    if hp["threshold_quantile"] is not None:
+        return quantile_threshold(exs, ents, hp["threshold_quantile"]), "quantile", float("nan")
+    vals = torch.cat([e[torch.tensor(ex.labels) != -100] for ex, e in zip(exs, ents)]) if exs else torch.zeros(0)
+    vals = vals[torch.isfinite(vals)]
+    if hp["threshold_auto"] is None or vals.numel() == 0:
+        return theta, "config", float("nan")
+    low = float((vals <= theta).double().mean())
+    if AUTO_SIDE_SHARE <= low or low <= 1.0 - AUTO_SIDE_SHARE:
+        return quantile_threshold(exs, ents, hp["threshold_auto"]), "auto", low
+    return theta, "config", low
+
+
+def cache_entropies(run) -> None:
+    """ALTER: cache the base-model entropies of every example and pick theta (``run.data`` is
+    updated; the model's config gets the new theta)."""
+    d, hp, model = run.data, run.hp, run.model
+    q_route = d.config.q_route
+    d.forget_cache = entropy_cache(model, d.forget, d.pad_id, run.batch_size, run.dev, q_route, hp["struct_q"],
+                                   run.dist, desc=run.show and "entropy cache (forget)")
+    d.retain_cache = (entropy_cache(model, d.retain, d.pad_id, run.batch_size, run.dev, q_route, hp["struct_q"],
+                                    run.dist, desc=run.show and "entropy cache (retain)") if d.retain else ([], []))
+    if hp["threshold_quantile"] is not None and _m.frozen_experts(model):
+        warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
+                      f"unlearning) and keeps its threshold {d.config.threshold}")
+    elif not _m.frozen_experts(model):
+        _pick_threshold(run)
+
+
+def _pick_threshold(run) -> None:
+    d, hp = run.data, run.hp
+    old = d.config.threshold
+    theta, run.threshold_source, low_share = choose_threshold(old, d.forget + d.retain,
+                                                              d.forget_cache[0] + d.retain_cache[0], hp)
+    if run.threshold_source != "config":
+        st = _m.get_state(run.model)
+        st.config = d.config = dataclasses.replace(d.config, threshold=theta)
+    if run.threshold_source == "auto" and run.main:
+        _log.info("unlearn[alter]: threshold %s (q_route %s) put %.1f%% of the answer tokens on the low side; "
+                  "theta set to %.4g, the %s-quantile of the base answer-token entropies (threshold_auto)",
+                  old, d.config.q_route, 100 * low_share, theta, hp["threshold_auto"])
+        if run.progress:
+            print(f"unlearn[alter]: threshold {old} put {100 * low_share:.1f}% of the answer tokens on the "
+                  f"low side; using theta = {theta:.4g} (the {hp['threshold_auto']}-quantile of the base "
+                  "answer-token entropies, threshold_auto)")
+
+
+def cache_ref_logps(run) -> None:
+    """NPO: the base model's log-probability of every forget answer."""
+    d = run.data
+    d.forget_ref = ref_logps(run.model, d.forget, d.pad_id, run.batch_size, run.dev, run.dist,
+                             desc=run.show and "reference log-probs (forget)")
