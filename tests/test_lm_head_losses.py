@@ -346,3 +346,27 @@ def test_fp64_goes_to_the_reference_and_matches_the_materialised_losses():
     torch.testing.assert_close(out.ihl, inverted_hinge_loss(z, y, shift=False, reduction="none"))
     if HAS_CPP:
         assert kernels.pick("lm_head_token_losses", "cpu", torch.float32).backend == "cpp"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("q", [None, 1.0, 1.5])
+def test_gpu_backends_against_the_cpu_reference(backend, q):
+    if backend not in kernels.available("lm_head_token_losses", "cuda"):
+        pytest.skip(f"{backend} not built / installed")
+    h, w, b, y = make(64, 32003, 64, ties=True)
+    grads = [torch.randn(64, dtype=torch.float64) for _ in range(4)]
+    tru = run(None, h, w, b, y, q, grads, dtype=torch.float64)
+    same = run("reference", h, w, b, y, q, grads)
+    dev = [t.cuda() if t is not None else None for t in (h, w, b, y)]
+    out = [t.cpu() if t is not None else None for t in run(backend, *dev, q, [g.cuda() for g in grads])]
+    for i, name in enumerate(OUTS + ["d hidden", "d weight", "d bias"]):
+        if tru[i] is not None:
+            assert_criterion(out[i], same[i], tru[i], 5e-5 if i < 4 else 1e-4, f"{backend} {name} q={q}")
+    hb = h + 0.2 * torch.randn(h.shape)
+    g = torch.randn(64, dtype=torch.float64)
+    tru = run_kl(None, hb, h, w, b, None, g, True, dtype=torch.float64)
+    same = run_kl("reference", hb, h, w, b, None, g, True)
+    out = [t.cpu() for t in run_kl(backend, hb.cuda(), h.cuda(), w.cuda(), b.cuda(), None, g.cuda(), True)]
+    for i, name in enumerate(["kl", "d hidden_base", "d hidden", "d weight", "d bias"]):
+        assert_criterion(out[i], same[i], tru[i], 5e-5 if i == 0 else 2e-4, f"{backend} {name}")
