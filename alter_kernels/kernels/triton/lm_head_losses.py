@@ -42,7 +42,7 @@ def _losses_fwd_kernel(X, LAB, NLL, IHL, ENT, LSE, ST, stride_row, V, q, ignore,
     x_ptr = X + row * stride_row
     y = tl.load(LAB + row)
     valid = y != ignore
-    ys = tl.where(valid, y, 0)
+    ys = tl.minimum(tl.maximum(tl.where(valid, y, 0), 0), V - 1)   # never read out of the row
     m = float("-inf")
     z = 0.0
     zq = 0.0
@@ -123,7 +123,7 @@ def _losses_bwd_kernel(X, OUT, LAB, ST, GN, GI, GE, GL, stride_row, stride_out, 
     o_ptr = OUT + row * stride_out
     y = tl.load(LAB + row)
     valid = y != ignore
-    ys = tl.where(valid, y, 0)
+    ys = tl.minimum(tl.maximum(tl.where(valid, y, 0), 0), V - 1)   # never read out of the row
     s_ptr = ST + 7 * row
     m = tl.load(s_ptr)
     logz = tl.load(s_ptr + 1)
