@@ -39,6 +39,8 @@ def cases():
     for dt in (torch.float32, torch.float64):
         yield "decode_group_linear", (x.to(dt), [w0.to(dt), r(2, 7, dtype=dt)], [r(6, dtype=dt), None],
                                       r(6, 7, dtype=dt), [r(4, 3, 6, dtype=dt), r(4, 3, 2, dtype=dt)], wts)
+    from test_lm_head_losses import opcheck_cases      # lm_head_losses_* and lm_head_kl_* (issue 16)
+    yield from opcheck_cases()
 
 
 @pytest.mark.parametrize("name,args", list(cases()), ids=lambda v: v if isinstance(v, str) else "")
