@@ -10,6 +10,7 @@ from .kernels.native import warn_if_extension_missing as _warn_if_extension_miss
 from .config import AlterConfig
 from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
 from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
+from .ops.lm_head_losses import TokenLosses, lm_head_kl, lm_head_token_losses
 from .kernels.reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
 from .kernels.reference.routing import RoutingPlan
 from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
@@ -26,6 +27,7 @@ __all__ = [
     "AlterConfig", "AlterLinear", "LayerRouter", "RoutingPlan", "PatchError", "AdapterError",
     "patch", "unpatch", "save_adapter", "load_adapter", "read_adapter_config",
     "tsallis_entropy", "lm_head_entropy", "asym_lora", "route",
+    "lm_head_token_losses", "lm_head_kl", "TokenLosses",
     "inverted_hinge_loss", "npo_loss", "sequence_logprob", "token_nll",
     "set_routing_inputs", "routing_inputs", "set_inference_entropy", "clear_routing_inputs", "disable_adapters", "token_entropy",
     "last_plans", "add_plan_hook", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",

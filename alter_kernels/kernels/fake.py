@@ -55,6 +55,36 @@ def _lm_head_entropy_bwd(grad_ent, grad_lse, hidden, weight, bias, stats, q, nee
             torch.empty_like(bias) if (need_bias and bias is not None) else none())
 
 
+def _placeholder(like):            # a fresh 0-element fp32 tensor each (no output aliases another)
+    return like.new_empty((0,), dtype=torch.float32)
+
+
+def _lm_head_losses_fwd(hidden, weight, bias, labels, q, with_entropy, ignore_index, vocab_tile=0, row_block=0):
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    n = hidden.shape[0]
+    return tuple(torch.empty((n,), **f32) for _ in range(4)) + (torch.empty((n, 7), **f32),)
+
+
+def _lm_head_losses_bwd(grad_nll, grad_ihl, grad_ent, grad_lse, hidden, weight, bias, labels, stats, q, ignore_index,
+                        need_hidden, need_weight, need_bias, vocab_tile=0, row_block=0):
+    return (torch.empty_like(hidden) if need_hidden else _placeholder(hidden),
+            torch.empty_like(weight) if need_weight else _placeholder(hidden),
+            torch.empty_like(bias) if (need_bias and bias is not None) else _placeholder(hidden))
+
+
+def _lm_head_kl_fwd(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_block=0):
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    return torch.empty((hidden.shape[0],), **f32), torch.empty((hidden.shape[0], 5), **f32)
+
+
+def _lm_head_kl_bwd(grad, hidden_base, hidden, weight, bias, mask, stats, need_base, need_hidden, need_weight,
+                    need_bias, vocab_tile=0, row_block=0):
+    return (torch.empty_like(hidden_base) if need_base else _placeholder(hidden),
+            torch.empty_like(hidden) if need_hidden else _placeholder(hidden),
+            torch.empty_like(weight) if need_weight else _placeholder(hidden),
+            torch.empty_like(bias) if (need_bias and bias is not None) else _placeholder(hidden))
+
+
 def _route_plan(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None):
     n, e = logits.shape
     f32, b = dict(dtype=torch.float32, device=logits.device), dict(dtype=torch.bool, device=logits.device)
@@ -81,6 +111,10 @@ FAKES = {
     "route_plan": _route_plan,
     "decode_route": _decode_route,
     "decode_group_linear": _decode_group_linear,
+    "lm_head_losses_fwd": _lm_head_losses_fwd,
+    "lm_head_losses_bwd": _lm_head_losses_bwd,
+    "lm_head_kl_fwd": _lm_head_kl_fwd,
+    "lm_head_kl_bwd": _lm_head_kl_bwd,
 }
 
 

@@ -13,10 +13,12 @@ import torch
 from . import registry
 from .asym_lora import NATIVE_IMPL, TORCH_IMPL, make_backend
 from .entropy import lm_head_native, lm_head_triton, tsallis_native, tsallis_triton
+from .lm_head_losses import kl_native, kl_triton, token_losses_native, token_losses_triton
 from .native import on_native, on_triton
 from .reference.asym_lora import asym_lora_ref
 from .reference.decode import decode_group_linear_ref, decode_route_ref
 from .reference.entropy import lm_head_entropy_ref, tsallis_entropy_ref
+from .reference.lm_head_losses import lm_head_kl_ref, lm_head_token_losses_ref
 from .reference.routing import route_plan_ref, route_ref
 from .routing import decode_group_linear_native, decode_route_native, route_native, route_plan_native
 
@@ -35,6 +37,10 @@ def _asym_on(dev: str):
     return on_native("asym_lora_fwd", "asym_lora_bwd", device_type=dev)
 
 
+def _losses_on(prefix: str, dev: str):
+    return on_native(prefix + "_fwd", prefix + "_bwd", device_type=dev)
+
+
 TABLE = [
     # op                 backend       function                      devices                                     dtypes    priority
     ("asym_lora",        "reference",  asym_lora_ref,                None,                                       None,     0),
@@ -50,6 +56,14 @@ TABLE = [
     ("lm_head_entropy",  "cpp",        lm_head_native,               on_native("lm_head_entropy_fwd", device_type="cpu"),  FP_KERNEL, CPP),
     ("lm_head_entropy",  "cuda",       lm_head_native,               on_native("lm_head_entropy_fwd", device_type="cuda"), FP_KERNEL, CUDA),
     ("lm_head_entropy",  "triton",     lm_head_triton,               on_triton,                                  FP_KERNEL, TRITON),
+    ("lm_head_token_losses", "reference", lm_head_token_losses_ref,  None,                                    None,     0),
+    ("lm_head_token_losses", "cpp",    token_losses_native,          _losses_on("lm_head_losses", "cpu"),        FP_KERNEL, CPP),
+    ("lm_head_token_losses", "cuda",   token_losses_native,          _losses_on("lm_head_losses", "cuda"),       FP_KERNEL, CUDA),
+    ("lm_head_token_losses", "triton", token_losses_triton,          on_triton,                                  FP_KERNEL, TRITON),
+    ("lm_head_kl",       "reference",  lm_head_kl_ref,               None,                                       None,     0),
+    ("lm_head_kl",       "cpp",        kl_native,                    _losses_on("lm_head_kl", "cpu"),            FP_KERNEL, CPP),
+    ("lm_head_kl",       "cuda",       kl_native,                    _losses_on("lm_head_kl", "cuda"),           FP_KERNEL, CUDA),
+    ("lm_head_kl",       "triton",     kl_triton,                    on_triton,                                  FP_KERNEL, TRITON),
     ("route",            "reference",  route_ref,                    None,                                       None,     0),
     ("route",            "cpp",        route_native,                 on_native("route_plan", device_type="cpu"), None,     CPP),
     ("route_plan",       "reference",  route_plan_ref,               None,                                       None,     0),

@@ -1,0 +1,146 @@
+"""Autograd Functions and native wrappers of the fused LM-head losses (issue 16).
+
+A backend provides ``LossKernels`` / ``KLKernels``: a forward that returns the per-token values
+plus O(N) statistics, and a backward that recomputes vocabulary tiles of the logits from those
+statistics and the inputs (never from a saved [N, V] tensor):
+
+    losses: fwd(h, w, bias, labels, q, with_entropy, ignore_index) -> (nll, ihl, ent, lse, stats [N, 7])
+            bwd(g_nll?, g_ihl?, g_ent?, g_lse?, h, w, bias, labels, stats, q, ignore_index,
+                need_h, need_w, need_b) -> (dh, dw, db)
+    kl:     fwd(hb, h, w, bias, mask) -> (kl, stats [N, 5])
+            bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b) -> (dhb, dh, dw, db)
+
+stats of the losses: [m, log Z, aux, z_y, z_A, c, a] (max logit, log sum exp(z - m), the
+entropy's aux, label logit, largest logit over v != y, how many v != y reach it, the first
+of them); of the KL: [m_b, log Z_b, m, log Z, KL]. What a backward was not asked for comes back
+as None or a 0-element placeholder; the Functions drop it. The only tensors autograd keeps
+are the inputs and these statistics.
+
+The kernels accumulate in fp32 and take fp32 / bf16 / fp16: the table (table.py) sends float64
+to the reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+
+from .native import native_op
+from .reference.lm_head_losses import TokenLosses
+
+
+@dataclasses.dataclass(frozen=True)
+class LossKernels:
+    fwd: Callable
+    bwd: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class KLKernels:
+    fwd: Callable
+    bwd: Callable
+
+
+def _f32(g: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if g is None else g.to(torch.float32).contiguous()
+
+
+class _TokenLossesFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, q: float, with_ent: bool, ignore_index: int, kern: LossKernels):
+        nll, ihl, ent, lse, stats = kern.fwd(hidden, weight, bias, labels, q, with_ent, ignore_index)
+        ctx.save_for_backward(hidden, weight, bias, labels, stats)
+        ctx.args = (q, with_ent, ignore_index, kern)
+        ctx.set_materialize_grads(False)
+        if not with_ent:
+            ctx.mark_non_differentiable(ent)
+        return nll, ihl, ent, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_nll, g_ihl, g_ent, g_lse):
+        hidden, weight, bias, labels, stats = ctx.saved_tensors
+        q, with_ent, ignore_index, kern = ctx.args
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
+        if not with_ent:
+            g_ent = None
+        grads = [_f32(g) for g in (g_nll, g_ihl, g_ent, g_lse)]
+        if all(g is None for g in grads) or not (need_h or need_w or need_b):
+            return (None,) * 8
+        dh, dw, db = kern.bwd(*grads, hidden, weight, bias, labels, stats, q, ignore_index, need_h, need_w, need_b)
+        return (dh if need_h else None, dw if need_w else None, db if need_b else None) + (None,) * 5
+
+
+class _KLFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden_base, hidden, weight, bias, mask, kern: KLKernels):
+        kl, stats = kern.fwd(hidden_base, hidden, weight, bias, mask)
+        ctx.save_for_backward(hidden_base, hidden, weight, bias, mask, stats)
+        ctx.kern = kern
+        ctx.set_materialize_grads(False)
+        return kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        hidden_base, hidden, weight, bias, mask, stats = ctx.saved_tensors
+        need_hb, need_h, need_w, need_b = ctx.needs_input_grad[:4]
+        need_b = need_b and bias is not None
+        if g is None or not (need_hb or need_h or need_w or need_b):
+            return (None,) * 6
+        out = ctx.kern.bwd(_f32(g), hidden_base, hidden, weight, bias, mask, stats, need_hb, need_h, need_w, need_b)
+        return tuple(o if n else None for o, n in zip(out, (need_hb, need_h, need_w, need_b))) + (None, None)
+
+
+def token_losses_with(kern: LossKernels, hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:
+    """hidden [N, d] (2-D), weight [V, d], labels int64 [N], bias [V] or None; q None = no entropy."""
+    with_ent = q is not None
+    nll, ihl, ent, lse = _TokenLossesFn.apply(hidden, weight, bias, labels, float(q) if with_ent else 0.0,
+                                              with_ent, int(ignore_index), kern)
+    return TokenLosses(nll, ihl, ent if with_ent else None, lse)
+
+
+def kl_with(kern: KLKernels, hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
+    """hidden_base, hidden [N, d], weight [V, d], bias [V] or None, mask bool [N] or None -> KL [N]."""
+    return _KLFn.apply(hidden_base, hidden, weight, bias, mask, kern)
+
+
+# ---- native (C++ CPU / CUDA) kernels: torch.ops.alter_kernels.lm_head_{losses,kl}_{fwd,bwd} ----
+
+def native_loss_kernels() -> LossKernels:
+    def fwd(h, w, bias, labels, q, with_ent, ignore_index):
+        return native_op("lm_head_losses_fwd")(h, w, bias, labels, q, with_ent, ignore_index)
+
+    def bwd(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_index, need_h, need_w, need_b):
+        return native_op("lm_head_losses_bwd")(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_index,
+                                         need_h, need_w, need_b)
+    return LossKernels(fwd, bwd)
+
+
+def native_kl_kernels() -> KLKernels:
+    def fwd(hb, h, w, bias, mask):
+        return native_op("lm_head_kl_fwd")(hb, h, w, bias, mask)
+
+    def bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b):
+        return native_op("lm_head_kl_bwd")(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b)
+    return KLKernels(fwd, bwd)
+
+
+def token_losses_native(hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:
+    return token_losses_with(native_loss_kernels(), hidden, weight, labels, bias, q, ignore_index)
+
+
+def kl_native(hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
+    return kl_with(native_kl_kernels(), hidden_base, hidden, weight, bias, mask)
+
+
+def token_losses_triton(hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:
+    from .triton import lm_head_losses as tl
+    return token_losses_with(tl.LOSS_KERNELS, hidden, weight, labels, bias, q, ignore_index)
+
+
+def kl_triton(hidden_base, hidden, weight, bias, mask) -> torch.Tensor:
+    from .triton import lm_head_losses as tl
+    return kl_with(tl.KL_KERNELS, hidden_base, hidden, weight, bias, mask)

@@ -1,0 +1,117 @@
+"""Public fused LM-head loss ops (issue 16): ``lm_head_token_losses`` and ``lm_head_kl``.
+
+Input checks, then the registry's pick (kernels/registry.py) by device and dtype; the
+implementations live in alter_kernels/kernels/ (reference, C++/CUDA through torch.ops, Triton),
+registered in kernels/table.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..kernels import registry
+from ..kernels.reference.lm_head_losses import IGNORE_INDEX, TokenLosses
+from ._checks import check_q, check_same_device, check_shape, check_tensor
+
+TOKEN_LOSSES, KL = "lm_head_token_losses", "lm_head_kl"
+
+
+# ---- input checks ----
+
+def _check_head(op: str, weight, bias, d: int, **hidden):
+    for name, h in hidden.items():
+        check_tensor(h, name, op, min_ndim=1)
+    check_tensor(weight, "weight", op, ndim=2)
+    if weight.shape[1] != d:
+        raise ValueError(f"{op}: weight must be [V, d] with d = hidden.shape[-1] = {d}, got {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError(f"{op}: weight has V = 0 rows; expected V >= 1")
+    if bias is not None:
+        check_tensor(bias, "bias", op, ndim=1)
+        check_shape(bias, "bias", op, (weight.shape[0],), " (V)")
+    check_same_device(op, **hidden, weight=weight, bias=bias)
+    for name, t in list(hidden.items()) + [("bias", bias)]:
+        if t is not None and t.dtype != weight.dtype:
+            raise TypeError(f"{op}: {name} and weight must have the same dtype, got {name} {t.dtype} and "
+                            f"weight {weight.dtype}")
+
+
+def _check_labels(labels, lead, v: int, ignore_index: int, op: str):
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{op}: labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{op}: labels must be an integer tensor, got {labels.dtype}")
+    check_shape(labels, "labels", op, tuple(lead), " (hidden.shape[:-1])")
+    if torch.compiler.is_compiling() or labels.numel() == 0:
+        return  # under torch.compile the kernels check the range themselves
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0, 0])
+        raise ValueError(f"{op}: labels out of range: labels.flatten()[{i}] = {int(labels.reshape(-1)[i])}; "
+                         f"expected 0 <= label < V = {v}, or ignore_index = {ignore_index}")
+
+
+def lm_head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                         bias: torch.Tensor | None = None, q: float | None = None,
+                         ignore_index: int = IGNORE_INDEX) -> TokenLosses:
+    """Per-token unlearning losses of softmax(hidden @ weight^T + bias), without the [N, V] logits.
+
+    hidden [..., d], weight [V, d], labels [...] (integer; ``ignore_index`` rows are skipped),
+    bias [V] or None, q > 0 or None. Returns ``TokenLosses(nll, ihl, entropy, lse)``, fp32
+    tensors of shape [...] (float64 for float64 input):
+
+    - nll = -log p(y);  ihl = max(0, 1 + p(y) - max_{v != y} p(v)) (ALTER's inverted hinge loss;
+      a tied maximum shares its gradient evenly);  entropy = Tsallis S_q (q = 1: Shannon; None
+      unless q is given);  lse = log sum_v exp(z_v).
+    - ignored rows are 0 in every output and get a zero gradient (an all-ignored batch: zeros).
+
+    Every output is differentiable w.r.t. hidden, and weight / bias when they require grad, for
+    any combination of the outputs' gradients. Memory: O(N) statistics are saved; the backward
+    recomputes vocabulary tiles of the logits. hidden, weight (and bias) must share dtype and
+    device. Sum, mean or reduce per sequence as the method needs (e.g. NPO's sequence
+    log-probability is -nll summed over a sequence).
+    """
+    op = "lm_head_token_losses"
+    _check_head(op, weight, bias, hidden.shape[-1] if isinstance(hidden, torch.Tensor) else -1, hidden=hidden)
+    _check_labels(labels, hidden.shape[:-1], weight.shape[0], int(ignore_index), op)
+    if labels.device != hidden.device:
+        raise ValueError(f"{op}: labels must be on the device of hidden ({hidden.device}), got {labels.device}")
+    if q is not None:
+        q = check_q(q, op)
+    lead = hidden.shape[:-1]
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    y = labels.reshape(-1).to(torch.int64).contiguous()
+    out = registry.pick(TOKEN_LOSSES, hidden.device, weight.dtype).fn(h2, weight, y, bias, q, int(ignore_index))
+    return TokenLosses(*(None if t is None else t.reshape(lead) for t in out))
+
+
+def lm_head_kl(hidden_base: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, *,
+               bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token KL(p_base || p_model), p = softmax(h @ weight^T + bias), without [N, V] logits.
+
+    hidden_base, hidden [..., d] (the base and the trained model's final hidden states, one
+    shared LM head), weight [V, d], bias [V] or None, mask [...] bool or None (False: 0 and a
+    zero gradient). Returns fp32 [...] (float64 for float64 input).
+
+    Gradients: exact, for whatever requires grad. hidden gets dKL/dz = p - p_base. hidden_base
+    gets p_base (log p_base - log p - KL) only when it requires grad (pass it detached, or
+    computed under no_grad, for a constant base). When weight / bias require grad, their
+    gradient includes the base side's share (the base logits use the same head); with a
+    frozen head, the usual case, neither is computed.
+    """
+    op = "lm_head_kl"
+    _check_head(op, weight, bias, hidden.shape[-1] if isinstance(hidden, torch.Tensor) else -1,
+                hidden_base=hidden_base, hidden=hidden)
+    if hidden_base.shape != hidden.shape:
+        raise ValueError(f"{op}: hidden_base must have the shape of hidden {tuple(hidden.shape)}, "
+                         f"got {tuple(hidden_base.shape)}")
+    lead = hidden.shape[:-1]
+    m = None
+    if mask is not None:
+        check_tensor(mask, "mask", op, float_only=False)
+        check_shape(mask, "mask", op, tuple(lead), " (hidden.shape[:-1])")
+        if mask.device != hidden.device:
+            raise ValueError(f"{op}: mask must be on the device of hidden ({hidden.device}), got {mask.device}")
+        m = mask.reshape(-1).to(torch.bool).contiguous()
+    d = hidden.shape[-1]
+    kl = registry.pick(KL, hidden.device, weight.dtype).fn(hidden_base.reshape(-1, d), hidden.reshape(-1, d), weight, bias, m)
+    return kl.reshape(lead)
