@@ -15,9 +15,9 @@ import torch
 
 from ..kernels import use_backend
 from ..common.text import IGNORE_INDEX
-from ..kernels.reference.losses import sequence_logprob
 from . import _model_api as _patch
 from . import objectives as obj
+from .heads import retain_kl_tokens, step_terms
 
 
 def _f(x) -> float:
@@ -83,24 +83,25 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
                "valid": g[e + 3], "high": g[e + 4], "router_local": float(n_router_local)}
     # the double backward of the grad-norm form needs a differentiable-twice path: the reference
     force = (lambda: use_backend("reference")) if grad_norm else contextlib.nullcontext
+    drift = mode == "alter" and hp["lam"] != 0 and hp["struct_mode"] == "drift"
     with _patch.routing_inputs(model, entropy=ent, labels=route_labels), force():
-        out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
+        terms = step_terms(model, fwd, batch, hp, q=hp["struct_q"] if drift else None)
         rl = _patch.router_loss(model)
-    rl = rl if rl is not None else out.logits.sum() * 0.0
+    zero = terms.nll.sum() * 0.0
+    rl = rl if rl is not None else zero
     if den is not None:                                # router CE: mean over the global batch's labelled tokens
         rl = rl * (den["router_local"] / den["router"]) if den["router"] else rl * 0.0
-    sl = out.logits[:, :-1]
-    ihl, counts = obj.domain_ihl(sl, sy, low & is_f[:, None], dom, denoms=den and den["ihl"])
-    nll = obj.masked_nll(sl, sy, ~is_f, denom=den and den["nll"])
-    rs = sl.sum() * 0.0
-    if mode == "alter" and hp["lam"] != 0:
-        if hp["struct_mode"] == "drift":
-            sb = batch["base_sq"][:, 1:]
-            rs = obj.struct_drift(sl, sb, high, q=hp["struct_q"], denom=den and den["struct"])
-        else:
-            with force():
-                mean_s = obj.struct_entropy_mean(sl, high, q=hp["struct_q"])
-                rs = obj.struct_grad_norm(mean_s, _patch.adapter_parameters(model)["A"])
+    ihl, counts = obj.domain_ihl_tokens(terms.ihl, sy, low & is_f[:, None], dom, denoms=den and den["ihl"])
+    nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=den and den["nll"])
+    rs = zero
+    if drift:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        rs = obj.struct_drift_tokens(terms.entropy, batch["base_sq"][:, 1:], high, vocab, q=hp["struct_q"],
+                                     denom=den and den["struct"])
+    elif mode == "alter" and hp["lam"] != 0:           # grad-norm form: materialised logits (heads.use_fused)
+        with force():
+            mean_s = obj.struct_entropy_mean(terms.logits, high, q=hp["struct_q"])
+            rs = obj.struct_grad_norm(mean_s, _patch.adapter_parameters(model)["A"])
     loss = hp["beta"] * ihl + hp["gamma"] * nll + hp["lam"] * rs + hp["rho"] * rl
     if den is None:
         n_valid, n_high, n_low = int(valid.sum()), int(high.sum()), int(sum(counts.values()))
@@ -114,20 +115,18 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
 
 def lora_loss(model, batch: dict, hp: dict, *, forward=None, reduce=None):
     """Plain LoRA (1 expert, no entropy, no labels): GradDiff loss."""
-    fwd = model if forward is None else forward
-    out = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return _graddiff_terms(out.logits, batch, hp, reduce=reduce)
+    terms = step_terms(model, model if forward is None else forward, batch, hp)
+    return _graddiff_terms(terms, batch, hp, reduce=reduce)
 
 
-def _graddiff_terms(logits, batch, hp, retain_term: bool = True, reduce=None):
-    sl, sy = obj.shift(logits, batch["labels"])
-    is_f = batch["is_forget"]
+def _graddiff_terms(terms, batch, hp, retain_term: bool = True, reduce=None):
+    sy, is_f = terms.labels, batch["is_forget"]
     df = dr = None
     if reduce is not None:
         valid = sy != IGNORE_INDEX
         df, dr = _global_counts([(valid & is_f[:, None]).sum(), (valid & ~is_f[:, None]).sum()], reduce)
-    f_nll = obj.masked_nll(sl, sy, is_f, denom=df)
-    r_nll = obj.masked_nll(sl, sy, ~is_f, denom=dr) if retain_term else sl.sum() * 0.0
+    f_nll = obj.masked_mean(terms.nll, sy, is_f, denom=df)
+    r_nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=dr) if retain_term else terms.nll.sum() * 0.0
     loss = -hp["beta"] * f_nll + hp["gamma"] * r_nll
     return loss, {"forget_nll": _f(f_nll), "retain_nll": _f(r_nll)}
 
@@ -152,9 +151,8 @@ def _counts(sy, is_f, reduce):
 
 
 def _ga(model, batch, hp, *, ref_model=None, forward=None, reduce=None, retain_term=False):
-    out = (model if forward is None else forward)(input_ids=batch["input_ids"],
-                                                  attention_mask=batch["attention_mask"], use_cache=False)
-    return _graddiff_terms(out.logits, batch, hp, retain_term=retain_term, reduce=reduce)
+    terms = step_terms(model, model if forward is None else forward, batch, hp)
+    return _graddiff_terms(terms, batch, hp, retain_term=retain_term, reduce=reduce)
 
 
 def _graddiff(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
@@ -164,35 +162,33 @@ def _graddiff(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
 def _kl(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
     """Ascent on forget + KL(reference || model) on the retain answers."""
     fwd = model if forward is None else forward
-    ids, att, lab, is_f = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["is_forget"]
-    out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
-    sl, sy = obj.shift(out.logits, lab)
+    ids, att, is_f = batch["input_ids"], batch["attention_mask"], batch["is_forget"]
+    terms = step_terms(model, fwd, batch, hp)
+    sy = terms.labels
     df, dr, _ = _counts(sy, is_f, reduce)
-    f_nll = obj.masked_nll(sl, sy, is_f, denom=df)
+    f_nll = obj.masked_mean(terms.nll, sy, is_f, denom=df)
     r = ~is_f
     if bool(r.any()):
-        with torch.no_grad():
-            ref = ref_model(input_ids=ids[r], attention_mask=att[r], use_cache=False).logits[:, :-1]
-        kl = obj.retain_kl(sl[r], ref, sy[r], denom=dr)
+        kl = obj.masked_mean(retain_kl_tokens(model, ref_model, terms, ids, att, r), sy[r], denom=dr)
     else:
-        kl = sl.sum() * 0.0
+        kl = terms.nll.sum() * 0.0
     return -hp["beta"] * f_nll + hp["gamma"] * kl, {"forget_nll": _f(f_nll), "retain_kl": _f(kl)}
 
 
 def _npo(model, batch, hp, *, ref_model=None, forward=None, reduce=None, retain_term=False):
     """NPO: sequence log-probabilities against the cached reference ones (+ retain NLL)."""
     fwd = model if forward is None else forward
-    lab, is_f = batch["labels"], batch["is_forget"]
-    out = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    sl, sy = obj.shift(out.logits, lab)
+    is_f = batch["is_forget"]
+    terms = step_terms(model, fwd, batch, hp)
+    sy = terms.labels
     _, dr, drows = _counts(sy, is_f, reduce)
-    logp = sequence_logprob(sl[is_f], sy[is_f], shift=False)
+    logp = -terms.nll[is_f].sum(-1)                    # log pi(y|x) per forget sequence
     npo = obj.npo_forget(logp, batch["ref_logp"][is_f].to(logp.dtype), beta=hp["npo_beta"], denom=drows)
     loss = hp["beta"] * npo
     mean_logp = logp.mean() if drows is None else (logp.sum() / drows if drows else logp.sum() * 0.0)
     logs = {"npo": _f(npo), "forget_logp": _f(mean_logp)}
     if retain_term:
-        r_nll = obj.masked_nll(sl, sy, ~is_f, denom=dr)
+        r_nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=dr)
         loss = loss + hp["gamma"] * r_nll
         logs["retain_nll"] = _f(r_nll)
     return loss, logs

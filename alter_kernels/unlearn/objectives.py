@@ -42,6 +42,12 @@ def domain_ihl(logits: torch.Tensor, labels: torch.Tensor, token_mask: torch.Ten
     training passes the counts of the global batch, so that the shards' losses sum to it).
     """
     ihl = inverted_hinge_loss(logits, labels, shift=False, reduction="none")        # [B, T], 0 at -100
+    return domain_ihl_tokens(ihl, labels, token_mask, domains, denoms)
+
+
+def domain_ihl_tokens(ihl: torch.Tensor, labels: torch.Tensor, token_mask: torch.Tensor, domains: torch.Tensor,
+                      denoms: dict[int, float] | None = None) -> tuple[torch.Tensor, dict[int, int]]:
+    """:func:`domain_ihl` from per-token IHL values [B, T] (0 where the label is ignored)."""
     valid = token_mask & (labels != IGNORE_INDEX)
     total = ihl.sum() * 0.0
     counts: dict[int, int] = {}
@@ -62,12 +68,20 @@ def masked_nll(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | 
                denom: float | None = None) -> torch.Tensor:
     """Mean token NLL over the answer tokens of the selected rows (0 if there are none).
     denom: divide the sum by this count instead (the global batch's count, data-parallel)."""
+    return masked_mean(token_nll(logits, labels, shift=False, reduction="none"), labels, rows, denom)
+
+
+def masked_mean(per_token: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None,
+                denom: float | None = None) -> torch.Tensor:
+    """Mean of a per-token term [B, T] over the answer tokens of the selected rows (0 if none);
+    denom: divide the sum by this count instead (the global batch's count, data-parallel)."""
+    keep = labels != IGNORE_INDEX
     if rows is not None:
-        labels = torch.where(rows[:, None], labels, torch.full_like(labels, IGNORE_INDEX))
+        keep = keep & rows[:, None]
+    s = torch.where(keep, per_token, torch.zeros_like(per_token)).sum()
     if denom is not None:
-        s = token_nll(logits, labels, shift=False, reduction="sum")
         return s / denom if denom else s * 0.0
-    return token_nll(logits, labels, shift=False, reduction="mean")
+    return s / keep.sum().clamp(min=1)
 
 
 def struct_drift(logits: torch.Tensor, base_sq: torch.Tensor, mask: torch.Tensor, q: float = 0.5,
@@ -78,12 +92,24 @@ def struct_drift(logits: torch.Tensor, base_sq: torch.Tensor, mask: torch.Tensor
     distributions, mask [B, T] bool (high-entropy answer tokens). 0 if the mask is empty.
     denom: divide the sum by this count instead of the mask's (global batch, data-parallel).
     """
-    s_max = tsallis_max(q, logits.shape[-1])
     m = mask & torch.isfinite(base_sq)
     if not bool(m.any()) or denom == 0:
         return logits.sum() * 0.0
     s = tsallis_entropy(logits[m], q=q)                     # only the masked rows
-    d2 = ((s - base_sq[m].to(s.dtype)) / s_max) ** 2
+    return _drift(s, base_sq[m], tsallis_max(q, logits.shape[-1]), denom)
+
+
+def struct_drift_tokens(entropy: torch.Tensor, base_sq: torch.Tensor, mask: torch.Tensor, vocab: int,
+                        q: float = 0.5, denom: float | None = None) -> torch.Tensor:
+    """:func:`struct_drift` from the adapted model's per-token S_q [B, T] (fused LM-head path)."""
+    m = mask & torch.isfinite(base_sq)
+    if not bool(m.any()) or denom == 0:
+        return entropy.sum() * 0.0
+    return _drift(entropy[m], base_sq[m], tsallis_max(q, vocab), denom)
+
+
+def _drift(s: torch.Tensor, base: torch.Tensor, s_max: float, denom: float | None) -> torch.Tensor:
+    d2 = ((s - base.to(s.dtype)) / s_max) ** 2
     return d2.mean() if denom is None else d2.sum() / denom
 
 

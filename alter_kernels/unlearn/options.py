@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "npo_beta": 0.1,         # NPO temperature
     "struct_mode": "drift",  # "drift" (default) or "grad_norm" (paper form; reference backend)
     "struct_q": 0.5,         # q_s of R_struct
+    "fused_loss": "auto",    # "auto": losses straight from the hidden states (ops.lm_head_token_losses), no
+                             # [N, V] logits, where the head allows; "off": from materialised logits
     "max_length": 512,
     "chat_template": False,
     "prompt_format": DEFAULT_PROMPT_FORMAT,
@@ -181,6 +183,8 @@ def validate_options(hp: dict, *, epochs=1, batch_size=1, max_steps=None, seed=0
         raise OptionError("router_eval", "a bool", hp["router_eval"])
     if hp["struct_mode"] not in ("drift", "grad_norm"):
         raise OptionError("struct_mode", "'drift' or 'grad_norm'", hp["struct_mode"])
+    if hp["fused_loss"] not in ("auto", "off"):
+        raise OptionError("fused_loss", "'auto' or 'off'", hp["fused_loss"])
     check_prompt_format(hp["prompt_format"])
     if hp["base_config"] is not None and not isinstance(hp["base_config"], AlterConfig):
         raise OptionError("base_config", "None or an AlterConfig", type(hp["base_config"]).__name__)

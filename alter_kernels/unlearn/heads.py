@@ -1,0 +1,163 @@
+"""Per-token loss terms of a training step, straight from the hidden states (issue 16).
+
+Every method's loss is a reduction of a few per-token quantities of the model's next-token
+distribution: -log p(y) (GA, GradDiff, NPO's sequence log-probs, retain NLL), ALTER's inverted
+hinge loss, the Tsallis entropy of R_struct. ``step_terms`` gets them in one of two ways:
+
+- **fused** (default where it can): the model runs up to its final norm (the HF forward with
+  ``logits_to_keep`` = no position, the backbone's output caught by a forward hook, so DDP and
+  every other wrapper still see their forward), then ``ops.lm_head_token_losses`` computes the
+  terms from the hidden states and the LM head without ever holding the [N, V] logits;
+- **materialised**: the usual forward, logits [B, T, V], then the reference loss functions.
+
+Both give the same numbers (tests/test_fused_losses.py trains every method 20 steps both ways).
+The fused path is skipped, with one log line per model, for heads it cannot fuse (logit
+softcapping, logit_scale, a head that is not a Linear), a forward without ``logits_to_keep``, an
+FSDP2-sharded head, and R_struct's grad-norm form (which needs a second backward through the
+logits). ``fused_loss`` = "auto" (default) or "off" chooses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import weakref
+
+import torch
+import torch.nn as nn
+
+from ..common.text import IGNORE_INDEX
+from ..kernels.reference.losses import inverted_hinge_loss, token_nll
+from ..model.hf import backbone_of, head_problem
+from ..ops import tsallis_entropy
+from ..ops.lm_head_losses import lm_head_kl, lm_head_token_losses
+
+log = logging.getLogger("alter_kernels.unlearn")
+FUSED_CHOICES = ("auto", "off")
+_decided: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass
+class Terms:
+    """Shifted per-token terms [B, T-1] fp32 (0 where the label is ignored): position t's
+    distribution scored against labels[:, t + 1]. entropy: Tsallis S_q when asked, else None.
+    hidden (fused) or logits (materialised): what produced them, [B, T-1, d] or [B, T-1, V]."""
+    labels: torch.Tensor
+    nll: torch.Tensor
+    ihl: torch.Tensor
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.labels != IGNORE_INDEX
+
+
+def fused_problem(model: nn.Module) -> str | None:
+    """Why the step's losses cannot come from the fused LM-head op (None: they can)."""
+    why = head_problem(model)
+    if why is not None:
+        return why
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        return f"its LM head is a {type(head).__name__}, not an nn.Linear"
+    if type(head.weight).__name__ == "DTensor" or type(head.weight.data).__name__ == "DTensor":
+        return "its LM head is sharded (FSDP2 / DTensor)"
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return f"{type(model).__name__}.forward takes no logits_to_keep (needed to skip the logits)"
+    try:
+        backbone_of(model)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def use_fused(model: nn.Module, hp: dict) -> bool:
+    """The run's choice, made once per model (one log line when the fused path is skipped)."""
+    choice = hp.get("fused_loss", "auto")
+    if choice == "off":
+        return False
+    if hp.get("struct_mode") == "grad_norm" and hp.get("lam", 0) != 0:
+        why = "struct_mode='grad_norm' differentiates twice through the logits"
+    else:
+        hit = _decided.get(model)
+        if hit is not None:
+            return hit
+        why = fused_problem(model)
+    if why is None:
+        _decided[model] = True
+        return True
+    if _decided.get(model) is not False:
+        log.info("unlearn: losses from materialised logits, not the fused LM-head op: %s", why)
+        _decided[model] = False
+    return False
+
+
+def final_hidden(model: nn.Module, fwd, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    """The backbone's output (after the final norm) [B, T, d] from one call of ``fwd`` (the model
+    or a wrapper of it) that asks the head for no position."""
+    caught = {}
+
+    def hook(module, args, output):
+        caught["h"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = backbone_of(model).register_forward_hook(hook)
+    try:
+        fwd(input_ids=ids, attention_mask=att, use_cache=False,
+            logits_to_keep=torch.empty(0, dtype=torch.long, device=ids.device))
+    finally:
+        handle.remove()
+    return caught["h"]
+
+
+def head_terms(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, q: float | None = None) -> Terms:
+    """Terms of already-shifted hidden states [B, T, d] and labels [B, T] through the LM head."""
+    head = model.get_output_embeddings()
+    b, t, d = hidden.shape
+    out = lm_head_token_losses(hidden.reshape(-1, d), head.weight, labels.reshape(-1), bias=head.bias, q=q)
+    ent = out.entropy.view(b, t) if out.entropy is not None else None
+    return Terms(labels, out.nll.view(b, t), out.ihl.view(b, t), ent, hidden=hidden)
+
+
+def logit_terms(logits: torch.Tensor, labels: torch.Tensor, q: float | None = None) -> Terms:
+    """The same terms from materialised (already-shifted) logits, with the reference losses."""
+    nll = token_nll(logits, labels, shift=False, reduction="none")
+    ihl = inverted_hinge_loss(logits, labels, shift=False, reduction="none")
+    ent = tsallis_entropy(logits, q=q) if q is not None else None
+    return Terms(labels, nll.float(), ihl.float(), ent, logits=logits)
+
+
+def step_terms(model: nn.Module, fwd, batch: dict, hp: dict, q: float | None = None) -> Terms:
+    """Forward ``fwd`` (the model or its DDP wrapper) on the batch; the per-token terms."""
+    ids, att, lab = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if use_fused(model, hp):
+        h = final_hidden(model, fwd, ids, att)
+        return head_terms(model, h[:, :-1], lab[:, 1:], q=q)
+    out = fwd(input_ids=ids, attention_mask=att, use_cache=False)
+    return logit_terms(out.logits[:, :-1], lab[:, 1:], q=q)
+
+
+def retain_kl_tokens(model: nn.Module, ref_model: nn.Module, terms: Terms, ids: torch.Tensor, att: torch.Tensor,
+                     rows: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p_ref || p_model) [R, T-1] of the selected rows (0 where ignored).
+
+    Fused when the step was and the LM head is frozen: the reference is a copy of the model taken
+    before training, so a frozen head is the same matrix in both and ``lm_head_kl`` takes the two
+    hidden states through it. A head that trains (the full-parameter KL baseline) differs from
+    the reference's after the first step: the retain rows' logits are then made, [R, T-1, V] (the
+    forget rows' terms stay fused).
+    """
+    valid = terms.valid[rows]
+    head = model.get_output_embeddings()
+    if terms.hidden is not None and not head.weight.requires_grad:
+        with torch.no_grad():
+            h_ref = final_hidden(ref_model, ref_model, ids[rows], att[rows])[:, :-1]
+        return lm_head_kl(h_ref, terms.hidden[rows], head.weight, bias=head.bias, mask=valid)
+    with torch.no_grad():
+        ref = ref_model(input_ids=ids[rows], attention_mask=att[rows], use_cache=False).logits[:, :-1]
+    logits = terms.logits[rows] if terms.logits is not None else head(terms.hidden[rows])
+    lp = torch.log_softmax(logits.float(), -1)
+    lq = torch.log_softmax(ref.float(), -1)
+    kl = (lq.exp() * (lq - lp)).sum(-1)
+    return torch.where(valid, kl, torch.zeros_like(kl))
