@@ -4,7 +4,7 @@
 #
 #   bash scripts/gpu_check.sh --out DIR        # on the H200 (default DIR: $OUT, else bench/out/gpu_check)
 #   bash scripts/gpu_check.sh --dry-run --out DIR   # on a CPU: tiny shapes, CPU + Triton-interpreter
-#                                              # backends, no build (CI: tests/test_gpu_check_dry_run.py)
+#                                              # backends, no build (CI: tests/project/test_gpu_check_dry_run.py)
 #   options: --skip-build (a rerun on a machine that has built already), --steps a,b,c (only those
 #            steps, e.g. --steps tests,decode,summary), --budget S (wall-clock budget of the steps, default 330 s),
 #            --pack / --no-pack (tar the per-step files into one archive; default: on when DIR is $OUT)
@@ -24,7 +24,7 @@
 #   env         versions, device, nvidia-smi (read-only queries)                          5  [30]
 #   build       pip install -e . --no-build-isolation --no-deps, CUDA for sm_90a only,
 #               MAX_JOBS=16 (3 .cu + 6 .cpp files compile in parallel; ninja)          100 [210]
-#   tests       pytest -m gpu tests/test_gpu_kernels.py: ~280 cases, every cuda / triton
+#   tests       pytest -m gpu tests/kernels/test_gpu_kernels.py: ~280 cases, every cuda / triton
 #               (/ torch) backend vs a float64 truth, fwd + bwd, fp32 + bf16, V = 128256,
 #               d = 4096; ~70 Triton compilations; pytest-xdist -n 4 if installed       60 [120]
 #   tsallis     bench/entropy.py: tsallis_entropy bf16 [8192, 128256] vs the d2d copy     20 [45]
@@ -229,7 +229,7 @@ run_tests() {
   if [ "$DRY" = 0 ] && "$PY" -c "import xdist" >/dev/null 2>&1; then
     xdist=(-n 4 --dist loadgroup)
   fi
-  "$PY" -m pytest -p no:cacheprovider -q -m gpu tests/test_gpu_kernels.py "${xdist[@]}" -rfEs \
+  "$PY" -m pytest -p no:cacheprovider -q -m gpu tests/kernels/test_gpu_kernels.py "${xdist[@]}" -rfEs \
     --durations=15 --junitxml="$DETAIL/tests_junit.xml"
 }
 

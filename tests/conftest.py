@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 def pytest_configure(config):
     # registered here rather than in a pytest.ini / pyproject.toml section (issue 15)
-    config.addinivalue_line("markers", "gpu: GPU kernel tests (tests/test_gpu_kernels.py); real sizes on CUDA, "
+    config.addinivalue_line("markers", "gpu: GPU kernel tests (tests/kernels/test_gpu_kernels.py); real sizes on CUDA, "
                                        "tiny shapes on the CPU with ALTER_GPU_CHECK=tiny (scripts/gpu_check.sh)")
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup runs a group in one worker")
     config.addinivalue_line("markers", "network: needs PyPI (skipped with ALTER_OFFLINE=1)")

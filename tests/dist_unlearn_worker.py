@@ -1,4 +1,4 @@
-"""Worker of tests/test_unlearn_distributed.py: more of the engine under data parallelism, in one
+"""Worker of tests/unlearn/test_unlearn_distributed.py: more of the engine under data parallelism, in one
 launch. Run in process with mode "none" (the reference), or
 
     torchrun --standalone --nproc_per_node=2 tests/dist_unlearn_worker.py ddp|fsdp2 DATA OUT

@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py: a few ALTER training steps of a tiny patched Llama,
+"""Worker for tests/unlearn/test_distributed.py: a few ALTER training steps of a tiny patched Llama,
 single-process on the whole batch, or under torchrun (gloo) with DDP or FSDP2 on a batch shard.
 
     python tests/dist_worker.py single OUT.pt

@@ -9,7 +9,7 @@ Which sizes and which device:
     ALTER_GPU_CHECK=full   real sizes; on CUDA (the default when a GPU is visible)
     ALTER_GPU_CHECK=tiny   the same tests at tiny shapes on the CPU: the C++ and the interpreted
                            Triton backends (TRITON_INTERPRET=1). scripts/gpu_check.sh --dry-run
-                           runs this, and tests/test_gpu_check_dry_run.py runs that in CI.
+                           runs this, and tests/project/test_gpu_check_dry_run.py runs that in CI.
     unset, no GPU          skipped (the dry run covers it)
     ALTER_GPU_REQUIRE=cuda,triton   backends that must be available for every op here (the GPU
                            script sets it, so a CUDA build that silently fell back fails loudly).

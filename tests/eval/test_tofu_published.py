@@ -14,7 +14,7 @@ import pytest
 
 from alter_kernels.eval import forget_quality, truth_ratio_from_nll, truth_ratio_score
 
-DATA = os.path.join(os.path.dirname(__file__), "data", "tofu_llama2_7b_forget10_losses.json")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "tofu_llama2_7b_forget10_losses.json")
 
 
 @pytest.fixture(scope="module")

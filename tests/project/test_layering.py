@@ -11,7 +11,7 @@ Layers, bottom to top (docs/DESIGN.md draws them):
 
 A module may import only from its own layer or the ones below, never from above, and the
 module import graph (lazy imports inside functions included) has no cycle. Run it as a script
-(``python tests/test_layering.py [path-prefix ...]``) to list every violation at once.
+(``python tests/project/test_layering.py [path-prefix ...]``) to list every violation at once.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import ast
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PKG = ROOT / "alter_kernels"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -57,7 +57,7 @@ def layer_of(mod: str) -> int:
             if (mod == pre or mod.startswith(pre + ".")) and len(pre) > best_len:
                 best, best_len = i, len(pre)
     if best is None:
-        raise AssertionError(f"{mod} is in no layer: add it to tests/test_layering.py LAYERS")
+        raise AssertionError(f"{mod} is in no layer: add it to tests/project/test_layering.py LAYERS")
     return best
 
 

@@ -184,7 +184,7 @@ def test_console_scripts_and_module_run():
     import sys
 
     from alter_kernels.cli import eval as eval_cli
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "setup.py")) as f:
         scripts = dict(re.findall(r'"(alter-\w+)=([\w.]+:\w+)"', f.read()))
     assert scripts == {"alter-unlearn": "alter_kernels.cli.unlearn:main", "alter-eval": "alter_kernels.cli.eval:main"}

@@ -4,7 +4,7 @@
 runs at once, stale temp files); 3. no silent wrong runs (option ranges); 4. one-line errors
 instead of tracebacks (exit 2 usage, 1 run failure, 130 Ctrl-C); 5. size limits; 6. adapter
 and op edges (required config fields, finite tensors, q near 1, inf/NaN of weight-0 experts,
-route's arguments, progress lines). 7 (install) is tests/test_install.py.
+route's arguments, progress lines). 7 (install) is tests/project/test_install.py.
 """
 import json
 import math

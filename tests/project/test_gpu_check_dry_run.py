@@ -11,7 +11,7 @@ import os
 import subprocess
 import tarfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 STEPS = ["env", "build", "tests", "tsallis", "lm_head", "asym_lora", "train_step", "decode"]
 

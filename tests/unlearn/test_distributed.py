@@ -7,7 +7,7 @@ import torch
 
 import _launch  # noqa: E402  (tests/_launch.py)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: the workers and _launch.py
 ROOT = os.path.dirname(HERE)
 
 

@@ -15,7 +15,7 @@ from alter_kernels.model.prefix import prefix_state
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from test_generation import VOCAB, tiny_llama  # noqa: E402  (the same tiny random Llama)
+from tiny_llama import VOCAB, tiny_llama  # noqa: E402  (the same tiny random Llama)
 
 KEY1, KEY2 = 5, 9          # token 5 -> forget expert 1, token 9 -> forget expert 2
 

@@ -31,7 +31,7 @@ from alter_kernels.unlearn.distributed import DistContext, resolve_mode
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
 from alter_kernels.unlearn.options import DEFAULTS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: the workers and _launch.py
 ROOT = os.path.dirname(HERE)
 EXAMPLE = os.path.join(ROOT, "python", "distributed_unlearn.py")
 # large learning rates: after 3 steps the adapter is far from its start compared with the tolerance

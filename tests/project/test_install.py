@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = [pytest.mark.network,
               pytest.mark.skipif(os.environ.get("ALTER_OFFLINE", "") not in ("", "0"), reason="ALTER_OFFLINE=1")]

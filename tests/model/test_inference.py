@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import alter_kernels as ak
-from test_generation import VOCAB, left_pad, patched_model, prompts, tiny_llama
+from tiny_llama import VOCAB, left_pad, patched_model, prompts, tiny_llama
 
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 

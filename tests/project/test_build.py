@@ -11,7 +11,7 @@ import torch
 import alter_kernels as ak
 from alter_kernels import kernels
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRE_EXT = os.environ.get("ALTER_REQUIRE_EXTENSION", "") not in ("", "0")
 # the ops csrc/cpu registers a CPU kernel for, and those csrc/cuda registers a CUDA kernel for
 CPU_OPS = ("tsallis_entropy_fwd", "tsallis_entropy_bwd", "lm_head_entropy_fwd", "lm_head_entropy_bwd",

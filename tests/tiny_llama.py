@@ -1,0 +1,56 @@
+"""The tiny random Llama (and its ALTER-patched twin) that the model, inference and generation
+tests share; tests/ is on sys.path (tests/conftest.py lives there)."""
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import alter_kernels as ak
+
+VOCAB = 97
+
+
+def tiny_llama(seed=0, layers=2):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():   # peakier next-token distributions: entropies on both sides of theta
+        m.lm_head.weight.mul_(8.0)
+    return m
+
+
+def patched_model(seed=0, zero_b=False, num_forget=2, top_k=3, threshold=None, layers=2):
+    """A tiny random Llama with a random ALTER adapter; theta at the median prompt entropy."""
+    m = tiny_llama(seed, layers)
+    cfg = ak.AlterConfig(rank=4, alpha=8, num_forget_experts=num_forget, top_k=top_k, init_seed=seed)
+    ak.patch(m, cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in ak.adapter_state_dict(m).items():
+            if name.endswith("lora_B") and not zero_b:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            if name.endswith("alter_router.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+    if threshold is None:
+        ids = torch.randint(3, VOCAB, (4, 16), generator=g)
+        e = ak.token_entropy(m, ids)[:, 1:]
+        threshold = float(e.median())
+    ak.get_state(m).config.threshold = threshold
+    return m
+
+
+def prompts(batch=3, length=7, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def left_pad(rows, pad=0):
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), t, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, t - len(r):] = torch.tensor(r)
+        mask[i, t - len(r):] = 1
+    return ids, mask
