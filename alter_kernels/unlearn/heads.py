@@ -62,7 +62,7 @@ def fused_problem(model: nn.Module) -> str | None:
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return f"its LM head is a {type(head).__name__}, not an nn.Linear"
-    if type(head.weight).__name__ == "DTensor" or type(head.weight.data).__name__ == "DTensor":
+    if _is_dtensor(head.weight):
         return "its LM head is sharded (FSDP2 / DTensor)"
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
         return f"{type(model).__name__}.forward takes no logits_to_keep (needed to skip the logits)"
@@ -71,6 +71,14 @@ def fused_problem(model: nn.Module) -> str | None:
     except TypeError as exc:
         return str(exc)
     return None
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:                                # a torch built without distributed
+        return False
+    return isinstance(t, DTensor)
 
 
 def use_fused(model: nn.Module, hp: dict) -> bool:
