@@ -191,3 +191,54 @@ def test_compile_fullgraph_two_heads():
     torch.testing.assert_close(got, want)
     for a, c in zip(got_g, want_g):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+
+
+# ---- only hidden needs a gradient (the engine's case): the C++ kernel's flash-style forward ----
+
+@pytest.mark.parametrize("backend", KL_BACKENDS)
+@pytest.mark.parametrize("two", [False, True], ids=["shared", "two"])
+@pytest.mark.parametrize("dtype,v", [(torch.float32, 7), (torch.float32, 300), (torch.float32, 5000),
+                                     (torch.bfloat16, 300), (torch.bfloat16, 5000)])
+def test_only_hidden_needs_grad(backend, two, dtype, v):
+    if small(backend) and v > 300:
+        pytest.skip("Triton runs interpreted on the CPU: small shapes only")
+    hb, h, w, b, wb, bb = two_heads(5, v, 16, dtype=dtype)
+    inputs = [hb, h, w, b, wb, bb] if two else [hb, h, w, b, None, None]
+    check(backend, inputs, (False, True, False, False, False, False), mask=torch.tensor([1, 0, 1, 1, 1]).bool())
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_cpp_flash_forward_saves_one_row_gradient_and_crosses_tiles():
+    from test_lm_head_losses import saved_numel
+    hb, h, w, b, wb, bb = two_heads(10, 53, 8)
+    hh = h.clone().requires_grad_()
+    with ak.use_backend("cpp"):
+        sizes = saved_numel(lambda: ak.lm_head_kl(hb, hh, w, bias=b, weight_base=wb, bias_base=bb))
+    assert sizes == [h.numel()], sizes            # dKL/dh per unit gradient, not the inputs
+    op = torch.ops.alter_kernels
+    mask = torch.ones(10, dtype=torch.bool)
+    mask[4] = False
+    for base in [(None, None), (wb, bb)]:
+        g = torch.randn(10)
+        kl0, st0 = op.lm_head_kl_fwd(hb, h, w, b, mask, 0, 0, *base)
+        dh0 = op.lm_head_kl_bwd(g, hb, h, w, b, mask, st0, False, True, False, False, 0, 0, *base, False, False)[1]
+        for vt, rb in [(0, 0), (7, 3), (1, 1), (16, 4), (53, 10)]:
+            kl, st, dh1 = op.lm_head_kl_fwd_grad(hb, h, w, b, mask, vt, rb, *base)
+            torch.testing.assert_close(kl, kl0, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(st, st0, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(g.unsqueeze(-1) * dh1, dh0, rtol=1e-4, atol=1e-5)
+            assert (dh1[4] == 0).all()
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_cpp_flash_forward_nan_and_masked_vocabulary():
+    hb, h, w, b, _, _ = two_heads(4, 40, 8)
+    b[::4] = float("-inf")                        # masked vocabulary entries: probability 0
+    check("cpp", [hb, h, w, b, None, None], (False, True, False, False, False, False))
+    h[2, 3] = float("nan")
+    hh = h.clone().requires_grad_()
+    with ak.use_backend("cpp"):
+        kl = ak.lm_head_kl(hb, hh, w, bias=b)
+    kl.sum().backward()
+    assert kl[2].isnan() and not kl[[0, 1, 3]].isnan().any()
+    assert hh.grad[2].isnan().all() and not hh.grad[[0, 1, 3]].isnan().any()

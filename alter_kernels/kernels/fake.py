@@ -78,6 +78,12 @@ def _lm_head_kl_fwd(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_b
     return torch.empty((hidden.shape[0],), **f32), torch.empty((hidden.shape[0], 5), **f32)
 
 
+def _lm_head_kl_fwd_grad(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_block=0, weight_base=None,
+                         bias_base=None):
+    kl, st = _lm_head_kl_fwd(hidden_base, hidden, weight, bias, mask)
+    return kl, st, torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+
+
 def _lm_head_kl_bwd(grad, hidden_base, hidden, weight, bias, mask, stats, need_base, need_hidden, need_weight,
                     need_bias, vocab_tile=0, row_block=0, weight_base=None, bias_base=None, need_weight_base=False,
                     need_bias_base=False):
@@ -117,6 +123,7 @@ FAKES = {
     "lm_head_losses_bwd": _lm_head_losses_bwd,
     "lm_head_kl_fwd": _lm_head_kl_fwd,
     "lm_head_kl_bwd": _lm_head_kl_bwd,
+    "lm_head_kl_fwd_grad": _lm_head_kl_fwd_grad,
 }
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .native import native_op
+from .native import native_has_kernel, native_op
 from .reference.lm_head_losses import TokenLosses
 
 
@@ -42,6 +42,9 @@ class LossKernels:
 class KLKernels:
     fwd: Callable
     bwd: Callable
+    # optional fwd_grad(hb, h, w, bias, mask, wb, bb) -> (kl, stats, dh1 [N, d] fp32 = dKL/d hidden per
+    # unit upstream gradient), used when only hidden needs a gradient: the backward is then g * dh1
+    fwd_grad: Optional[Callable] = None
 
 
 def _f32(g: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -78,15 +81,24 @@ class _TokenLossesFn(torch.autograd.Function):
 class _KLFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_base, hidden, weight, bias, mask, weight_base, bias_base, kern: KLKernels):
+        n = ctx.needs_input_grad
+        ctx.kern, ctx.flash = kern, kern.fwd_grad is not None and n[1] and not any(n[i] for i in (0, 2, 3, 5, 6))
+        ctx.set_materialize_grads(False)
+        if ctx.flash:   # only hidden needs a gradient: it comes with the forward (no tiles recomputed)
+            kl, stats, dh1 = kern.fwd_grad(hidden_base, hidden, weight, bias, mask, weight_base, bias_base)
+            ctx.save_for_backward(dh1)
+            ctx.h_dtype = hidden.dtype
+            return kl
         kl, stats = kern.fwd(hidden_base, hidden, weight, bias, mask, weight_base, bias_base)
         ctx.save_for_backward(hidden_base, hidden, weight, bias, mask, weight_base, bias_base, stats)
-        ctx.kern = kern
-        ctx.set_materialize_grads(False)
         return kl
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
+        if ctx.flash:
+            dh = None if g is None else (g.to(torch.float32).unsqueeze(-1) * ctx.saved_tensors[0]).to(ctx.h_dtype)
+            return None, dh, None, None, None, None, None, None
         hidden_base, hidden, weight, bias, mask, weight_base, bias_base, stats = ctx.saved_tensors
         need_hb, need_h, need_w, need_b, _, need_wb, need_bb = ctx.needs_input_grad[:7]
         need_b = need_b and bias is not None
@@ -127,14 +139,18 @@ def native_loss_kernels() -> LossKernels:
     return LossKernels(fwd, bwd)
 
 
-def native_kl_kernels() -> KLKernels:
+def native_kl_kernels(device_type: str = "cpu") -> KLKernels:
     def fwd(hb, h, w, bias, mask, wb, bb):
         return native_op("lm_head_kl_fwd")(hb, h, w, bias, mask, 0, 0, wb, bb)
 
     def bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b, wb, bb, need_wb, need_bb):
         return native_op("lm_head_kl_bwd")(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b, 0, 0,
                                            wb, bb, need_wb, need_bb)
-    return KLKernels(fwd, bwd)
+
+    def fwd_grad(hb, h, w, bias, mask, wb, bb):
+        return native_op("lm_head_kl_fwd_grad")(hb, h, w, bias, mask, 0, 0, wb, bb)
+    flash = native_has_kernel("lm_head_kl_fwd_grad", device_type.upper())   # the C++ CPU kernel has it
+    return KLKernels(fwd, bwd, fwd_grad if flash else None)
 
 
 def token_losses_native(hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:
@@ -142,7 +158,8 @@ def token_losses_native(hidden, weight, labels, bias, q, ignore_index) -> TokenL
 
 
 def kl_native(hidden_base, hidden, weight, bias, mask, *, weight_base=None, bias_base=None) -> torch.Tensor:
-    return kl_with(native_kl_kernels(), hidden_base, hidden, weight, bias, mask, weight_base, bias_base)
+    kern = native_kl_kernels(hidden.device.type)
+    return kl_with(kern, hidden_base, hidden, weight, bias, mask, weight_base, bias_base)
 
 
 def token_losses_triton(hidden, weight, labels, bias, q, ignore_index) -> TokenLosses:

@@ -119,7 +119,10 @@ def lm_head_kl(hidden_base: torch.Tensor, hidden: torch.Tensor, weight: torch.Te
     weight_base / bias_base require grad (pass them detached, or computed under no_grad, as the
     engine does); when they do, they get dKL/dz_b = p_base (log p_base - log p - KL). With a
     shared head, the gradients of weight / bias include the base side's share (the base logits
-    use the same head); with a frozen head, the usual case, neither is computed.
+    use the same head); with a frozen head, the usual case, neither is computed. Memory: O(N)
+    row statistics are saved and the backward recomputes logits tiles; when only hidden requires
+    grad (a frozen head, a constant base), the C++ CPU kernel instead forms d hidden per unit
+    gradient in the forward (4 GEMMs in all, not 5) and saves that [N, d] fp32 tensor.
     """
     op = "lm_head_kl"
     _check_head(op, weight, bias, hidden.shape[-1] if isinstance(hidden, torch.Tensor) else -1,

@@ -202,6 +202,91 @@ std::tuple<at::Tensor, at::Tensor> lm_head_kl_fwd_cpu(const at::Tensor& hidden_b
   return {kl, st};
 }
 
+// Flash-style forward for the common training case (only hidden needs a gradient): besides the
+// KL it returns dh1 [N, d] = dKL/d hidden per unit upstream gradient = (P - P_b) W (the model's W
+// for both terms, as dKL/dz = p - p_b), accumulated tile by tile as A = sum_v exp(z_v - m) w_v and
+// A_b = sum_v exp(z_b,v - m_b) w_v, rescaled when the running maximum grows; dh1 = A/Z - A_b/Z_b.
+// The backward is then grad * dh1: 4 GEMMs in all, not 5 (no logits tiles recomputed).
+// exp_rescale_row: E = exp(x - m) in place over x[0, n); the accumulator row a[0, d) rescaled to m.
+void exp_rescale_row(float* x, int64_t n, float m, float& m_acc, float* a, int64_t d) {
+  if (m == -kInf) {  // nothing finite yet: E = 0, A stays 0
+    std::fill(x, x + n, 0.f);
+    return;
+  }
+  if (m != m_acc) {
+    const float sc = m_acc == -kInf ? 0.f : static_cast<float>(std::exp(static_cast<double>(m_acc) - m));
+    for (int64_t k = 0; k < d; ++k) a[k] *= sc;
+    m_acc = m;
+  }
+  constexpr int64_t L = fVec::size();
+  const fVec mv(m), lowest(-FLT_MAX);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) exp1(at::vec::maximum(fVec::loadu(x + i) - mv, lowest)).store(x + i);
+  if (i < n) exp1(at::vec::maximum(fVec::loadu(x + i, n - i) - mv, lowest)).store(x + i, n - i);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_kl_fwd_grad_cpu(
+    const at::Tensor& hidden_base, const at::Tensor& hidden, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask, int64_t vocab_tile,
+    int64_t row_block, const std::optional<at::Tensor>& weight_base, const std::optional<at::Tensor>& bias_base) {
+  const char* op = "lm_head_kl_fwd_grad";
+  check_pair(hidden_base, hidden, op);
+  const Heads hd = make_heads(hidden, weight, bias, weight_base, bias_base, op);
+  const int64_t N = hidden.size(0), d = hidden.size(1);
+  const std::vector<char> keep = read_mask(mask, N, op);
+  auto fopts = hidden.options().dtype(at::kFloat);
+  at::Tensor kl = at::zeros({N}, fopts), st = at::zeros({N, kKStats}, fopts);
+  at::Tensor am = at::zeros({N, d}, fopts), ab = at::zeros({N, d}, fopts);
+  if (N == 0) return {kl, st, am};
+  std::vector<KLRow> rows(N);
+  std::vector<float> m_acc(N, -kInf), mb_acc(N, -kInf);
+  float* pam = am.data_ptr<float>();
+  float* pab = ab.data_ptr<float>();
+  for_tiles(hidden_base.to(at::kFloat).contiguous(), hidden.to(at::kFloat).contiguous(), hd, vocab_tile, row_block,
+            [&](int64_t, int64_t vt, const at::Tensor& wt, const at::Tensor&, int64_t r0, int64_t rb,
+                at::Tensor& zb, at::Tensor& z) {
+              float* pb = zb.data_ptr<float>();
+              float* pm = z.data_ptr<float>();
+              at::parallel_for(0, rb, std::max<int64_t>(1, 8192 / vt), [&](int64_t i0, int64_t i1) {
+                for (int64_t i = i0; i < i1; ++i) {
+                  const int64_t r = r0 + i;
+                  KLRow& row = rows[r];
+                  if (keep[r]) {
+                    for (int64_t o = 0; o < vt; o += kSub) {
+                      fold_kl(pb + i * vt + o, pm + i * vt + o, std::min(kSub, vt - o), row);
+                    }
+                  }
+                  if (!keep[r] || row.nan) {  // masked: dh1 = 0; NaN rows: NaN at the end
+                    std::fill(pb + i * vt, pb + (i + 1) * vt, 0.f);
+                    std::fill(pm + i * vt, pm + (i + 1) * vt, 0.f);
+                    continue;
+                  }
+                  exp_rescale_row(pm + i * vt, vt, row.m, m_acc[r], pam + r * d, d);
+                  exp_rescale_row(pb + i * vt, vt, row.mb, mb_acc[r], pab + r * d, d);
+                }
+              });
+              am.narrow(0, r0, rb).addmm_(z, wt);
+              ab.narrow(0, r0, rb).addmm_(zb, wt);  // dKL/dz = p - p_b: both through the model's head
+            });
+  float *pk = kl.data_ptr<float>(), *ps = st.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!keep[r]) continue;
+      finalize_kl(rows[r], pk + r, ps + r * kKStats);
+      float* a = pam + r * d;
+      const float* b = pab + r * d;
+      const KLRow& row = rows[r];
+      if (std::isnan(pk[r])) {
+        std::fill(a, a + d, kNaN);
+        continue;
+      }
+      const float iz = static_cast<float>(1.0 / row.z), izb = static_cast<float>(1.0 / row.zb);
+      for (int64_t k = 0; k < d; ++k) a[k] = a[k] * iz - b[k] * izb;
+    }
+  });
+  return {kl, st, am};
+}
+
 // One row in place: zb -> dL/dz_b (when need_base), z -> dL/dz.
 void grad_kl_row(float* xb, float* x, int64_t n, const float* s, float g, bool keep, bool need_base) {
   if (!keep) {
@@ -285,12 +370,8 @@ KLGrads lm_head_kl_bwd_cpu(const at::Tensor& grad, const at::Tensor& hidden_base
   auto cast = [](at::Tensor& t, bool need, const std::optional<at::Tensor>& like) {
     if (need) t = t.to(like->scalar_type());
   };
-  cast(dhb, need_base, hidden_base);
-  cast(dh, need_hidden, hidden);
-  cast(dw, need_weight, weight);
-  cast(db, need_bias, bias);
-  cast(dwb, need_weight_base, weight_base);
-  cast(dbb, need_bias_base, bias_base);
+  cast(dhb, need_base, hidden_base), cast(dh, need_hidden, hidden), cast(dw, need_weight, weight);
+  cast(db, need_bias, bias), cast(dwb, need_weight_base, weight_base), cast(dbb, need_bias_base, bias_base);
   return {dhb, dh, dw, db, dwb, dbb};
 }
 
@@ -306,9 +387,14 @@ TORCH_LIBRARY_FRAGMENT(alter_kernels, m) {
       "Tensor stats, bool need_base, bool need_hidden, bool need_weight, bool need_bias, int vocab_tile=0, "
       "int row_block=0, Tensor? weight_base=None, Tensor? bias_base=None, bool need_weight_base=False, "
       "bool need_bias_base=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lm_head_kl_fwd_grad(Tensor hidden_base, Tensor hidden, Tensor weight, Tensor? bias, Tensor? mask, "
+      "int vocab_tile=0, int row_block=0, Tensor? weight_base=None, Tensor? bias_base=None) -> "
+      "(Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(alter_kernels, CPU, m) {
   m.impl("lm_head_kl_fwd", &alter_kernels::lm_head_kl_fwd_cpu);
   m.impl("lm_head_kl_bwd", &alter_kernels::lm_head_kl_bwd_cpu);
+  m.impl("lm_head_kl_fwd_grad", &alter_kernels::lm_head_kl_fwd_grad_cpu);
 }
