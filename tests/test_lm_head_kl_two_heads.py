@@ -242,3 +242,20 @@ def test_cpp_flash_forward_nan_and_masked_vocabulary():
     kl.sum().backward()
     assert kl[2].isnan() and not kl[[0, 1, 3]].isnan().any()
     assert hh.grad[2].isnan().all() and not hh.grad[[0, 1, 3]].isnan().any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("grad_of", [MODEL_SIDE, EVERYTHING], ids=["model", "all"])
+def test_gpu_two_heads_against_the_cpu_reference(backend, grad_of):
+    if backend not in kernels.available("lm_head_kl", "cuda"):
+        pytest.skip(f"{backend} not built / installed")
+    inputs = two_heads(64, 32003, 64)
+    g = torch.randn(64, dtype=torch.float64)
+    tru = run_kl2(None, inputs, None, g, grad_of, dtype=torch.float64)
+    same = run_kl2("reference", inputs, None, g, grad_of)
+    dev = [t.cuda() if t is not None else None for t in inputs]
+    out = [t.cpu() if t is not None else None for t in run_kl2(backend, dev, None, g.cuda(), grad_of)]
+    for i, name in enumerate(NAMES):
+        if tru[i] is not None:
+            assert_criterion(out[i], same[i], tru[i], 5e-5 if i == 0 else 2e-4, f"{backend} {name}")
