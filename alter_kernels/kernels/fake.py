@@ -72,17 +72,25 @@ def _lm_head_losses_bwd(grad_nll, grad_ihl, grad_ent, grad_lse, hidden, weight, 
             torch.empty_like(bias) if (need_bias and bias is not None) else _placeholder(hidden))
 
 
-def _lm_head_kl_fwd(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_block=0):
+def _lm_head_kl_fwd(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_block=0, weight_base=None,
+                    bias_base=None):
     f32 = dict(dtype=torch.float32, device=hidden.device)
     return torch.empty((hidden.shape[0],), **f32), torch.empty((hidden.shape[0], 5), **f32)
 
 
+def _lm_head_kl_fwd_grad(hidden_base, hidden, weight, bias, mask, vocab_tile=0, row_block=0, weight_base=None,
+                         bias_base=None):
+    kl, st = _lm_head_kl_fwd(hidden_base, hidden, weight, bias, mask)
+    return kl, st, torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+
+
 def _lm_head_kl_bwd(grad, hidden_base, hidden, weight, bias, mask, stats, need_base, need_hidden, need_weight,
-                    need_bias, vocab_tile=0, row_block=0):
-    return (torch.empty_like(hidden_base) if need_base else _placeholder(hidden),
-            torch.empty_like(hidden) if need_hidden else _placeholder(hidden),
-            torch.empty_like(weight) if need_weight else _placeholder(hidden),
-            torch.empty_like(bias) if (need_bias and bias is not None) else _placeholder(hidden))
+                    need_bias, vocab_tile=0, row_block=0, weight_base=None, bias_base=None, need_weight_base=False,
+                    need_bias_base=False):
+    def maybe(flag, like):
+        return torch.empty_like(like) if (flag and like is not None) else _placeholder(hidden)
+    return (maybe(need_base, hidden_base), maybe(need_hidden, hidden), maybe(need_weight, weight),
+            maybe(need_bias, bias), maybe(need_weight_base, weight_base), maybe(need_bias_base, bias_base))
 
 
 def _route_plan(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None):
@@ -115,6 +123,7 @@ FAKES = {
     "lm_head_losses_bwd": _lm_head_losses_bwd,
     "lm_head_kl_fwd": _lm_head_kl_fwd,
     "lm_head_kl_bwd": _lm_head_kl_bwd,
+    "lm_head_kl_fwd_grad": _lm_head_kl_fwd_grad,
 }
 
 

@@ -84,23 +84,50 @@ def lm_head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return TokenLosses(*(None if t is None else t.reshape(lead) for t in out))
 
 
+def _check_base_head(op: str, weight, weight_base, bias_base):
+    if weight_base is None:
+        if bias_base is not None:
+            raise ValueError(f"{op}: bias_base needs weight_base (with weight_base=None the base side uses the "
+                             f"shared head, weight and bias)")
+        return
+    check_tensor(weight_base, "weight_base", op, ndim=2)
+    check_shape(weight_base, "weight_base", op, tuple(weight.shape), " (weight's shape)")
+    if bias_base is not None:
+        check_tensor(bias_base, "bias_base", op, ndim=1)
+        check_shape(bias_base, "bias_base", op, (weight.shape[0],), " (V)")
+    check_same_device(op, weight=weight, weight_base=weight_base, bias_base=bias_base)
+    for name, t in (("weight_base", weight_base), ("bias_base", bias_base)):
+        if t is not None and t.dtype != weight.dtype:
+            raise TypeError(f"{op}: {name} and weight must have the same dtype, got {name} {t.dtype} and "
+                            f"weight {weight.dtype}")
+
+
 def lm_head_kl(hidden_base: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, *,
-               bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token KL(p_base || p_model), p = softmax(h @ weight^T + bias), without [N, V] logits.
+               bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               weight_base: torch.Tensor | None = None, bias_base: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token KL(p_base || p_model) without the [N, V] logits.
 
-    hidden_base, hidden [..., d] (the base and the trained model's final hidden states, one
-    shared LM head), weight [V, d], bias [V] or None, mask [...] bool or None (False: 0 and a
-    zero gradient). Returns fp32 [...] (float64 for float64 input).
+    p_model = softmax(hidden @ weight^T + bias); p_base = softmax(hidden_base @ weight_base^T +
+    bias_base) with a base head of its own (the reference model's, e.g. when the trained model's
+    head has moved; bias_base None: no base bias), or, with weight_base None (default), through
+    the one shared head (weight, bias). hidden_base, hidden [..., d], weight / weight_base [V, d],
+    bias / bias_base [V] or None, mask [...] bool or None (False: 0 and a zero gradient); every
+    tensor has weight's dtype and device. Returns fp32 [...] (float64 for float64 input).
 
-    Gradients: exact, for whatever requires grad. hidden gets dKL/dz = p - p_base. hidden_base
-    gets p_base (log p_base - log p - KL) only when it requires grad (pass it detached, or
-    computed under no_grad, for a constant base). When weight / bias require grad, their
-    gradient includes the base side's share (the base logits use the same head); with a
-    frozen head, the usual case, neither is computed.
+    Gradients: exact, for whatever requires grad. hidden gets dKL/dz = p - p_base (weight and bias
+    likewise through the model's logits). The base side is a constant unless hidden_base /
+    weight_base / bias_base require grad (pass them detached, or computed under no_grad, as the
+    engine does); when they do, they get dKL/dz_b = p_base (log p_base - log p - KL). With a
+    shared head, the gradients of weight / bias include the base side's share (the base logits
+    use the same head); with a frozen head, the usual case, neither is computed. Memory: O(N)
+    row statistics are saved and the backward recomputes logits tiles; when only hidden requires
+    grad (a frozen head, a constant base), the C++ CPU kernel instead forms d hidden per unit
+    gradient in the forward (4 GEMMs in all, not 5) and saves that [N, d] fp32 tensor.
     """
     op = "lm_head_kl"
     _check_head(op, weight, bias, hidden.shape[-1] if isinstance(hidden, torch.Tensor) else -1,
                 hidden_base=hidden_base, hidden=hidden)
+    _check_base_head(op, weight, weight_base, bias_base)
     if hidden_base.shape != hidden.shape:
         raise ValueError(f"{op}: hidden_base must have the shape of hidden {tuple(hidden.shape)}, "
                          f"got {tuple(hidden_base.shape)}")
@@ -113,5 +140,7 @@ def lm_head_kl(hidden_base: torch.Tensor, hidden: torch.Tensor, weight: torch.Te
             raise ValueError(f"{op}: mask must be on the device of hidden ({hidden.device}), got {mask.device}")
         m = mask.reshape(-1).to(torch.bool).contiguous()
     d = hidden.shape[-1]
-    kl = registry.pick(KL, hidden.device, weight.dtype).fn(hidden_base.reshape(-1, d), hidden.reshape(-1, d), weight, bias, m)
+    fn = registry.pick(KL, hidden.device, weight.dtype).fn
+    kl = fn(hidden_base.reshape(-1, d), hidden.reshape(-1, d), weight, bias, m, weight_base=weight_base,
+            bias_base=bias_base)
     return kl.reshape(lead)

@@ -150,22 +150,24 @@ def retain_kl_tokens(model: nn.Module, ref_model: nn.Module, terms: Terms, ids: 
                      rows: torch.Tensor) -> torch.Tensor:
     """Per-token KL(p_ref || p_model) [R, T-1] of the selected rows (0 where ignored).
 
-    Fused when the step was and the LM head is frozen: the reference is a copy of the model taken
-    before training, so a frozen head is the same matrix in both and ``lm_head_kl`` takes the two
-    hidden states through it. A head that trains (the full-parameter KL baseline) differs from
-    the reference's after the first step: the retain rows' logits are then made, [R, T-1, V] (the
-    forget rows' terms stay fused).
+    Fused whenever the step was (terms.hidden set): the reference model runs up to its final norm
+    under no_grad and ``lm_head_kl`` takes the two hidden states through the two heads, the
+    model's (trained in the full-parameter KL baseline, so it differs from the reference's after
+    the first step) and the reference's (``weight_base`` / ``bias_base``, a constant), never
+    holding the retain rows' logits. Materialised (the reference's logits and the step's) when
+    the step was (``fused_loss="off"`` or a head that cannot be fused).
     """
     valid = terms.valid[rows]
-    head = model.get_output_embeddings()
-    if terms.hidden is not None and not head.weight.requires_grad:
+    if terms.hidden is not None:
+        head, ref_head = model.get_output_embeddings(), ref_model.get_output_embeddings()
         with torch.no_grad():
             h_ref = final_hidden(ref_model, ref_model, ids[rows], att[rows])[:, :-1]
-        return lm_head_kl(h_ref, terms.hidden[rows], head.weight, bias=head.bias, mask=valid)
+        return lm_head_kl(h_ref, terms.hidden[rows], head.weight, bias=head.bias, mask=valid,
+                          weight_base=ref_head.weight.detach(),
+                          bias_base=ref_head.bias.detach() if ref_head.bias is not None else None)
     with torch.no_grad():
         ref = ref_model(input_ids=ids[rows], attention_mask=att[rows], use_cache=False).logits[:, :-1]
-    logits = terms.logits[rows] if terms.logits is not None else head(terms.hidden[rows])
-    lp = torch.log_softmax(logits.float(), -1)
+    lp = torch.log_softmax(terms.logits[rows].float(), -1)
     lq = torch.log_softmax(ref.float(), -1)
     kl = (lq.exp() * (lq - lp)).sum(-1)
     return torch.where(valid, kl, torch.zeros_like(kl))

@@ -403,13 +403,35 @@ const bool* mask_ptr(const std::optional<at::Tensor>& mask, int64_t s, at::Tenso
   return keep.data_ptr<bool>() + s;
 }
 
+// The base head: weight_base / bias_base when weight_base is given, else the shared weight / bias.
+bool base_head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+               const std::optional<at::Tensor>& weight_base, const std::optional<at::Tensor>& bias_base,
+               at::Tensor& wb, at::Tensor& bb32, const char* op) {
+  const bool two = weight_base.has_value() && weight_base->defined();
+  if (!two) {
+    TORCH_CHECK(!(bias_base.has_value() && bias_base->defined()), op, ": bias_base needs weight_base");
+    wb = weight;
+    bb32 = opt_bias32(bias);
+    return false;
+  }
+  TORCH_CHECK(weight_base->sizes() == weight.sizes(), op, ": weight_base must have the shape of weight");
+  check_cuda(hidden, *weight_base, bias_base, op);
+  wb = *weight_base;
+  bb32 = opt_bias32(bias_base);
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor> lm_head_kl_fwd_cuda(const at::Tensor& hidden_base, const at::Tensor& hidden,
                                                        const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                                        const std::optional<at::Tensor>& mask, int64_t vocab_tile,
-                                                       int64_t row_block) {
+                                                       int64_t row_block, const std::optional<at::Tensor>& weight_base,
+                                                       const std::optional<at::Tensor>& bias_base) {
   (void)vocab_tile;
-  check_cuda(hidden, weight, bias, "lm_head_kl_fwd");
-  TORCH_CHECK(hidden_base.sizes() == hidden.sizes(), "lm_head_kl_fwd: hidden_base must have the shape of hidden");
+  const char* op = "lm_head_kl_fwd";
+  check_cuda(hidden, weight, bias, op);
+  TORCH_CHECK(hidden_base.sizes() == hidden.sizes(), op, ": hidden_base must have the shape of hidden");
+  at::Tensor wb, bb32;
+  base_head(hidden, weight, bias, weight_base, bias_base, wb, bb32, op);
   const at::cuda::CUDAGuard guard(hidden.device());
   const int64_t N = hidden.size(0), V = weight.size(0);
   auto fopts = hidden.options().dtype(at::kFloat);
@@ -421,7 +443,7 @@ std::tuple<at::Tensor, at::Tensor> lm_head_kl_fwd_cuda(const at::Tensor& hidden_
   auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t s = 0; s < N; s += step) {
     const int64_t c = std::min(step, N - s);
-    at::Tensor zb = logits_fp32(hidden_base.narrow(0, s, c), weight, b32).contiguous();
+    at::Tensor zb = logits_fp32(hidden_base.narrow(0, s, c), wb, bb32).contiguous();
     at::Tensor z = logits_fp32(hidden.narrow(0, s, c), weight, b32).contiguous();
     kl_fwd_kernel<<<c, kThreads, 0, stream>>>(zb.data_ptr<float>(), z.data_ptr<float>(), pm ? pm + s : nullptr,
                                              kl.data_ptr<float>() + s, st.data_ptr<float>() + s * 5, V);
@@ -430,41 +452,60 @@ std::tuple<at::Tensor, at::Tensor> lm_head_kl_fwd_cuda(const at::Tensor& hidden_
   return {kl, st};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lm_head_kl_bwd_cuda(
-    const at::Tensor& grad, const at::Tensor& hidden_base, const at::Tensor& hidden, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask, const at::Tensor& stats,
-    bool need_base, bool need_hidden, bool need_weight, bool need_bias, int64_t vocab_tile, int64_t row_block) {
+using KLGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+KLGrads lm_head_kl_bwd_cuda(const at::Tensor& grad, const at::Tensor& hidden_base, const at::Tensor& hidden,
+                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& mask, const at::Tensor& stats, bool need_base,
+                            bool need_hidden, bool need_weight, bool need_bias, int64_t vocab_tile, int64_t row_block,
+                            const std::optional<at::Tensor>& weight_base, const std::optional<at::Tensor>& bias_base,
+                            bool need_weight_base, bool need_bias_base) {
   (void)vocab_tile;
-  check_cuda(hidden, weight, bias, "lm_head_kl_bwd");
+  const char* op = "lm_head_kl_bwd";
+  check_cuda(hidden, weight, bias, op);
+  at::Tensor wb, bb32;
+  const bool two = base_head(hidden, weight, bias, weight_base, bias_base, wb, bb32, op);
   const at::cuda::CUDAGuard guard(hidden.device());
   const int64_t N = hidden.size(0), V = weight.size(0), d = hidden.size(1);
   need_bias = need_bias && bias.has_value() && bias->defined();
+  need_weight_base = need_weight_base && two;
+  need_bias_base = need_bias_base && two && bb32.defined();
   auto fopts = hidden.options().dtype(at::kFloat);
-  at::Tensor dhb = need_base ? at::zeros({N, d}, hidden.options()) : at::empty({0}, fopts);
-  at::Tensor dh = need_hidden ? at::zeros({N, d}, hidden.options()) : at::empty({0}, fopts);
-  at::Tensor dw = need_weight ? at::zeros({V, d}, fopts) : at::empty({0}, fopts);
-  at::Tensor db = need_bias ? at::zeros({V}, fopts) : at::empty({0}, fopts);
-  const bool base_side = need_base || need_weight || need_bias;  // the base logits use the head too
+  auto buf = [&](bool need, at::IntArrayRef shape, const at::TensorOptions& o) {
+    return need ? at::zeros(shape, o) : at::empty({0}, fopts);
+  };
+  at::Tensor dhb = buf(need_base, {N, d}, hidden.options()), dh = buf(need_hidden, {N, d}, hidden.options());
+  at::Tensor dw = buf(need_weight, {V, d}, fopts), db = buf(need_bias, {V}, fopts);
+  at::Tensor dwb = buf(need_weight_base, {V, d}, fopts), dbb = buf(need_bias_base, {V}, fopts);
+  // the base logits' head gradients: the shared head's share, or the base head's own
+  at::Tensor& dw_base = two ? dwb : dw;
+  at::Tensor& db_base = two ? dbb : db;
+  const bool need_wb = two ? need_weight_base : need_weight, need_bb = two ? need_bias_base : need_bias;
+  const bool base_side = need_base || need_wb || need_bb;
   const at::Tensor b32 = opt_bias32(bias), g = grad.contiguous(), st = stats.contiguous();
   const bool lp = low_precision(hidden, weight);
-  const at::Tensor w32 = (!lp && (need_hidden || need_base)) ? weight.to(at::kFloat) : at::Tensor();
+  const at::Tensor w32 = (!lp && need_hidden) ? weight.to(at::kFloat) : at::Tensor();
+  const at::Tensor wb32 = (!lp && need_base) ? (two ? wb.to(at::kFloat) : (w32.defined() ? w32 : weight.to(at::kFloat)))
+                                              : at::Tensor();
   at::Tensor mk;
   const bool* pm = mask_ptr(mask, 0, mk);
   const int64_t step = chunk_rows(N, V, row_block, 2);
   auto stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t s = 0; s < N && (base_side || need_hidden); s += step) {
+  for (int64_t s = 0; s < N && (base_side || need_hidden || need_weight || need_bias); s += step) {
     const int64_t c = std::min(step, N - s);
     const at::Tensor hbs = hidden_base.narrow(0, s, c), hs = hidden.narrow(0, s, c);
-    at::Tensor zb = logits_fp32(hbs, weight, b32).contiguous(), z = logits_fp32(hs, weight, b32).contiguous();
+    at::Tensor zb = logits_fp32(hbs, wb, bb32).contiguous(), z = logits_fp32(hs, weight, b32).contiguous();
     kl_bwd_kernel<<<c, kThreads, 0, stream>>>(zb.data_ptr<float>(), z.data_ptr<float>(), g.data_ptr<float>() + s,
                                              pm ? pm + s : nullptr, st.data_ptr<float>() + s * 5, V, base_side);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     chunk_grads(z, hs, weight, w32, dh, dw, db, s, need_hidden, need_weight, need_bias);
-    if (base_side) chunk_grads(zb, hbs, weight, w32, dhb, dw, db, s, need_base, need_weight, need_bias);
+    if (base_side) chunk_grads(zb, hbs, wb, wb32, dhb, dw_base, db_base, s, need_base, need_wb, need_bb);
   }
   if (need_weight) dw = dw.to(weight.scalar_type());
   if (need_bias) db = db.to(bias->scalar_type());
-  return {dhb, dh, dw, db};
+  if (need_weight_base) dwb = dwb.to(weight_base->scalar_type());
+  if (need_bias_base) dbb = dbb.to(bias_base->scalar_type());
+  return {dhb, dh, dw, db, dwb, dbb};
 }
 
 }  // namespace

@@ -248,6 +248,13 @@ def opcheck_cases():
     yield "lm_head_kl_fwd", (hb, h, w, None, None, 0, 0)
     yield "lm_head_kl_bwd", (r(), hb, h, w, b, mask, kst, True, True, True, True, 0, 0)
     yield "lm_head_kl_bwd", (r(), hb, h, w, None, None, kst, False, True, False, False, 0, 0)
+    wb, bb = w + 0.05, b - 0.1                   # a base head of its own (weight_base, bias_base)
+    yield "lm_head_kl_fwd", (hb, h, w, b, mask, 0, 0, wb, bb)
+    yield "lm_head_kl_fwd_grad", (hb, h, w, b, mask, 0, 0, None, None)
+    yield "lm_head_kl_fwd_grad", (hb.bfloat16(), h.bfloat16(), w.bfloat16(), None, None, 0, 0, wb.bfloat16(), None)
+    yield "lm_head_kl_fwd", (hb.bfloat16(), h.bfloat16(), w.bfloat16(), None, None, 0, 0, wb.bfloat16(), None)
+    yield "lm_head_kl_bwd", (r(), hb, h, w, b, mask, kst, True, True, True, True, 0, 0, wb, bb, True, True)
+    yield "lm_head_kl_bwd", (r(), hb, h, w, b, None, kst, False, True, False, False, 0, 0, wb, None, False, False)
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")

@@ -67,6 +67,21 @@ def test_the_fused_path_never_makes_logits(monkeypatch):
     assert len(train_shapes) == 2 and all(s[-1] == len(TOK) for s in train_shapes)
 
 
+def test_the_fused_kl_never_makes_logits():
+    """The KL baseline (full-parameter: its LM head trains) takes the retain rows' KL from the two
+    hidden states and the two heads: neither the model's nor the reference copy's LM head sees a
+    position during training."""
+    seen, steps = [], []
+    m = toy_model(len(TOK), seed=0)
+    m.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape)))
+    w0 = m.lm_head.weight.detach().clone()
+    ak.unlearn(m, FORGET, RETAIN, method="kl", tokenizer=TOK, max_steps=3, batch_size=4, progress=False,
+               eval_each_epoch=False, callback=lambda rec: steps.append(len(seen)))
+    assert len(steps) == 3 and not torch.equal(m.lm_head.weight.detach(), w0), "the head trained"
+    train_shapes = seen[:steps[-1]]
+    assert len(train_shapes) >= 3 and all(s[1] == 0 and s[-1] == len(TOK) for s in train_shapes), train_shapes
+
+
 def test_unfusable_head_falls_back_with_one_log_line(caplog):
     m = toy_model(len(TOK), seed=0)
     m.config.final_logit_softcapping = 30.0

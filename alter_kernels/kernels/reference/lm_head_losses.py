@@ -7,6 +7,7 @@ Per token t with logits z = hidden_t @ weight^T + bias (never kept for all token
     entropy = S_q(p)  (Tsallis, q = 1: Shannon; only when q is given)
     lse     = log sum_v exp(z_v)
     kl      = KL(p_base || p_model) = sum_v p_base (log p_base - log p_model)
+              (p_base from the base head weight_base / bias_base when given, else the shared one)
 
 Rows whose label is ``ignore_index`` (or whose ``mask`` is False, for the KL) give 0 and a zero
 gradient. Readable, float64-capable (float64 in, float64 out; everything else accumulates in
@@ -129,13 +130,14 @@ def lm_head_token_losses_ref(hidden: torch.Tensor, weight: torch.Tensor, labels:
     return TokenLosses(cat[0], cat[1], cat[3] if q is not None else None, cat[2])
 
 
-def _chunk_kl(hb, h, weight, bias, valid, step):
-    acc = _acc(hb, h, weight, bias)
-    lse_b = _lse(hb, weight, bias, acc, step)
+def _chunk_kl(hb, h, weight, bias, valid, step, weight_base=None, bias_base=None):
+    wb, bb = (weight, bias) if weight_base is None else (weight_base, bias_base)
+    acc = _acc(hb, h, weight, bias, wb, bb)
+    lse_b = _lse(hb, wb, bb, acc, step)
     lse_m = _lse(h, weight, bias, acc, step)
     kl = 0.0
     for s, e in _slices(weight.shape[0], step):
-        lpb = _logits(hb, weight, bias, s, e, acc) - lse_b.unsqueeze(-1)
+        lpb = _logits(hb, wb, bb, s, e, acc) - lse_b.unsqueeze(-1)
         lpm = _logits(h, weight, bias, s, e, acc) - lse_m.unsqueeze(-1)
         pb = lpb.exp()
         # p_b (log p_b - log p_m) = 0 where p_b = 0 (also when log p_m = -inf there)
@@ -145,14 +147,17 @@ def _chunk_kl(hb, h, weight, bias, valid, step):
 
 def lm_head_kl_ref(hidden_base: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   chunk_rows: int = 256, chunk_vocab: int = 8192) -> torch.Tensor:
-    """Per-token KL(softmax(hidden_base W^T + b) || softmax(hidden W^T + b)): [N]; 0 where mask is False."""
+                   chunk_rows: int = 256, chunk_vocab: int = 8192, *, weight_base: torch.Tensor | None = None,
+                   bias_base: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token KL(softmax(hidden_base W_b^T + b_b) || softmax(hidden W^T + b)): [N]; 0 where mask is
+    False. The base head (W_b, b_b) is (weight_base, bias_base), or (weight, bias) when weight_base
+    is None (one shared head)."""
     n = hidden.shape[0]
     valid = mask.to(torch.bool) if mask is not None else torch.ones(n, dtype=torch.bool, device=hidden.device)
-    grad = _needs_grad(hidden_base, hidden, weight, bias)
+    grad = _needs_grad(hidden_base, hidden, weight, bias, weight_base, bias_base)
     outs = []
     for s in range(0, n, chunk_rows) if n else [0]:
         args = (hidden_base[s:s + chunk_rows], hidden[s:s + chunk_rows], weight, bias, valid[s:s + chunk_rows],
-                chunk_vocab)
+                chunk_vocab, weight_base, bias_base)
         outs.append(checkpoint(_chunk_kl, *args, use_reentrant=False) if grad else _chunk_kl(*args))
     return torch.cat(outs)

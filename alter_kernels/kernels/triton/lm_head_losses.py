@@ -5,7 +5,8 @@ GPU), reduced by a Triton row kernel (one program per token, one sweep over V in
 pieces with an online max / Z / entropy sum / largest other logit) into the per-token values
 and O(1) statistics; the backward recomputes the chunk, turns it in place into dL/dlogits with
 a second row kernel and forms d hidden / d weight with two GEMMs. At most one [chunk, V] fp32
-tile exists at a time (two for the KL), never the [N, V] logits. Statistics and formulas:
+tile exists at a time (two for the KL, whose base logits come from the base head weight_base /
+bias_base when given, else the shared one), never the [N, V] logits. Statistics and formulas:
 kernels/lm_head_losses.py and csrc/cpu/lm_head_losses.cpp. On the CPU this runs only under
 TRITON_INTERPRET=1 (tests).
 """
@@ -338,38 +339,45 @@ def losses_bwd(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_
     return _cast(acc[0], h), _cast(acc[1], w), (None if acc[2] is None else acc[2].to(bias.dtype))
 
 
-def kl_fwd(hb, h, w, bias, mask):
+def kl_fwd(hb, h, w, bias, mask, wb=None, bb=None):
     n, v = h.shape[0], w.shape[0]
     kl = torch.empty(n, dtype=torch.float32, device=h.device)
     stats = torch.empty((n, 5), dtype=torch.float32, device=h.device)
     step, block = max(1, chunk_rows(n, v, h.device) // 2), _block(v, h.device)
+    wb, bb = (w, bias) if wb is None else (wb, bb)     # the base head: its own, or the shared one
     for s in range(0, n, step):
-        zb, z = _logits(hb[s:s + step], w, bias), _logits(h[s:s + step], w, bias)
+        zb, z = _logits(hb[s:s + step], wb, bb), _logits(h[s:s + step], w, bias)
         m = mask[s:s + step] if mask is not None else kl
         _kl_fwd_kernel[(z.shape[0],)](zb, z, m, kl[s:s + step], stats[s:s + step], zb.stride(0), z.stride(0), v,
                                       HAS_MASK=mask is not None, BLOCK=block, num_warps=_warps(block))
     return kl, stats
 
 
-def kl_bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b):
+def kl_bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b, wb=None, bb=None, need_wb=False,
+           need_bb=False):
     n, v = h.shape[0], w.shape[0]
     acc_m = _acc(h, w, bias, need_h, need_w, need_b)
-    base_side = need_hb or need_w or need_b     # the base logits use the head too (exact gradient)
-    acc_b = (torch.zeros(hb.shape, dtype=torch.float32, device=h.device) if need_hb else None, acc_m[1], acc_m[2])
+    two = wb is not None
+    if not two:      # one shared head: the base logits' share goes into d weight / d bias too
+        wb, bb, acc_b = w, bias, (None, acc_m[1], acc_m[2])
+    else:
+        acc_b = _acc(hb, wb, bb, False, need_wb, need_bb and bb is not None)
+    acc_b = (torch.zeros(hb.shape, dtype=torch.float32, device=h.device) if need_hb else None,) + acc_b[1:]
+    base_side = any(a is not None for a in acc_b)
     step, block = max(1, chunk_rows(n, v, h.device) // 2), _block(v, h.device)
     low = _low(h, w)
     for s in range(0, n, step):
         hbs, hs = hb[s:s + step], h[s:s + step]
-        zb, z = _logits(hbs, w, bias), _logits(hs, w, bias)
+        zb, z = _logits(hbs, wb, bb), _logits(hs, w, bias)
         m = mask[s:s + step] if mask is not None else g
         _kl_bwd_kernel[(z.shape[0],)](zb, z, g[s:s + step], m, stats[s:s + step], zb.stride(0), z.stride(0), v,
                                       HAS_MASK=mask is not None, NEED_BASE=base_side, BLOCK=block,
                                       num_warps=_warps(block))
         _grads_from(z, hs, w, acc_m, s, step, low)
         if base_side:
-            _grads_from(zb, hbs, w, acc_b, s, step, low)
-    return (_cast(acc_b[0], hb), _cast(acc_m[0], h), _cast(acc_m[1], w),
-            None if acc_m[2] is None else acc_m[2].to(bias.dtype))
+            _grads_from(zb, hbs, wb, acc_b, s, step, low)
+    return (_cast(acc_b[0], hb), _cast(acc_m[0], h), _cast(acc_m[1], w), _cast(acc_m[2], bias),
+            _cast(acc_b[1], wb) if two else None, _cast(acc_b[2], bb) if two else None)
 
 
 # (fwd, bwd) pairs for kernels/lm_head_losses.py's LossKernels / KLKernels
