@@ -11,6 +11,8 @@ loss-part memory = peak(variant) - peak(backbone) - the head's gradient when the
 (NPO trains every weight: its [V, d] gradient exists whatever the loss path).
 
     python bench/loss_step.py [--vocab 32000 128256] [--hidden 1024] [--batch 4] [--seq 256]
+    # the GPU target of issue 16 (scripts/gpu_check.sh, step "losses"):
+    python bench/loss_step.py --device cuda --dtype bf16 --vocab 128256 --hidden 4096 --seq 2048
 """
 from __future__ import annotations
 
@@ -30,25 +32,31 @@ from alter_kernels.unlearn import methods as M  # noqa: E402
 from alter_kernels.unlearn.options import DEFAULTS  # noqa: E402
 
 
-def build(vocab, hidden, layers, seed=0):
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build(vocab, hidden, layers, seed=0, device="cpu", dtype=torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=2 * hidden,
                       num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 256),
                       vocab_size=vocab, max_position_embeddings=4096)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)
+    model = model.to(dtype)
     model.config.use_cache = False
     return model
 
 
-def make_batch(vocab, batch, seq, g):
+def make_batch(vocab, batch, seq, g, device="cpu"):
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     labels = ids.clone()
     labels[:, : seq // 4] = -100                     # the prompt carries no labels
     is_f = torch.arange(batch) < batch // 2
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "is_forget": is_f,
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "is_forget": is_f,
             "domain": torch.where(is_f, 1, 0), "entropy": torch.rand(batch, seq, generator=g) * 3,
             "base_sq": torch.rand(batch, seq, generator=g), "ref_logp": -torch.rand(batch, generator=g) * 50}
+    return {k: v.to(device) for k, v in out.items()}
 
 
 def steps(method, model, batch):
@@ -78,18 +86,19 @@ def steps(method, model, batch):
 
 
 def measure(method, vocab, args, g):
-    model = build(vocab, args.hidden, args.layers)
+    device = torch.device(args.device)
+    model = build(vocab, args.hidden, args.layers, device=device, dtype=DTYPES[args.dtype])
     if method == "alter":
         ak.patch(model, ak.AlterConfig(rank=8, alpha=16, num_forget_experts=1, threshold=1.2,
                                        inference_entropy="none"))
-    batch = make_batch(vocab, args.batch, args.seq, g)
+    batch = make_batch(vocab, args.batch, args.seq, g, device)
     fns = steps(method, model, batch)
     out = []
-    mem = {k: peak_memory(fn) for k, fn in fns.items()}
+    mem = {k: peak_memory(fn, device) for k, fn in fns.items()}
     times = {k: [] for k in fns}
     for _ in range(args.iters):                       # round robin: every variant once per iteration
         for k, fn in fns.items():
-            times[k].append(timed_call(fn))
+            times[k].append(timed_call(fn, device))
     # a method that trains the head (NPO: full parameters) needs its gradient [V, d] whatever the
     # loss path: it counts in the floor, not in the loss part
     head = model.get_output_embeddings().weight
@@ -119,6 +128,8 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=["alter", "npo"], choices=sorted(M.METHODS))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -126,12 +137,12 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     rows = [r for v in args.vocab for m in args.methods for r in measure(m, v, args, g)]
     table = md_table(rows, ["method", "V", "d", "N", "variant", "step_s", "peak_MiB", "loss_part_MiB", "head_grad_MiB"])
-    desc = (f"Llama, {args.layers} decoder layer(s), hidden {args.hidden}, fp32, batch {args.batch} x {args.seq}; "
+    desc = (f"Llama, {args.layers} decoder layer(s), hidden {args.hidden}, {args.dtype} on {args.device}, batch {args.batch} x {args.seq}; "
             f"{torch.get_num_threads()} thread(s); ratio rows: fused / materialised (targets: loss-part memory "
             f"<= 1/16 at V = 128256, step time <= 1.1x)")
     print(desc)
     print(table)
-    stem = os.path.join(args.out, "loss_step")
+    stem = os.path.join(args.out, "loss_step" + ("" if args.device == "cpu" else f"_{args.device}"))
     print("wrote", *write_results(stem, {"machine": machine(), "args": vars(args), "config": desc, "rows": rows},
                                   desc + "\n\n" + table))
 

@@ -36,6 +36,8 @@
 #               ALTER vs PEFT LoRA                                                       35 [70]
 #   decode      bench/decode.py: ~100M Llama, batch 1 and 16, prompt 128, 64 new tokens,
 #               ak.generate (CUDA graphs) vs the base model in the same loop and HF generate   50 [90]
+#   losses      bench/loss_step.py: one unlearning step, fused vs materialised LM-head losses,
+#               ALTER and NPO, V 128256, d 4096, batch 4 x 2048, bf16 (issue 16)              40 [60]
 #   summary     bench/gpu_summary.py: steps + targets -> summary.md / summary.json          5  [20]
 #   total       ~330 s expected. The guard stops the steps at 330 s, then the summary (<= 20 s) and
 #               the packing run: under 6 min whatever happens, so a run with timeout_s 400 returns.
@@ -242,6 +244,7 @@ if [ "$DRY" = 1 ]; then
   ASYM=(--shapes 64:32 --iters 2 --warmup 1)
   TRAIN=(--size tiny --dtype fp32 --iters 1)
   DECODE=(--configs tiny --hf-configs tiny --batches 1,2 --prompt 8 --new 4 --reps 1 --no-memory)
+  LOSSES=(--vocab 1000 --hidden 64 --seq 16 --iters 1)
 else
   # iteration counts sized for the budget above; every ratio is measured within one run
   TSALLIS=(--n 8192 --v 128256 --iters 10 --max-logits-gb 8 --backward-max-elems 1100000000)
@@ -249,6 +252,7 @@ else
   ASYM=(--shapes 4096:8192 --iters 20 --warmup 3)
   TRAIN=(--size 1b8l --dtype bf16 --iters 5)
   DECODE=(--configs 100m --hf-configs 100m --batches 1,16 --prompt 128 --new 64 --reps 3)
+  LOSSES=(--dtype bf16 --vocab 128256 --hidden 4096 --batch 4 --seq 2048 --iters 3)
 fi
 
 say "start: dry run $DRY, device $DEVICE, out $OUT_DIR, budget ${BUDGET}s"
@@ -264,6 +268,7 @@ step asym_lora 45 "$PY" -u bench/asym_lora.py --device "$DEVICE" --dtype bf16 --
 step train_step 70 "$PY" -u bench/train_step.py --device "$DEVICE" --no-decode "${TRAIN[@]}" \
   --out "$DETAIL/train_step"
 step decode 90 "$PY" -u bench/decode.py --device "$DEVICE" "${DECODE[@]}" --out "$DETAIL/decode"
+step losses 60 "$PY" -u bench/loss_step.py --device "$DEVICE" "${LOSSES[@]}" --out "$DETAIL/losses"
 
 # the summary always runs (its own 20 s on top of the budget; more in a dry run, where a loaded CI
 # machine may need it), also after failed steps
