@@ -32,19 +32,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_fwd_cpu(const at:
   auto fopts = hidden.options().dtype(at::kFloat);
   at::Tensor ent = at::empty({N}, fopts), lse = at::empty({N}, fopts), aux = at::empty({N, kStats}, fopts);
   if (N == 0) return {ent, lse, aux};
-  const at::Tensor h32 = hidden.to(at::kFloat).contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b32 = bias32(bias);
   std::vector<RowStat> stats(N);
   const float q = static_cast<float>(qd);
   dispatch_mode(q_mode(qd), [&](auto tag) {
     constexpr int M = decltype(tag)::value;
-    for_each_tile(h32, w, b32, vocab_tile, row_block,
-                  [&](int64_t, int64_t vt, const at::Tensor&, int64_t r0, int64_t rb, const at::Tensor&,
-                      at::Tensor& z) {
-                    const float* pz = z.data_ptr<float>();
-                    parallel_rows(rb, vt, [&](int64_t i) { fold_block<M>(pz + i * vt, vt, stats[r0 + i], q); });
-                  });
+    fold_tiles(hidden, weight, bias, vocab_tile, row_block,
+               [&](float* x, int64_t vt, int64_t, int64_t r) { fold_block<M>(x, vt, stats[r], q); });
     float* pe = ent.data_ptr<float>();
     float* pl = lse.data_ptr<float>();
     float* pa = aux.data_ptr<float>();
@@ -71,9 +64,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cpu(
   }
   HeadGrads grads(hidden, weight, has_bias, need_hidden, need_weight, need_bias);
   if (N > 0 && grads.any()) {
-    const at::Tensor h32 = hidden.to(at::kFloat).contiguous();
-    const at::Tensor w = weight.contiguous();
-    const at::Tensor b32 = bias32(bias);
     const at::Tensor ge = grad_ent.contiguous(), st = stats.contiguous();
     const at::Tensor gl = has_glse ? grad_lse->contiguous() : at::Tensor();
     const float* pge = ge.data_ptr<float>();
@@ -82,16 +72,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cpu(
     const float q = static_cast<float>(qd);
     dispatch_mode(q_mode(qd), [&](auto tag) {
       constexpr int M = decltype(tag)::value;
-      for_each_tile(h32, w, b32, vocab_tile, row_block,
-                    [&](int64_t v0, int64_t vt, const at::Tensor& wt, int64_t r0, int64_t rb, const at::Tensor& hb,
-                        at::Tensor& z) {
-                      float* pz = z.data_ptr<float>();
-                      parallel_rows(rb, vt, [&](int64_t i) {
-                        const int64_t r = r0 + i;
-                        grad_block<M>(pz + i * vt, pz + i * vt, vt, pst + r * kStats, pge[r], pgl ? pgl[r] : 0.f, q);
-                      });
-                      grads.add(z, wt, hb, v0, r0);
-                    });
+      grad_tiles(hidden, weight, bias, vocab_tile, row_block, grads, [&](float* x, int64_t vt, int64_t, int64_t r) {
+        grad_block<M>(x, x, vt, pst + r * kStats, pge[r], pgl ? pgl[r] : 0.f, q);
+      });
     });
   }
   return grads.result(hidden, weight, bias);

@@ -126,26 +126,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lm_head_l
   at::Tensor out[4] = {at::zeros({N}, fopts), at::zeros({N}, fopts), at::zeros({N}, fopts), at::zeros({N}, fopts)};
   at::Tensor st = at::zeros({N, kLStats}, fopts);
   if (N > 0) {
-    const at::Tensor h32 = hidden.to(at::kFloat).contiguous(), w = weight.contiguous();
-    const at::Tensor b32 = bias32(bias);
     std::vector<LossRow> rows(N);
     const float q = static_cast<float>(qd);
     dispatch_loss_mode(with_entropy, qd, [&](auto tag) {
       constexpr int M = decltype(tag)::value;
-      for_each_tile(h32, w, b32, vocab_tile, row_block,
-                    [&](int64_t v0, int64_t vt, const at::Tensor&, int64_t r0, int64_t rb, const at::Tensor&,
-                        at::Tensor& z) {
-                      float* pz = z.data_ptr<float>();
-                      parallel_rows(rb, vt, [&](int64_t i) {
-                        const int64_t r = r0 + i, yr = y[r];
-                        if (yr < 0) return;  // ignored row
-                        float* x = pz + i * vt;
-                        const int64_t yl = (yr >= v0 && yr < v0 + vt) ? yr - v0 : -1;
-                        if (yl >= 0) rows[r].zy = x[yl];
-                        fold_other(x, vt, yl, v0, rows[r]);
-                        fold_stats<M>(x, vt, rows[r].s, q);
-                      });
-                    });
+      fold_tiles(hidden, weight, bias, vocab_tile, row_block, [&](float* x, int64_t vt, int64_t v0, int64_t r) {
+        const int64_t yr = y[r];
+        if (yr < 0) return;  // ignored row
+        const int64_t yl = (yr >= v0 && yr < v0 + vt) ? yr - v0 : -1;
+        if (yl >= 0) rows[r].zy = x[yl];
+        fold_other(x, vt, yl, v0, rows[r]);
+        fold_stats<M>(x, vt, rows[r].s, q);
+      });
       float* po[4] = {out[0].data_ptr<float>(), out[1].data_ptr<float>(), out[2].data_ptr<float>(),
                       out[3].data_ptr<float>()};
       float* ps = st.data_ptr<float>();
@@ -225,8 +217,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_losses_bwd_cpu(
   HeadGrads grads(hidden, weight, has_bias, need_hidden, need_weight, need_bias);
   const bool any_grad = grad_nll.has_value() || grad_ihl.has_value() || grad_ent.has_value() || grad_lse.has_value();
   if (N > 0 && any_grad && grads.any()) {
-    const at::Tensor h32 = hidden.to(at::kFloat).contiguous(), w = weight.contiguous();
-    const at::Tensor b32 = bias32(bias);
     const at::Tensor stc = stats.contiguous();
     const float* pst = stc.data_ptr<float>();
     at::Tensor k0, k1, k2, k3;
@@ -237,16 +227,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_losses_bwd_cpu(
     const std::vector<Coef> coef = coefficients(y, pst, gn, gi, ge, gl, q, with_ent && q_mode(qd) == kShannon);
     dispatch_loss_mode(with_ent, qd, [&](auto tag) {
       constexpr int M = decltype(tag)::value;
-      for_each_tile(h32, w, b32, vocab_tile, row_block,
-                    [&](int64_t v0, int64_t vt, const at::Tensor& wt, int64_t r0, int64_t rb, const at::Tensor& hb,
-                        at::Tensor& z) {
-                      float* pz = z.data_ptr<float>();
-                      parallel_rows(rb, vt, [&](int64_t i) {
-                        const int64_t r = r0 + i;
-                        grad_row<M>(pz + i * vt, vt, v0, y[r], pst + r * kLStats, coef[r], q);
-                      });
-                      grads.add(z, wt, hb, v0, r0);
-                    });
+      grad_tiles(hidden, weight, bias, vocab_tile, row_block, grads, [&](float* x, int64_t vt, int64_t v0, int64_t r) {
+        grad_row<M>(x, vt, v0, y[r], pst + r * kLStats, coef[r], q);
+      });
     });
   }
   return grads.result(hidden, weight, bias);

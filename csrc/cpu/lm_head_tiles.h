@@ -131,5 +131,32 @@ struct HeadGrads {
   }
 };
 
+// The forward of a one-head op: row(x, vt, v0, r) for each row of each logits tile (x: the vt
+// fp32 logits of token r over the vocabulary [v0, v0 + vt), writable).
+template <typename F>
+inline void fold_tiles(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       int64_t vocab_tile, int64_t row_block, F&& row) {
+  for_each_tile(hidden.to(at::kFloat).contiguous(), weight.contiguous(), bias32(bias), vocab_tile, row_block,
+                [&](int64_t v0, int64_t vt, const at::Tensor&, int64_t r0, int64_t rb, const at::Tensor&,
+                    at::Tensor& z) {
+                  float* pz = z.data_ptr<float>();
+                  parallel_rows(rb, vt, [&](int64_t i) { row(pz + i * vt, vt, v0, r0 + i); });
+                });
+}
+
+// The backward of a one-head op: recomputes each logits tile, turns each row in place into
+// dL/dlogits with row(x, vt, v0, r) (as fold_tiles), and accumulates grads from the tile.
+template <typename F>
+inline void grad_tiles(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       int64_t vocab_tile, int64_t row_block, HeadGrads& grads, F&& row) {
+  for_each_tile(hidden.to(at::kFloat).contiguous(), weight.contiguous(), bias32(bias), vocab_tile, row_block,
+                [&](int64_t v0, int64_t vt, const at::Tensor& wt, int64_t r0, int64_t rb, const at::Tensor& hb,
+                    at::Tensor& z) {
+                  float* pz = z.data_ptr<float>();
+                  parallel_rows(rb, vt, [&](int64_t i) { row(pz + i * vt, vt, v0, r0 + i); });
+                  grads.add(z, wt, hb, v0, r0);
+                });
+}
+
 }  // namespace lm_head_cpu
 }  // namespace alter_kernels
