@@ -38,6 +38,8 @@ constexpr int64_t kBlock = 2048;  // elements folded per max/accumulate step (fi
 
 // Specialised forms of p^q given e = exp(t): fewer exp per element than exp(q t).
 enum QMode : int { kShannon = 0, kQ2 = 1, kQ3 = 2, kQHalf = 3, kQ15 = 4, kGeneral = 5 };
+// Mode of the LM-head loss ops without entropy (lm_head_losses_common.h): only max and Z tracked.
+constexpr int kNoEnt = 100;
 
 inline int q_mode(double q) {
   if (std::fabs(q - 1.0) < 1e-6) return kShannon;  // Shannon within 1e-6 of q = 1 (no 0/0), as the Python ops
@@ -100,11 +102,8 @@ inline void for_each_vec(const float* x, int64_t n, F&& f) {
   }
 }
 
-// Folds x[0, n) (fp32, contiguous) into the row statistics: one max sweep and one exp sweep
-// over a block that sits in L1, so memory is read once.
-template <int M>
-inline void fold_block(const float* x, int64_t n, RowStat& s, float q) {
-  if (s.nan) return;
+// max of x[0, n) ignoring NaN lanes; sets *nan when a NaN was seen.
+inline float block_max(const float* x, int64_t n, bool* nan) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   fVec vm(-kInf);
   for_each_vec(x, n, [&](const fVec& v) { vm = at::vec::maximum(vm, v); });  // propagates NaN
@@ -112,13 +111,20 @@ inline void fold_block(const float* x, int64_t n, RowStat& s, float q) {
   vm.store(lanes);
   float bm = -kInf;
   for (int64_t l = 0; l < fVec::size(); ++l) {
-    if (std::isnan(lanes[l])) {
-      s.nan = true;
-      return;
-    }
-    bm = std::max(bm, lanes[l]);
+    if (std::isnan(lanes[l])) *nan = true;
+    else bm = std::max(bm, lanes[l]);
   }
-  if (bm == -kInf) return;  // all -inf: probability 0, nothing to add
+  return bm;
+}
+
+// Folds x[0, n) (fp32, contiguous) into the row statistics: one max sweep and one exp sweep
+// over a block that sits in L1, so memory is read once.
+template <int M>
+inline void fold_block(const float* x, int64_t n, RowStat& s, float q) {
+  if (s.nan) return;
+  const float bm = block_max(x, n, &s.nan);
+  if (s.nan) return;
+  if (bm == -std::numeric_limits<float>::infinity()) return;  // all -inf: probability 0, nothing to add
   if (bm > s.m) {
     if (s.z > 0.0) {
       const double d = static_cast<double>(s.m) - static_cast<double>(bm);  // < 0, finite
@@ -177,23 +183,34 @@ inline void finalize(const RowStat& s, float q, float* ent, float* lse, float* s
 // Gradient of g_ent * S_q + g_lse * lse w.r.t. one row of logits x[0, n) (fp32):
 //   q != 1: -q/(q-1) (p^q - p sum p^q);  q = 1: -p (log p + S_1);  d lse / dz = p.
 // out may alias x. st = the row's saved statistics [m, log Z, aux].
+// grad_block_c takes c_ent = -g_ent (q = 1) or -g_ent q/(q-1) (q != 1) in place of g_ent, and
+// also serves M = kNoEnt (g_lse p alone).
 template <int M>
-inline void grad_block(const float* x, float* out, int64_t n, const float* st, float g_ent, float g_lse,
-                       float q) {
+inline void grad_block_c(const float* x, float* out, int64_t n, const float* st, float c_ent, float g_lse,
+                         float q) {
   constexpr int64_t L = fVec::size();
-  const fVec mv(st[0]), lzv(st[1]), lowest(-FLT_MAX), qv(q), glse(g_lse), c2(st[2]);
-  const fVec c = (M == kShannon) ? fVec(-g_ent) : fVec(-g_ent * q / (q - 1.f));
+  const fVec mv(st[0]), lzv(st[1]), lowest(-FLT_MAX), qv(q), glse(g_lse), c2(st[2]), c(c_ent);
   auto body = [&](const fVec& v) {
     const fVec t = at::vec::maximum((v - mv) - lzv, lowest);  // log p; NaN stays NaN
     const fVec p = vexp(t);
-    fVec d;
-    if constexpr (M == kShannon) d = c * p * (t + c2);
-    else d = c * (pow_q<M>(p, t, qv) - p * c2);
-    return at::vec::fmadd(glse, p, d);
+    if constexpr (M == kNoEnt) {
+      return glse * p;
+    } else {
+      fVec d;
+      if constexpr (M == kShannon) d = c * p * (t + c2);
+      else d = c * (pow_q<M>(p, t, qv) - p * c2);
+      return at::vec::fmadd(glse, p, d);
+    }
   };
   int64_t i = 0;
   for (; i + L <= n; i += L) body(fVec::loadu(x + i)).store(out + i);
   if (i < n) body(fVec::loadu(x + i, n - i)).store(out + i, n - i);
+}
+
+template <int M>
+inline void grad_block(const float* x, float* out, int64_t n, const float* st, float g_ent, float g_lse,
+                       float q) {
+  grad_block_c<M>(x, out, n, st, (M == kShannon) ? -g_ent : -g_ent * q / (q - 1.f), g_lse, q);
 }
 
 // Conversions between the storage dtype and an fp32 block buffer.

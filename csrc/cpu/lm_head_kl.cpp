@@ -76,6 +76,11 @@ void fold_kl(const float* xb, const float* x, int64_t n, KLRow& r) {
   r.a += static_cast<double>(vsum(aa));
 }
 
+// A row of a tile: fp32 lane sums per sub-block of kSub entries, double across them.
+void fold_kl_row(const float* xb, const float* x, int64_t n, KLRow& r) {
+  for (int64_t o = 0; o < n; o += kSub) fold_kl(xb + o, x + o, std::min(kSub, n - o), r);
+}
+
 void finalize_kl(const KLRow& r, float* kl, float* st) {
   if (r.nan || !(r.zb > 0.0) || !(r.z > 0.0)) {
     *kl = kNaN;
@@ -114,10 +119,6 @@ struct Heads {
   at::Tensor w, b32, wb, bb32;
   bool two = false;
 };
-
-at::Tensor bias32(const std::optional<at::Tensor>& b) {
-  return (b.has_value() && b->defined()) ? b->to(at::kFloat).contiguous() : at::Tensor();
-}
 
 Heads make_heads(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  const std::optional<at::Tensor>& weight_base, const std::optional<at::Tensor>& bias_base,
@@ -185,14 +186,11 @@ std::tuple<at::Tensor, at::Tensor> lm_head_kl_fwd_cpu(const at::Tensor& hidden_b
                 at::Tensor& z) {
               const float* pb = zb.data_ptr<float>();
               const float* pm = z.data_ptr<float>();
-              at::parallel_for(0, rb, std::max<int64_t>(1, 8192 / vt), [&](int64_t i0, int64_t i1) {
-                for (int64_t i = i0; i < i1; ++i) {
-                  if (!keep[r0 + i]) continue;
-                  for (int64_t o = 0; o < vt; o += kSub) {  // fp32 lane sums per sub-block, double across
-                    fold_kl(pb + i * vt + o, pm + i * vt + o, std::min(kSub, vt - o), rows[r0 + i]);
-                  }
-                }
-              });
+              parallel_rows(
+                  rb, vt, [&](int64_t i) {
+                    if (keep[r0 + i]) fold_kl_row(pb + i * vt, pm + i * vt, vt, rows[r0 + i]);
+                  },
+                  8192);
             });
   float* pk = kl.data_ptr<float>();
   float* ps = st.data_ptr<float>();
@@ -247,24 +245,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_kl_fwd_grad_cpu(
                 at::Tensor& zb, at::Tensor& z) {
               float* pb = zb.data_ptr<float>();
               float* pm = z.data_ptr<float>();
-              at::parallel_for(0, rb, std::max<int64_t>(1, 8192 / vt), [&](int64_t i0, int64_t i1) {
-                for (int64_t i = i0; i < i1; ++i) {
-                  const int64_t r = r0 + i;
-                  KLRow& row = rows[r];
-                  if (keep[r]) {
-                    for (int64_t o = 0; o < vt; o += kSub) {
-                      fold_kl(pb + i * vt + o, pm + i * vt + o, std::min(kSub, vt - o), row);
+              parallel_rows(
+                  rb, vt, [&](int64_t i) {
+                    const int64_t r = r0 + i;
+                    KLRow& row = rows[r];
+                    if (keep[r]) fold_kl_row(pb + i * vt, pm + i * vt, vt, row);
+                    if (!keep[r] || row.nan) {  // masked: dh1 = 0; NaN rows: NaN at the end
+                      std::fill(pb + i * vt, pb + (i + 1) * vt, 0.f);
+                      std::fill(pm + i * vt, pm + (i + 1) * vt, 0.f);
+                      return;
                     }
-                  }
-                  if (!keep[r] || row.nan) {  // masked: dh1 = 0; NaN rows: NaN at the end
-                    std::fill(pb + i * vt, pb + (i + 1) * vt, 0.f);
-                    std::fill(pm + i * vt, pm + (i + 1) * vt, 0.f);
-                    continue;
-                  }
-                  exp_rescale_row(pm + i * vt, vt, row.m, m_acc[r], pam + r * d, d);
-                  exp_rescale_row(pb + i * vt, vt, row.mb, mb_acc[r], pab + r * d, d);
-                }
-              });
+                    exp_rescale_row(pm + i * vt, vt, row.m, m_acc[r], pam + r * d, d);
+                    exp_rescale_row(pb + i * vt, vt, row.mb, mb_acc[r], pab + r * d, d);
+                  },
+                  8192);
               am.narrow(0, r0, rb).addmm_(z, wt);
               ab.narrow(0, r0, rb).addmm_(zb, wt);  // dKL/dz = p - p_b: both through the model's head
             });
@@ -353,12 +347,12 @@ KLGrads lm_head_kl_bwd_cpu(const at::Tensor& grad, const at::Tensor& hidden_base
                   at::Tensor& zb, at::Tensor& z) {
                 float* pb = zb.data_ptr<float>();
                 float* pm = z.data_ptr<float>();
-                at::parallel_for(0, rb, std::max<int64_t>(1, 8192 / vt), [&](int64_t i0, int64_t i1) {
-                  for (int64_t i = i0; i < i1; ++i) {
-                    const int64_t r = r0 + i;
-                    grad_kl_row(pb + i * vt, pm + i * vt, vt, pst + r * kKStats, pg[r], keep[r], base_side);
-                  }
-                });
+                parallel_rows(
+                    rb, vt, [&](int64_t i) {
+                      const int64_t r = r0 + i;
+                      grad_kl_row(pb + i * vt, pm + i * vt, vt, pst + r * kKStats, pg[r], keep[r], base_side);
+                    },
+                    8192);
                 if (need_hidden) dh.narrow(0, r0, rb).addmm_(z, wt);
                 if (need_base) dhb.narrow(0, r0, rb).addmm_(zb, wbt);
                 if (need_weight) dw.narrow(0, v0, vt).addmm_(z.t(), h32.narrow(0, r0, rb));

@@ -126,36 +126,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lm_head_l
   at::Tensor out[4] = {at::zeros({N}, fopts), at::zeros({N}, fopts), at::zeros({N}, fopts), at::zeros({N}, fopts)};
   at::Tensor st = at::zeros({N, kLStats}, fopts);
   if (N > 0) {
-    const Tiles T = pick_tiles(N, V, vocab_tile, row_block);
-    const at::Tensor h32 = hidden.to(at::kFloat).contiguous(), w = weight.contiguous();
-    const at::Tensor b32 = (bias.has_value() && bias->defined()) ? bias->to(at::kFloat).contiguous() : at::Tensor();
     std::vector<LossRow> rows(N);
-    at::Tensor zbuf = at::empty({T.rb * T.vt}, fopts);
     const float q = static_cast<float>(qd);
     dispatch_loss_mode(with_entropy, qd, [&](auto tag) {
       constexpr int M = decltype(tag)::value;
-      for (int64_t v0 = 0; v0 < V; v0 += T.vt) {
-        const int64_t vt = std::min(T.vt, V - v0);
-        const at::Tensor wt = w.narrow(0, v0, vt).to(at::kFloat).contiguous();
-        const at::Tensor bt = b32.defined() ? b32.narrow(0, v0, vt) : at::Tensor();
-        for (int64_t r0 = 0; r0 < N; r0 += T.rb) {
-          const int64_t rb = std::min(T.rb, N - r0);
-          at::Tensor z = zbuf.narrow(0, 0, rb * vt).view({rb, vt});
-          logits_tile(z, h32.narrow(0, r0, rb), wt, bt);
-          float* pz = z.data_ptr<float>();
-          at::parallel_for(0, rb, std::max<int64_t>(1, 16384 / vt), [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) {
-              const int64_t r = r0 + i, yr = y[r];
-              if (yr < 0) continue;  // ignored row
-              float* x = pz + i * vt;
-              const int64_t yl = (yr >= v0 && yr < v0 + vt) ? yr - v0 : -1;
-              if (yl >= 0) rows[r].zy = x[yl];
-              fold_other(x, vt, yl, v0, rows[r]);
-              fold_stats<M>(x, vt, rows[r].s, q);
-            }
-          });
-        }
-      }
+      fold_tiles(hidden, weight, bias, vocab_tile, row_block, [&](float* x, int64_t vt, int64_t v0, int64_t r) {
+        const int64_t yr = y[r];
+        if (yr < 0) return;  // ignored row
+        const int64_t yl = (yr >= v0 && yr < v0 + vt) ? yr - v0 : -1;
+        if (yl >= 0) rows[r].zy = x[yl];
+        fold_other(x, vt, yl, v0, rows[r]);
+        fold_stats<M>(x, vt, rows[r].s, q);
+      });
       float* po[4] = {out[0].data_ptr<float>(), out[1].data_ptr<float>(), out[2].data_ptr<float>(),
                       out[3].data_ptr<float>()};
       float* ps = st.data_ptr<float>();
@@ -213,23 +195,7 @@ void grad_row(float* x, int64_t n, int64_t v0, int64_t y, const float* s, const 
   } else if (cnt == 1 && arg >= v0 && arg < v0 + n) {
     ties.push_back(arg - v0);
   }
-  constexpr int64_t L = fVec::size();
-  const fVec mv(s[0]), lzv(s[1]), lowest(-FLT_MAX), qv(q), aux(s[2]), ce(c.c_ent), al(c.alpha);
-  auto body = [&](const fVec& v) {
-    const fVec t = at::vec::maximum((v - mv) - lzv, lowest);  // log p; NaN stays NaN
-    const fVec p = vexp(t);
-    if constexpr (M == kNoEnt) {
-      return al * p;
-    } else {
-      fVec d;
-      if constexpr (M == kShannon) d = ce * p * (t + aux);
-      else d = ce * (pow_q<M>(p, t, qv) - p * aux);
-      return at::vec::fmadd(al, p, d);
-    }
-  };
-  int64_t i = 0;
-  for (; i + L <= n; i += L) body(fVec::loadu(x + i)).store(x + i);
-  if (i < n) body(fVec::loadu(x + i, n - i)).store(x + i, n - i);
+  grad_block_c<M>(x, x, n, s, c.c_ent, c.alpha, q);  // dL/dz but for the label and the tied maxima
   if (y >= v0 && y < v0 + n) x[y - v0] += c.beta_y;
   for (int64_t t : ties) x[t] += c.beta_t;
 }
@@ -242,21 +208,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_losses_bwd_cpu(
     int64_t vocab_tile, int64_t row_block) {
   const char* op = "lm_head_losses_bwd";
   check_head(hidden, weight, bias, op);
-  const int64_t N = hidden.size(0), V = weight.size(0), d = hidden.size(1);
+  const int64_t N = hidden.size(0), V = weight.size(0);
   const bool has_bias = bias.has_value() && bias->defined();
   for (auto* g : {&grad_nll, &grad_ihl, &grad_ent, &grad_lse}) check_row_vec(*g, N, op, "each grad");
   TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kLStats && stats.scalar_type() == at::kFloat,
               op, ": stats must be the fp32 [N, 7] statistics of the forward, got ", stats.sizes());
   const std::vector<int64_t> y = read_labels(labels, N, V, ignore_index, op);
-  auto fopts = hidden.options().dtype(at::kFloat);
-  at::Tensor dh = need_hidden ? at::zeros({N, d}, fopts) : at::empty({0}, fopts);
-  at::Tensor dw = need_weight ? at::zeros({V, d}, fopts) : at::empty({0}, fopts);
-  at::Tensor db = (need_bias && has_bias) ? at::zeros({V}, fopts) : at::empty({0}, fopts);
+  HeadGrads grads(hidden, weight, has_bias, need_hidden, need_weight, need_bias);
   const bool any_grad = grad_nll.has_value() || grad_ihl.has_value() || grad_ent.has_value() || grad_lse.has_value();
-  if (N > 0 && any_grad && (need_hidden || need_weight || (need_bias && has_bias))) {
-    const Tiles T = pick_tiles(N, V, vocab_tile, row_block);
-    const at::Tensor h32 = hidden.to(at::kFloat).contiguous(), w = weight.contiguous();
-    const at::Tensor b32 = has_bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  if (N > 0 && any_grad && grads.any()) {
     const at::Tensor stc = stats.contiguous();
     const float* pst = stc.data_ptr<float>();
     at::Tensor k0, k1, k2, k3;
@@ -265,36 +225,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_losses_bwd_cpu(
     const float q = static_cast<float>(qd);
     const bool with_ent = ge != nullptr && std::isfinite(qd) && qd > 0;
     const std::vector<Coef> coef = coefficients(y, pst, gn, gi, ge, gl, q, with_ent && q_mode(qd) == kShannon);
-    at::Tensor zbuf = at::empty({T.rb * T.vt}, fopts);
     dispatch_loss_mode(with_ent, qd, [&](auto tag) {
       constexpr int M = decltype(tag)::value;
-      for (int64_t v0 = 0; v0 < V; v0 += T.vt) {
-        const int64_t vt = std::min(T.vt, V - v0);
-        const at::Tensor wt = w.narrow(0, v0, vt).to(at::kFloat).contiguous();
-        const at::Tensor bt = has_bias ? b32.narrow(0, v0, vt) : at::Tensor();
-        for (int64_t r0 = 0; r0 < N; r0 += T.rb) {
-          const int64_t rb = std::min(T.rb, N - r0);
-          at::Tensor z = zbuf.narrow(0, 0, rb * vt).view({rb, vt});
-          const at::Tensor hb = h32.narrow(0, r0, rb);
-          logits_tile(z, hb, wt, bt);
-          float* pz = z.data_ptr<float>();
-          at::parallel_for(0, rb, std::max<int64_t>(1, 16384 / vt), [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) {
-              const int64_t r = r0 + i;
-              grad_row<M>(pz + i * vt, vt, v0, y[r], pst + r * kLStats, coef[r], q);
-            }
-          });
-          if (need_hidden) dh.narrow(0, r0, rb).addmm_(z, wt);
-          if (need_weight) dw.narrow(0, v0, vt).addmm_(z.t(), hb);
-          if (need_bias && has_bias) db.narrow(0, v0, vt).add_(z.sum(0));
-        }
-      }
+      grad_tiles(hidden, weight, bias, vocab_tile, row_block, grads, [&](float* x, int64_t vt, int64_t v0, int64_t r) {
+        grad_row<M>(x, vt, v0, y[r], pst + r * kLStats, coef[r], q);
+      });
     });
   }
-  if (need_hidden) dh = dh.to(hidden.scalar_type());
-  if (need_weight) dw = dw.to(weight.scalar_type());
-  if (need_bias && has_bias) db = db.to(bias->scalar_type());
-  return {dh, dw, db};
+  return grads.result(hidden, weight, bias);
 }
 
 }  // namespace

@@ -11,47 +11,12 @@
 #include <torch/library.h>
 
 #include "entropy_cuda.h"
+#include "lm_head_cuda.h"
 
 namespace alter_kernels {
 namespace {
 
-constexpr int64_t kTileBytes = int64_t(256) << 20;
-
-int64_t chunk_rows(int64_t N, int64_t V, int64_t row_block) {
-  if (row_block > 0) return std::max<int64_t>(1, std::min(row_block, N));
-  return std::max<int64_t>(1, std::min<int64_t>(N, kTileBytes / (4 * V)));
-}
-
-bool low_precision(const at::Tensor& h, const at::Tensor& w) {
-  return h.scalar_type() == w.scalar_type() &&
-         (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kHalf);
-}
-
-at::Tensor logits_fp32(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b32) {
-  at::Tensor z;
-  if (low_precision(h, w)) {
-    try {
-      z = at::mm(h, w.t(), at::kFloat);  // aten::mm.dtype: fp32 output of a bf16/fp16 GEMM
-    } catch (const c10::Error&) {
-      z = at::mm(h, w.t()).to(at::kFloat);
-    }
-  } else {
-    z = at::mm(h.to(at::kFloat), w.to(at::kFloat).t());
-  }
-  if (b32.defined()) z.add_(b32);
-  return z;
-}
-
-void check_inputs(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                  const char* op) {
-  TORCH_CHECK(hidden.is_cuda() && weight.is_cuda(), op, ": hidden and weight must be CUDA tensors");
-  TORCH_CHECK(hidden.dim() == 2, op, ": hidden must be [N, d], got ", hidden.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == hidden.size(1) && weight.size(0) >= 1, op,
-              ": weight must be [V, d] with d = ", hidden.size(1), " and V >= 1, got ", weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [V]");
-  }
-}
+using namespace lm_head_cuda;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_fwd_cuda(const at::Tensor& hidden,
                                                                         const at::Tensor& weight,
@@ -59,12 +24,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_fwd_cuda(const at
                                                                         double q, int64_t vocab_tile,
                                                                         int64_t row_block) {
   (void)vocab_tile;  // the CUDA path tiles tokens only: one cuBLAS GEMM over the whole vocabulary
-  check_inputs(hidden, weight, bias, "lm_head_entropy_fwd");
+  check_head_cuda(hidden, weight, bias, "lm_head_entropy_fwd");
   const at::cuda::CUDAGuard guard(hidden.device());
   const int64_t N = hidden.size(0), V = weight.size(0);
   auto fopts = hidden.options().dtype(at::kFloat);
   at::Tensor ent = at::empty({N}, fopts), lse = at::empty({N}, fopts), stats = at::empty({N, 3}, fopts);
-  const at::Tensor b32 = (bias.has_value() && bias->defined()) ? bias->to(at::kFloat) : at::Tensor();
+  const at::Tensor b32 = opt_bias32(bias);
   const int64_t step = chunk_rows(N, V, row_block);
   for (int64_t s = 0; s < N; s += step) {
     const int64_t c = std::min(step, N - s);
@@ -80,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cuda(
     const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& stats, double q,
     bool need_hidden, bool need_weight, bool need_bias, int64_t vocab_tile, int64_t row_block) {
   (void)vocab_tile;
-  check_inputs(hidden, weight, bias, "lm_head_entropy_bwd");
+  check_head_cuda(hidden, weight, bias, "lm_head_entropy_bwd");
   const at::cuda::CUDAGuard guard(hidden.device());
   const int64_t N = hidden.size(0), V = weight.size(0), d = hidden.size(1);
   const bool has_bias = bias.has_value() && bias->defined();
@@ -88,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cuda(
   at::Tensor dh = need_hidden ? at::empty({N, d}, hidden.options()) : at::empty({0}, fopts);
   at::Tensor dw = need_weight ? at::zeros({V, d}, fopts) : at::empty({0}, fopts);
   at::Tensor db = (need_bias && has_bias) ? at::zeros({V}, fopts) : at::empty({0}, fopts);
-  const at::Tensor b32 = has_bias ? bias->to(at::kFloat) : at::Tensor();
+  const at::Tensor b32 = opt_bias32(bias);
   const at::Tensor ge = grad_ent.contiguous(), st = stats.contiguous();
   const at::Tensor gl = (grad_lse.has_value() && grad_lse->defined()) ? grad_lse->contiguous() : at::Tensor();
   const bool lp = low_precision(hidden, weight);
@@ -100,15 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_head_entropy_bwd_cuda(
     at::Tensor z = logits_fp32(hb, weight, b32);
     entropy_cuda::launch_bwd(z, st.narrow(0, s, c), ge.narrow(0, s, c), gl.defined() ? gl.narrow(0, s, c) : gl, q,
                              z);
-    if (need_bias && has_bias) db.add_(z.sum(0));
-    if (lp) {
-      const at::Tensor zl = z.to(hidden.scalar_type());
-      if (need_hidden) dh.narrow(0, s, c).copy_(at::mm(zl, weight));
-      if (need_weight) dw.add_(at::mm(zl.t(), hb));
-    } else {
-      if (need_hidden) dh.narrow(0, s, c).copy_(at::mm(z, w32));
-      if (need_weight) dw.addmm_(z.t(), hb.to(at::kFloat));
-    }
+    chunk_grads(z, hb, weight, w32, dh, dw, db, s, need_hidden, need_weight, need_bias && has_bias);
   }
   if (need_weight) dw = dw.to(weight.scalar_type());
   if (need_bias && has_bias) db = db.to(bias->scalar_type());

@@ -17,36 +17,15 @@
 #include <cfloat>
 #include <climits>
 
+#include "lm_head_cuda.h"
+
 namespace alter_kernels {
 namespace {
 
+using namespace lm_head_cuda;
+
 constexpr int kThreads = 256;
-constexpr int64_t kTileBytes = int64_t(256) << 20;
 constexpr int kNone = 0, kShannon = 1, kTsallis = 2;
-
-int64_t chunk_rows(int64_t N, int64_t V, int64_t row_block, int tiles) {
-  if (row_block > 0) return std::max<int64_t>(1, std::min(row_block, N));
-  return std::max<int64_t>(1, std::min<int64_t>(N, kTileBytes / (4 * V * tiles)));
-}
-
-bool low_precision(const at::Tensor& h, const at::Tensor& w) {
-  return h.scalar_type() == w.scalar_type() && (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kHalf);
-}
-
-at::Tensor logits_fp32(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b32) {
-  at::Tensor z;
-  if (low_precision(h, w)) {
-    try {
-      z = at::mm(h, w.t(), at::kFloat);
-    } catch (const c10::Error&) {
-      z = at::mm(h, w.t()).to(at::kFloat);
-    }
-  } else {
-    z = at::mm(h.to(at::kFloat), w.to(at::kFloat).t());
-  }
-  if (b32.defined()) z.add_(b32);
-  return z;
-}
 
 // ---- online statistics of one row: per thread, then merged across the block ----
 struct LStat {
@@ -288,14 +267,8 @@ __global__ void kl_bwd_kernel(float* XB, float* X, const float* __restrict__ g, 
 
 void check_cuda(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                 const char* op) {
-  TORCH_CHECK(hidden.is_cuda() && weight.is_cuda(), op, ": hidden and weight must be CUDA tensors");
-  TORCH_CHECK(hidden.dim() == 2, op, ": hidden must be [N, d], got ", hidden.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == hidden.size(1) && weight.size(0) >= 1, op,
-              ": weight must be [V, d] with d = ", hidden.size(1), " and V >= 1, got ", weight.sizes());
+  check_head_cuda(hidden, weight, bias, op);
   TORCH_CHECK(weight.size(0) <= (int64_t(1) << 24), op, ": V must be <= 2^24");
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [V]");
-  }
 }
 
 int loss_mode(bool with_entropy, double q) {
@@ -303,28 +276,10 @@ int loss_mode(bool with_entropy, double q) {
   return std::fabs(q - 1.0) < 1e-6 ? kShannon : kTsallis;
 }
 
-at::Tensor opt_bias32(const std::optional<at::Tensor>& bias) {
-  return (bias.has_value() && bias->defined()) ? bias->to(at::kFloat) : at::Tensor();
-}
-
 const float* opt_ptr(const std::optional<at::Tensor>& t, int64_t s, at::Tensor& keep) {
   if (!(t.has_value() && t->defined())) return nullptr;
   keep = t->contiguous();
   return keep.data_ptr<float>() + s;
-}
-
-// d hidden rows of a chunk, d W and d bias accumulation from the chunk's dL/dz
-void chunk_grads(const at::Tensor& dz, const at::Tensor& hb, const at::Tensor& weight, const at::Tensor& w32,
-                 at::Tensor& dh, at::Tensor& dw, at::Tensor& db, int64_t s, bool need_h, bool need_w, bool need_b) {
-  if (need_b) db.add_(dz.sum(0));
-  if (low_precision(hb, weight)) {
-    const at::Tensor zl = dz.to(hb.scalar_type());
-    if (need_h) dh.narrow(0, s, dz.size(0)).copy_(at::mm(zl, weight));
-    if (need_w) dw.add_(at::mm(zl.t(), hb));
-  } else {
-    if (need_h) dh.narrow(0, s, dz.size(0)).copy_(at::mm(dz, w32));
-    if (need_w) dw.addmm_(dz.t(), hb.to(at::kFloat));
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lm_head_losses_fwd_cuda(
