@@ -44,9 +44,15 @@ def run(mode: str, data: str, out: str) -> None:
                **LR, **kw)
 
     # 2. full-parameter baseline with a reference model per rank
-    model, _ = _load(data)
-    ak.unlearn(model, forget, retain, method="kl", tokenizer=tok, max_steps=2, out_dir=os.path.join(out, "kl"),
-               lr=1e-3, **kw)
+    # FSDP2 takes its losses from materialised logits (unlearn/heads.py), the others from the hidden
+    # states: each is compared with the single-process run of the same loss path ("kl_off": the
+    # materialised KL's gradient at p = p_ref is rounding noise, which Adam's first step turns into
+    # +-lr updates; the fused op's is exactly 0, so the two paths differ by design there)
+    variants = [("kl", "off" if mode == "fsdp2" else "auto")] + ([("kl_off", "off")] if mode == "none" else [])
+    for name, fused in variants:
+        model, _ = _load(data)
+        ak.unlearn(model, forget, retain, method="kl", tokenizer=tok, max_steps=2, out_dir=os.path.join(out, name),
+                   lr=1e-3, fused_loss=fused, **kw)
 
     # 3. resume: 2 steps, then continue to 3 from the checkpoint (a fresh model each time)
     for steps, resume in ((2, False), (3, True)):

@@ -1,4 +1,4 @@
-"""The bottom layer's helpers, shared by every other layer (docs/REFACTOR_PLAN.md, layer "common").
+"""The bottom layer's helpers, shared by every other layer (docs/DESIGN.md, layer "common").
 
 - :mod:`.fsio`: the one atomic writer, the output-directory lock, stale temp-file clean-up;
 - :mod:`.text`: ``IGNORE_INDEX`` and the one default prompt format;

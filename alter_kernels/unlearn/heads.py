@@ -62,8 +62,11 @@ def fused_problem(model: nn.Module) -> str | None:
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return f"its LM head is a {type(head).__name__}, not an nn.Linear"
-    if _is_dtensor(head.weight):
-        return "its LM head is sharded (FSDP2 / DTensor)"
+    if _is_dtensor(head.weight) or _is_fsdp2(model):
+        # FSDP2 swaps the root's parameters between sharded and unsharded around each forward and
+        # reduces their gradients from hooks on the module's own backward: a head used outside
+        # its module's forward would not take part in that
+        return "the model is sharded with FSDP2 (fully_shard)"
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
         return f"{type(model).__name__}.forward takes no logits_to_keep (needed to skip the logits)"
     try:
@@ -71,6 +74,14 @@ def fused_problem(model: nn.Module) -> str | None:
     except TypeError as exc:
         return str(exc)
     return None
+
+
+def _is_fsdp2(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:                                # a torch built without distributed
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def _is_dtensor(t) -> bool:

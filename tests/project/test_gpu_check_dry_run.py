@@ -13,7 +13,7 @@ import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
-STEPS = ["env", "build", "tests", "tsallis", "lm_head", "asym_lora", "train_step", "decode"]
+STEPS = ["env", "build", "tests", "tsallis", "lm_head", "asym_lora", "train_step", "decode", "losses"]
 
 
 def _run(args, timeout):
