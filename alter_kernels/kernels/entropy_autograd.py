@@ -97,6 +97,26 @@ def lm_head_entropy_with(kern: LMHeadKernels, hidden, weight, bias, q: float, re
     return (ent, lse) if return_lse else ent
 
 
+def low_precision_gpu(h: torch.Tensor, w: torch.Tensor) -> bool:
+    """bf16 / fp16 on a GPU: the logits GEMM can write fp32 straight from low-precision inputs."""
+    return h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype
+
+
+def logits_fp32(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """fp32 logits of a chunk of tokens, h @ w^T (+ bias): one GEMM with fp32 output where torch
+    has it (bf16 / fp16 on a GPU), else in fp32. Shared by every chunked (GPU) LM-head backend."""
+    if low_precision_gpu(h, w):
+        try:
+            z = torch.mm(h, w.t(), out_dtype=torch.float32)
+        except (RuntimeError, TypeError):
+            z = torch.mm(h, w.t()).float()
+    else:
+        z = h.float() @ w.float().t()
+    if bias is not None:
+        z += bias.float()
+    return z
+
+
 def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk_rows: Callable) -> LMHeadKernels:
     """LM-head entropy from a row kernel: tokens in chunks, each chunk's fp32 logits made by one GEMM,
     reduced by ``tsallis_fwd`` (forward) or turned in place into dL/dlogits by
@@ -104,25 +124,13 @@ def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk
     Only a [chunk, V] tile exists at a time (chunk_rows(N, V, device) rows). Used by the GPU
     backends, where one big GEMM per chunk runs at the library's full speed."""
 
-    def logits_of(h, w, bias):
-        if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype:
-            try:
-                z = torch.mm(h, w.t(), out_dtype=torch.float32)
-            except (RuntimeError, TypeError):
-                z = torch.mm(h, w.t()).float()
-        else:
-            z = h.float() @ w.float().t()
-        if bias is not None:
-            z += bias.float()
-        return z
-
     def fwd(h, w, bias, q):
         n = h.shape[0]
         out = [torch.empty(n, dtype=torch.float32, device=h.device) for _ in range(2)]
         out.append(torch.empty((n, 3), dtype=torch.float32, device=h.device))
         step = chunk_rows(n, w.shape[0], h.device)
         for s in range(0, n, step):
-            z = logits_of(h[s:s + step], w, bias)
+            z = logits_fp32(h[s:s + step], w, bias)
             e, l, st = tsallis_fwd(z, q)
             out[0][s:s + step], out[1][s:s + step], out[2][s:s + step] = e, l, st
         return tuple(out)
@@ -138,7 +146,7 @@ def chunked_lm_head_kernels(tsallis_fwd: Callable, grad_inplace: Callable, chunk
         low = h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype
         for s in range(0, n, step):
             hs = h[s:s + step]
-            z = logits_of(hs, w, bias)
+            z = logits_fp32(hs, w, bias)
             grad_inplace(z, stats[s:s + step], g_ent[s:s + step],
                          None if g_lse is None else g_lse[s:s + step], q)
             if need_b:

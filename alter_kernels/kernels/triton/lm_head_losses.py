@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..entropy_autograd import logits_fp32, low_precision_gpu
 from .lm_head_entropy import chunk_rows
 
 NONE, SHANNON, Q2, GENERAL = 0, 1, 2, 3
@@ -261,24 +262,6 @@ def _warps(block: int) -> int:
     return 8 if block >= 2048 else 4
 
 
-def _low(h, w) -> bool:
-    return h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype
-
-
-def _logits(h, w, bias):
-    """fp32 logits of a chunk (bf16/fp16 on a GPU: one GEMM with fp32 output where torch has it)."""
-    if _low(h, w):
-        try:
-            z = torch.mm(h, w.t(), out_dtype=torch.float32)
-        except (RuntimeError, TypeError):
-            z = torch.mm(h, w.t()).float()
-    else:
-        z = h.float() @ w.float().t()
-    if bias is not None:
-        z += bias.float()
-    return z
-
-
 def _grads_from(dz, hs, w, acc, s, step, low):
     """d hidden rows of the chunk and d W, d bias accumulation from dL/dz of the chunk."""
     dh, dw, db = acc
@@ -314,7 +297,7 @@ def losses_fwd(h, w, bias, labels, q, with_ent, ignore_index):
     stats = torch.empty((n, 7), **f32)
     step, block, mode = chunk_rows(n, v, h.device), _block(v, h.device), _mode(q, with_ent)
     for s in range(0, n, step):
-        z = _logits(h[s:s + step], w, bias)
+        z = logits_fp32(h[s:s + step], w, bias)
         _losses_fwd_kernel[(z.shape[0],)](z, labels[s:s + step], *(o[s:s + step] for o in outs), stats[s:s + step],
                                           z.stride(0), v, float(q), int(ignore_index), MODE=mode, BLOCK=block,
                                           num_warps=_warps(block))
@@ -329,13 +312,13 @@ def losses_bwd(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_
     dummy = stats
     for s in range(0, n, step):
         hs = h[s:s + step]
-        z = _logits(hs, w, bias)
+        z = logits_fp32(hs, w, bias)
         sl = lambda g: dummy if g is None else g[s:s + step]  # noqa: E731
         _losses_bwd_kernel[(z.shape[0],)](z, z, labels[s:s + step], stats[s:s + step], sl(g_nll), sl(g_ihl),
                                           sl(g_ent), sl(g_lse), z.stride(0), z.stride(0), v, float(q),
                                           int(ignore_index), HAS_GN=g_nll is not None, HAS_GI=g_ihl is not None,
                                           HAS_GL=g_lse is not None, MODE=mode, BLOCK=block, num_warps=_warps(block))
-        _grads_from(z, hs, w, acc, s, step, _low(h, w))
+        _grads_from(z, hs, w, acc, s, step, low_precision_gpu(h, w))
     return _cast(acc[0], h), _cast(acc[1], w), (None if acc[2] is None else acc[2].to(bias.dtype))
 
 
@@ -346,7 +329,7 @@ def kl_fwd(hb, h, w, bias, mask, wb=None, bb=None):
     step, block = max(1, chunk_rows(n, v, h.device) // 2), _block(v, h.device)
     wb, bb = (w, bias) if wb is None else (wb, bb)     # the base head: its own, or the shared one
     for s in range(0, n, step):
-        zb, z = _logits(hb[s:s + step], wb, bb), _logits(h[s:s + step], w, bias)
+        zb, z = logits_fp32(hb[s:s + step], wb, bb), logits_fp32(h[s:s + step], w, bias)
         m = mask[s:s + step] if mask is not None else kl
         _kl_fwd_kernel[(z.shape[0],)](zb, z, m, kl[s:s + step], stats[s:s + step], zb.stride(0), z.stride(0), v,
                                       HAS_MASK=mask is not None, BLOCK=block, num_warps=_warps(block))
@@ -365,10 +348,10 @@ def kl_bwd(g, hb, h, w, bias, mask, stats, need_hb, need_h, need_w, need_b, wb=N
     acc_b = (torch.zeros(hb.shape, dtype=torch.float32, device=h.device) if need_hb else None,) + acc_b[1:]
     base_side = any(a is not None for a in acc_b)
     step, block = max(1, chunk_rows(n, v, h.device) // 2), _block(v, h.device)
-    low = _low(h, w)
+    low = low_precision_gpu(h, w)
     for s in range(0, n, step):
         hbs, hs = hb[s:s + step], h[s:s + step]
-        zb, z = _logits(hbs, wb, bb), _logits(hs, w, bias)
+        zb, z = logits_fp32(hbs, wb, bb), logits_fp32(hs, w, bias)
         m = mask[s:s + step] if mask is not None else g
         _kl_bwd_kernel[(z.shape[0],)](zb, z, g[s:s + step], m, stats[s:s + step], zb.stride(0), z.stride(0), v,
                                       HAS_MASK=mask is not None, NEED_BASE=base_side, BLOCK=block,
