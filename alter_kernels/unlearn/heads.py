@@ -134,6 +134,8 @@ def head_terms(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, q: 
     """Terms of already-shifted hidden states [B, T, d] and labels [B, T] through the LM head."""
     head = model.get_output_embeddings()
     b, t, d = hidden.shape
+    if hidden.dtype != head.weight.dtype:              # e.g. a backbone run under autocast
+        hidden = hidden.to(head.weight.dtype)
     out = lm_head_token_losses(hidden.reshape(-1, d), head.weight, labels.reshape(-1), bias=head.bias, q=q)
     ent = out.entropy.view(b, t) if out.entropy is not None else None
     return Terms(labels, out.nll.view(b, t), out.ihl.view(b, t), ent, hidden=hidden)
@@ -172,7 +174,7 @@ def retain_kl_tokens(model: nn.Module, ref_model: nn.Module, terms: Terms, ids: 
     if terms.hidden is not None:
         head, ref_head = model.get_output_embeddings(), ref_model.get_output_embeddings()
         with torch.no_grad():
-            h_ref = final_hidden(ref_model, ref_model, ids[rows], att[rows])[:, :-1]
+            h_ref = final_hidden(ref_model, ref_model, ids[rows], att[rows])[:, :-1].to(head.weight.dtype)
         return lm_head_kl(h_ref, terms.hidden[rows], head.weight, bias=head.bias, mask=valid,
                           weight_base=ref_head.weight.detach(),
                           bias_base=ref_head.bias.detach() if ref_head.bias is not None else None)
