@@ -179,7 +179,7 @@ def _hparams(args) -> tuple[dict, object]:
             raise _Exit(USAGE, f"--num-forget-experts: expected an int or 'auto', got {nfe!r}") from None
     hp = dict(lr=args.lr, lr_A=args.lr_A, lr_B=args.lr_B, lr_router=args.lr_router, beta=args.beta,
               gamma=args.gamma, lam=args.lam, rho=args.rho, npo_beta=args.npo_beta,
-              struct_mode=args.struct_mode, struct_q=args.struct_q, max_length=args.max_length,
+              struct_mode=args.struct_mode, struct_q=args.struct_q, fused_loss=args.fused_loss, max_length=args.max_length,
               chat_template=args.chat_template, prompt_format=args.prompt_format,
               kmeans_max_k=args.kmeans_max_k, router_init=not args.no_router_init,
               weight_decay=args.weight_decay, grad_clip=args.grad_clip, warmup_steps=args.warmup_steps,

@@ -70,6 +70,9 @@ def _loss_options(g) -> None:
                    help="R_struct form: drift of S_q(adapted) from S_q(base) on high-entropy tokens, or the paper's "
                         "||grad_A S_q||^2 (double backward, runs on the reference backend)")
     g.add_argument("--struct-q", type=float, default=0.5, help="Tsallis q of R_struct")
+    g.add_argument("--fused-loss", default="auto", choices=["auto", "off"],
+                   help="auto: losses straight from the final hidden states (ak.lm_head_token_losses, no [N, V] "
+                        "logits) where the LM head allows; off: from materialised logits (docs/losses.md)")
 
 
 def _adapter_options(g) -> None:

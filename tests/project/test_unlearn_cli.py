@@ -192,3 +192,21 @@ def test_console_scripts_and_module_run():
     res = subprocess.run([sys.executable, "-m", "alter_kernels.cli", "--help"], capture_output=True, text=True,
                          cwd=root, env={**os.environ, "PYTHONPATH": root})
     assert res.returncode == 0 and res.stdout.startswith("usage: alter-unlearn"), res.stderr[-2000:]
+
+
+def test_cli_fused_loss_flag_reaches_the_engine(files, tmp_path, capsys, monkeypatch):
+    """--fused-loss off: the step never calls the fused LM-head op; the default (auto) does."""
+    from alter_kernels.unlearn import heads
+    calls = []
+    real = heads.lm_head_token_losses
+    monkeypatch.setattr(heads, "lm_head_token_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = ["--model", str(files / "model"), "--forget", str(files / "forget.json"), "--method", "ga",
+            "--max-steps", "1", "--no-progress", "--no-eval"]
+    assert cli.main(base + ["--out", str(tmp_path / "off"), "--fused-loss", "off"]) == 0
+    assert calls == []
+    assert cli.main(base + ["--out", str(tmp_path / "auto")]) == 0
+    assert calls
+    with pytest.raises(SystemExit) as e:                                                     # usage error
+        cli.main(base + ["--out", str(tmp_path / "bad"), "--fused-loss", "on"])
+    assert e.value.code == 2 and "--fused-loss" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
