@@ -16,6 +16,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{self.error_hint}\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` once, where it says something: not when the help already names its
+    default, not for a required option, a switch (store_true) or a None default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.required or action.default is None or action.default is argparse.SUPPRESS
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return super()._get_help_string(action)
+
+
 def unescape_newlines(text: str) -> str:
     """A prompt format typed in a shell: the two characters backslash-n become a newline (as the
     default is shown in --help)."""

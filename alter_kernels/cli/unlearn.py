@@ -111,14 +111,13 @@ def _check_out(args, method: str) -> None:
     outputs, then the engine's checks (a directory we can write, no symlinked or blocked outputs)."""
     from ..common.fsio import OutputError, is_within
     from ..unlearn.options import OptionError
-    from ..unlearn.outputs import prepare_out_dir
+    from ..unlearn.outputs import output_paths, prepare_out_dir
     out = args.out
     for flag, src in (("--model", args.model), ("--tokenizer", args.tokenizer)):
         if src and os.path.isdir(src) and is_within(src, out):
             raise _Exit(USAGE, f"--out: {out} contains (or is) the {flag[2:]} directory {src}; the run would write "
                                "over its inputs; choose an output directory outside it")
-    outputs = [os.path.join(out, n) for n in ("run.json", "metrics.json", "history.json", "checkpoint.pt",
-                                              "checkpoint.json", "adapter", "model")]
+    outputs = output_paths(out)
     for flag, src in (("--forget", args.forget), ("--retain", args.retain), ("--adapter", args.adapter)):
         if src and not src.startswith("hf:") and any(is_within(src, o) for o in outputs):
             raise _Exit(USAGE, f"{flag}: {src} is one of this run's outputs in --out {out} and would be overwritten; "
@@ -154,7 +153,8 @@ def main(argv=None) -> int:
         if ck:
             _say(f"interrupted after step {step}; checkpoint saved to {ck}; resume with: {_resume_command(argv)}")
         else:
-            ck = os.path.join(args.out, "checkpoint.pt")
+            from ..unlearn.checkpoint import CHECKPOINT_NAME
+            ck = os.path.join(args.out, CHECKPOINT_NAME)
             _say(f"interrupted; the last checkpoint is {ck}; resume with: {_resume_command(argv)}"
                  if held and os.path.isfile(ck) else "interrupted before any checkpoint was written; nothing to resume")
         return INTERRUPTED
@@ -194,12 +194,11 @@ def _check_options(args, hp: dict, nfe):
     """Every option before any work (exit 2); returns the base AlterConfig."""
     import alter_kernels as ak
     from ..config import ConfigError, MAX_FORGET_EXPERTS
-    from ..unlearn.options import OptionError, validate_options
-    from ..unlearn.options import DEFAULTS
+    from ..unlearn.options import OptionError, UnlearnOptions, check_run_args
     try:
-        validate_options({**DEFAULTS, **hp, "num_forget_experts": nfe}, epochs=args.epochs,
-                         batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed)
-        cfg = ak.AlterConfig(rank=args.rank, alpha=args.alpha, num_forget_experts=2, q_route=args.q_route,
+        check_run_args(epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed)
+        UnlearnOptions(**hp, num_forget_experts=nfe)
+        cfg = ak.AlterConfig(rank=args.rank, alpha=args.alpha, q_route=args.q_route,
                              threshold=args.threshold, top_k=args.top_k, tau_high=args.tau_high,
                              tau_low=args.tau_low,
                              target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
@@ -220,6 +219,7 @@ def _check_options(args, hp: dict, nfe):
 def _check_paths(args, held: list):
     """Device, inputs and --out (exit 2), then --out's lock; returns (distributed mode, device, main rank)."""
     from ..common.fsio import OutDirLock, OutputLockedError, clean_stale_temp
+    from ..unlearn.outputs import ADAPTER_DIR
     from ..unlearn.distributed import launcher_device, resolve_mode
     try:
         mode = resolve_mode(args.distributed)
@@ -239,7 +239,7 @@ def _check_paths(args, held: list):
             held.append(OutDirLock(args.out).acquire())
         except OutputLockedError as exc:
             raise _Exit(FAILED, str(exc)) from None
-        clean_stale_temp(args.out, os.path.join(args.out, "adapter"))
+        clean_stale_temp(args.out, os.path.join(args.out, ADAPTER_DIR))
     return mode, device, main_rank
 
 
@@ -281,8 +281,7 @@ def _prepare_adapter(args, model, cfg, nfe, hp: dict):
         return None
     if nfe is not None and nfe != "auto":
         return dataclasses.replace(cfg, num_forget_experts=nfe)
-    hp["num_forget_experts"] = nfe
-    hp["base_config"] = cfg
+    hp.update(num_forget_experts=nfe, base_config=cfg)
     return None
 
 
@@ -290,10 +289,11 @@ def _train(args, cfg, nfe, hp: dict, mode, device: str, main_rank: bool):
     """Load, patch and unlearn (ak.unlearn); returns its UnlearnResult."""
     import alter_kernels as ak
     from ..common.fsio import check_file_target, write_json
+    from ..unlearn.outputs import RUN_NAME
     tok, model = _load_model(args, device)
     alter_config = _prepare_adapter(args, model, cfg, nfe, hp)
     if main_rank:
-        path = os.path.join(args.out, "run.json")
+        path = os.path.join(args.out, RUN_NAME)
         check_file_target(path)
         write_json(path, vars(args))
     return ak.unlearn(model, args.forget, args.retain, method=args.method, tokenizer=tok,

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
 
 from ..model import adapter_parameters, save_adapter
-from ..unlearn import DEFAULTS, alter_loss, prepare_alter
+from ..unlearn import DEFAULTS, UnlearnOptions, alter_loss, prepare_alter
 from ..unlearn.distributed import anchor_adapter_grads
 
 __all__ = ["AlterTrainer", "AlterCollator", "PairDataset", "build"]
@@ -60,7 +60,7 @@ class AlterTrainer(Trainer):
     def __init__(self, *args, alter_hparams: dict | None = None, lr_A: float = DEFAULTS["lr_A"],
                  lr_B: float = DEFAULTS["lr_B"], lr_router: float = DEFAULTS["lr_router"], **kwargs):
         super().__init__(*args, **kwargs)
-        self.alter_hp = {**DEFAULTS, **(alter_hparams or {})}
+        self.alter_hp = UnlearnOptions.from_kwargs("AlterTrainer", alter_hparams or {})
         self.alter_lrs = {"A": lr_A, "B": lr_B, "router": lr_router}
         self.alter_logs: list[dict] = []
         self.loss_is_scaled_for_ga = False          # a per-batch mean: the Trainer divides by the GA steps
@@ -94,8 +94,8 @@ class AlterTrainer(Trainer):
             save_adapter(self.accelerator.unwrap_model(self.model), output_dir)
 
 
-def build(model, tokenizer, forget, retain, out_dir, max_steps=10, batch_size=2, lr_A=1e-5, lr_B=1e-3,
-          lr_router=1e-3, seed=0, alter_config=None, **hparams):
+def build(model, tokenizer, forget, retain, out_dir, max_steps=10, batch_size=2, lr_A=DEFAULTS["lr_A"],
+          lr_B=DEFAULTS["lr_B"], lr_router=DEFAULTS["lr_router"], seed=0, alter_config=None, **hparams):
     """Patch ``model`` and return an AlterTrainer ready for ``.train()`` (and the prepared data)."""
     data = prepare_alter(model, forget, retain, tokenizer, alter_config=alter_config, seed=seed,
                          batch_size=batch_size, **hparams)

@@ -6,11 +6,11 @@ from .methods import METHODS, alter_loss
 from .options import OptionError
 from .subdomains import kmeans
 from .batches import AlterData
-from .options import DEFAULTS
+from .options import DEFAULTS, UnlearnOptions
 from .result import UnlearnDivergedError, UnlearnError, UnlearnInterrupted, UnlearnResult
 from .setup import prepare_alter
 from .trainer import unlearn
 
 __all__ = ["unlearn", "UnlearnResult", "UnlearnError", "UnlearnDivergedError", "DataError", "METHODS",
-           "DEFAULTS", "add_forget_experts", "frozen_experts", "load_rows", "kmeans",
+           "DEFAULTS", "UnlearnOptions", "add_forget_experts", "frozen_experts", "load_rows", "kmeans",
            "prepare_alter", "AlterData", "alter_loss", "OptionError", "CheckpointError", "UnlearnInterrupted"]

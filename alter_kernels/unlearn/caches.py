@@ -54,32 +54,32 @@ def quantile_threshold(exs: list[Example], ents: list[torch.Tensor], q: float) -
     return float(torch.quantile(vals.double(), float(q)))
 
 
-def choose_threshold(theta: float, exs: list[Example], ents: list[torch.Tensor], hp) -> tuple[float, str, float]:
+def choose_threshold(theta: float, exs: list[Example], ents: list[torch.Tensor], opts) -> tuple[float, str, float]:
     """(theta, source, low share of the configured theta): ``threshold_quantile`` if given
     ("quantile"); else the ``threshold_auto`` quantile when the configured theta puts >= 98% of
     the answer tokens on one side ("auto"); else the configured theta ("config")."""
-    if hp["threshold_quantile"] is not None:
-        return quantile_threshold(exs, ents, hp["threshold_quantile"]), "quantile", float("nan")
+    if opts.threshold_quantile is not None:
+        return quantile_threshold(exs, ents, opts.threshold_quantile), "quantile", float("nan")
     vals = torch.cat([e[torch.tensor(ex.labels) != -100] for ex, e in zip(exs, ents)]) if exs else torch.zeros(0)
     vals = vals[torch.isfinite(vals)]
-    if hp["threshold_auto"] is None or vals.numel() == 0:
+    if opts.threshold_auto is None or vals.numel() == 0:
         return theta, "config", float("nan")
     low = float((vals <= theta).double().mean())
     if AUTO_SIDE_SHARE <= low or low <= 1.0 - AUTO_SIDE_SHARE:
-        return quantile_threshold(exs, ents, hp["threshold_auto"]), "auto", low
+        return quantile_threshold(exs, ents, opts.threshold_auto), "auto", low
     return theta, "config", low
 
 
 def cache_entropies(run) -> None:
     """ALTER: cache the base-model entropies of every example and pick theta (``run.data`` is
     updated; the model's config gets the new theta)."""
-    d, hp, model = run.data, run.hp, run.model
+    d, opts, model = run.data, run.opts, run.model
     q_route = d.config.q_route
-    d.forget_cache = entropy_cache(model, d.forget, d.pad_id, run.batch_size, run.dev, q_route, hp["struct_q"],
+    d.forget_cache = entropy_cache(model, d.forget, d.pad_id, run.batch_size, run.dev, q_route, opts.struct_q,
                                    run.dist, desc=run.show and "entropy cache (forget)")
-    d.retain_cache = (entropy_cache(model, d.retain, d.pad_id, run.batch_size, run.dev, q_route, hp["struct_q"],
+    d.retain_cache = (entropy_cache(model, d.retain, d.pad_id, run.batch_size, run.dev, q_route, opts.struct_q,
                                     run.dist, desc=run.show and "entropy cache (retain)") if d.retain else ([], []))
-    if hp["threshold_quantile"] is not None and _m.frozen_experts(model):
+    if opts.threshold_quantile is not None and _m.frozen_experts(model):
         warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
                       f"unlearning) and keeps its threshold {d.config.threshold}")
     elif not _m.frozen_experts(model):
@@ -87,20 +87,20 @@ def cache_entropies(run) -> None:
 
 
 def _pick_threshold(run) -> None:
-    d, hp = run.data, run.hp
+    d, opts = run.data, run.opts
     old = d.config.threshold
     theta, run.threshold_source, low_share = choose_threshold(old, d.forget + d.retain,
-                                                              d.forget_cache[0] + d.retain_cache[0], hp)
+                                                              d.forget_cache[0] + d.retain_cache[0], opts)
     if run.threshold_source != "config":
         st = _m.get_state(run.model)
         st.config = d.config = dataclasses.replace(d.config, threshold=theta)
     if run.threshold_source == "auto" and run.main:
         _log.info("unlearn[alter]: threshold %s (q_route %s) put %.1f%% of the answer tokens on the low side; "
                   "theta set to %.4g, the %s-quantile of the base answer-token entropies (threshold_auto)",
-                  old, d.config.q_route, 100 * low_share, theta, hp["threshold_auto"])
+                  old, d.config.q_route, 100 * low_share, theta, opts.threshold_auto)
         if run.progress:
             print(f"unlearn[alter]: threshold {old} put {100 * low_share:.1f}% of the answer tokens on the "
-                  f"low side; using theta = {theta:.4g} (the {hp['threshold_auto']}-quantile of the base "
+                  f"low side; using theta = {theta:.4g} (the {opts.threshold_auto}-quantile of the base "
                   "answer-token entropies, threshold_auto)")
 
 

@@ -8,6 +8,7 @@ import torch
 
 from .batches import AlterData
 from .methods import Method
+from .options import UnlearnOptions
 
 
 @dataclasses.dataclass
@@ -17,7 +18,7 @@ class RunContext:
     changed on the model (``undo``: callables run when the run ends, in order)."""
     model: Any
     spec: Method
-    hp: dict
+    opts: UnlearnOptions
     batch_size: int
     seed: int
     dev: torch.device
@@ -56,8 +57,7 @@ class RunContext:
         return self.data.config if self.data is not None else None
 
     def data_kwargs(self) -> dict:
-        hp = self.hp
-        return dict(max_length=hp["max_length"], chat_template=hp["chat_template"], prompt_format=hp["prompt_format"])
+        return self.opts.data_kwargs()
 
     def restore(self) -> None:
         """Run (and forget) the ``undo`` callables."""

@@ -67,11 +67,11 @@ def epoch_metrics(run, metrics: list, history: list, epoch: int, evaluate: bool 
     m = _log_means(history, epoch)
     if m is None:
         return
-    model, hp, d = run.model, run.hp, run.data
-    if evaluate and hp["eval_each_epoch"]:
+    model, opts, d = run.model, run.opts, run.data
+    if evaluate and opts.eval_each_epoch:
         was = model.training
         model.eval()
-        lim, bs = hp["eval_max_examples"], run.batch_size
+        lim, bs = opts.eval_max_examples, run.batch_size
         m["eval_forget_nll"] = eval_nll(model, run.spec, d.forget, d.forget_cache, d.pad_id, bs, run.dev, lim,
                                         run.dist)
         if d.retain:

@@ -10,7 +10,7 @@ hinge loss, the Tsallis entropy of R_struct. ``step_terms`` gets them in one of 
   terms from the hidden states and the LM head without ever holding the [N, V] logits;
 - **materialised**: the usual forward, logits [B, T, V], then the reference loss functions.
 
-Both give the same numbers (tests/test_fused_losses.py trains every method 20 steps both ways).
+Both give the same numbers (tests/unlearn/test_fused_losses.py trains every method 20 steps both ways).
 The fused path is skipped, with one log line per model, for heads it cannot fuse (logit
 softcapping, logit_scale, a head that is not a Linear), a forward without ``logits_to_keep``, an
 FSDP2-sharded head, and R_struct's grad-norm form (which needs a second backward through the
@@ -31,9 +31,10 @@ from ..kernels.reference.losses import inverted_hinge_loss, token_nll
 from ..model.hf import backbone_of, head_problem
 from ..ops import tsallis_entropy
 from ..ops.lm_head_losses import lm_head_kl, lm_head_token_losses
+from .options import FUSED_LOSS, UnlearnOptions
 
 log = logging.getLogger("alter_kernels.unlearn")
-FUSED_CHOICES = ("auto", "off")
+FUSED_CHOICES = FUSED_LOSS   # options.py holds the choices
 _decided: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
@@ -92,12 +93,13 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def use_fused(model: nn.Module, hp: dict) -> bool:
-    """The run's choice, made once per model (one log line when the fused path is skipped)."""
-    choice = hp.get("fused_loss", "auto")
-    if choice == "off":
+def use_fused(model: nn.Module, opts) -> bool:
+    """The run's choice, made once per model (one log line when the fused path is skipped).
+    opts: an UnlearnOptions or a mapping of its fields."""
+    opts = UnlearnOptions.from_kwargs("use_fused", opts)
+    if opts.fused_loss == "off":
         return False
-    if hp.get("struct_mode") == "grad_norm" and hp.get("lam", 0) != 0:
+    if opts.grad_norm_struct:
         why = "struct_mode='grad_norm' differentiates twice through the logits"
     else:
         hit = _decided.get(model)
@@ -149,10 +151,10 @@ def logit_terms(logits: torch.Tensor, labels: torch.Tensor, q: float | None = No
     return Terms(labels, nll.float(), ihl.float(), ent, logits=logits)
 
 
-def step_terms(model: nn.Module, fwd, batch: dict, hp: dict, q: float | None = None) -> Terms:
+def step_terms(model: nn.Module, fwd, batch: dict, opts, q: float | None = None) -> Terms:
     """Forward ``fwd`` (the model or its DDP wrapper) on the batch; the per-token terms."""
     ids, att, lab = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    if use_fused(model, hp):
+    if use_fused(model, opts):
         h = final_hidden(model, fwd, ids, att)
         return head_terms(model, h[:, :-1], lab[:, 1:], q=q)
     out = fwd(input_ids=ids, attention_mask=att, use_cache=False)

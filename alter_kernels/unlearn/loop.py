@@ -18,7 +18,7 @@ from . import distributed as D
 from .data import steps_per_epoch
 from .evaluation import epoch_metrics
 from .methods import SUMMED_LOGS
-from .outputs import write_run_json
+from .outputs import HISTORY_NAME, METRICS_NAME, write_run_json
 from .result import UnlearnDivergedError, UnlearnInterrupted
 
 
@@ -66,15 +66,15 @@ class TrainState:
 def param_groups(run) -> list[dict]:
     """The optimizer's groups: lr_A / lr_B / lr_router (ALTER, AsymLoRA), lr_B for A and B (LoRA),
     lr for every weight (full-parameter methods)."""
-    hp = run.hp
+    opts = run.opts
     if not run.spec.adapter:
-        return [{"params": [p for p in run.model.parameters()], "lr": hp["lr"]}]
+        return [{"params": [p for p in run.model.parameters()], "lr": opts.lr}]
     groups = _m.adapter_parameters(run.model)      # FSDP2: the sharded parameters
     if not run.spec.routed:
-        return [{"params": groups["A"] + groups["B"], "lr": hp["lr_B"]}]
-    params = [{"params": [p for p in groups["A"] if p.requires_grad], "lr": hp["lr_A"]},
-              {"params": groups["B"], "lr": hp["lr_B"]},
-              {"params": groups["router"], "lr": hp["lr_router"]}]
+        return [{"params": groups["A"] + groups["B"], "lr": opts.lr_B}]
+    params = [{"params": [p for p in groups["A"] if p.requires_grad], "lr": opts.lr_A},
+              {"params": groups["B"], "lr": opts.lr_B},
+              {"params": groups["router"], "lr": opts.lr_router}]
     return [g for g in params if g["params"]]
 
 
@@ -86,15 +86,15 @@ def start_training(run, epochs: int, max_steps: int | None) -> TrainState:
             hooks = D.anchor_adapter_grads(run.model)
             run.undo.append(lambda: [h.remove() for h in hooks])
         fwd = run.dist.wrap(run.model)       # after the caches (plain forwards), before the optimizer
-    hp, d = run.hp, run.data
-    optimizer = torch.optim.AdamW(param_groups(run), weight_decay=hp["weight_decay"], betas=(0.9, 0.999), eps=1e-8)
+    opts, d = run.opts, run.data
+    optimizer = torch.optim.AdamW(param_groups(run), weight_decay=opts.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     spe = steps_per_epoch(len(d.forget), run.batch_size)
     st = TrainState(optimizer, fwd, max_steps if max_steps is not None else epochs * spe, spe,
-                    ckpt.fingerprint(run.method, d.forget, d.retain, dict(hp), run.seed, run.batch_size),
+                    ckpt.fingerprint(run.method, d.forget, d.retain, opts.as_dict(), run.seed, run.batch_size),
                     base_lrs=[g["lr"] for g in optimizer.param_groups])
     if run.out_dir is not None and run.main:
         ensure_dir(run.out_dir)
-    if hp["resume"]:
+    if opts.resume:
         ckpt.resume_run(run, st)
     return st
 
@@ -103,14 +103,14 @@ def _loss_of_step(run, st: TrainState, step: int, epoch: int, k: int):
     """(loss, global loss value, logs, global token count) of step ``step``."""
     batch = run.data.step_batch(epoch, k, run.batch_size, run.seed, run.dev)
     ntok = int(batch["attention_mask"].sum())     # of the global batch
-    warm = run.hp["warmup_steps"]
+    warm = run.opts.warmup_steps
     for g, lr in zip(st.optimizer.param_groups, st.base_lrs):
         g["lr"] = lr * min(1.0, (step + 1) / warm) if warm else lr
     ctx, red = run.dist, None
     if ctx is not None:
         batch = ctx.shard(batch)
         red = ctx.all_reduce_sum
-    loss, logs = run.spec.loss(run.model, batch, run.hp, ref_model=run.ref_model, forward=st.fwd, reduce=red)
+    loss, logs = run.spec.loss(run.model, batch, run.opts, ref_model=run.ref_model, forward=st.fwd, reduce=red)
     loss_value = loss.detach()
     if ctx is not None:                           # the shards' shares sum to the global values
         keys = [k2 for k2 in logs if k2 in SUMMED_LOGS]
@@ -129,7 +129,7 @@ def _backward(run, st: TrainState, loss, loss_value, logs) -> str | None:
     if ctx is not None and run.mode == "fsdp2":
         ctx.zero_frozen_expert_grads(run.model, run.n_frozen)
     params = [p for g in st.optimizer.param_groups for p in g["params"]]
-    clip = run.hp["grad_clip"]
+    clip = run.opts.grad_clip
     gn = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
     if ctx is not None:
         gn = ctx.full_value(gn)
@@ -148,7 +148,7 @@ def _train_step(run, st: TrainState, step: int, epoch: int, k: int) -> dict:
         st.optimizer.zero_grad(set_to_none=True)
         where = (f"the last good checkpoint is {st.last_ckpt}" if st.last_ckpt else
                  "no checkpoint was written yet (set out_dir and checkpoint_every)")
-        write_run_json(run, "history.json", st.history)
+        write_run_json(run, HISTORY_NAME, st.history)
         raise UnlearnDivergedError(f"unlearn[{run.method}]: {bad} at step {step + 1}; stopping. The model keeps "
                                    f"the weights of step {step}; {where}.", step, st.last_ckpt, st.history)
     st.optimizer.step()
@@ -160,20 +160,20 @@ def _train_step(run, st: TrainState, step: int, epoch: int, k: int) -> dict:
 
 def _after_step(run, st: TrainState, rec: dict, step: int, k: int, callback: Callable | None) -> None:
     """Checkpoint every ``checkpoint_every`` steps, call back, and close the epoch at its end."""
-    every = run.hp["checkpoint_every"]
+    every = run.opts.checkpoint_every
     if every and (step + 1) % every == 0 and step + 1 < st.total:
         ckpt.save_run_checkpoint(run, st, step + 1)
     if callback is not None:
         callback(rec)
     if k == st.steps_per_epoch - 1 or step == st.total - 1:
         epoch_metrics(run, st.metrics, st.history, rec["epoch"])
-        write_run_json(run, "metrics.json", st.metrics)
+        write_run_json(run, METRICS_NAME, st.metrics)
 
 
 def _interrupted(run, st: TrainState, step: int):
     """Ctrl-C during the previous step: checkpoint and stop."""
     ckpt.save_run_checkpoint(run, st, step)
-    write_run_json(run, "history.json", st.history)
+    write_run_json(run, HISTORY_NAME, st.history)
     return UnlearnInterrupted(f"unlearn[{run.method}]: interrupted after step {step} of {st.total}; the "
                               f"checkpoint {st.last_ckpt} holds that state (resume=True continues)",
                               step, st.last_ckpt)

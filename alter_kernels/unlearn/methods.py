@@ -18,6 +18,7 @@ from ..common.text import IGNORE_INDEX
 from . import _model_api as _patch
 from . import objectives as obj
 from .heads import retain_kl_tokens, step_terms
+from .options import UnlearnOptions, refuse_grad_norm_data_parallel
 
 
 def _f(x) -> float:
@@ -35,8 +36,11 @@ def _global_counts(counts: list, reduce) -> list[float]:
     return [float(x) for x in reduce(t).tolist()]
 
 
-def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=None, reduce=None):
+def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, reduce=None):
     """ALTER (spec 5) or AsymLoRA (mode="asymlora": every token low, no entropy).
+
+    hp: the options, an :class:`UnlearnOptions` or a mapping of its fields (missing ones take
+    their defaults).
 
     forward: the module to call (a DDP wrapper of ``model``); default ``model``.
     reduce: data-parallel only: a function summing a tensor over the ranks. Every mean of the
@@ -45,6 +49,7 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
     before backward (DDP / FSDP2 average the gradients). Logged terms in SUMMED_LOGS are this
     shard's share (the caller sums them); shares and counts are already global.
     """
+    opts = UnlearnOptions.from_kwargs("alter_loss", hp)
     cfg = _patch.get_state(model).config
     fwd = model if forward is None else forward
     ids, att, lab = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -55,16 +60,15 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
         ent = batch["entropy"]
     # per-token routing labels: the row's expert, -1 on padding (and on filler rows, domain -1)
     route_labels = torch.where(att.bool(), dom[:, None].expand_as(ids), torch.full_like(ids, -1))
-    if hp.get("route_labels", "content") == "content":
+    if opts.route_labels == "content":
         # only the answer tokens and the token before each (whose outputs predict them) carry labels:
         # the question template ("Question: ... Answer:") is the same in every class
         content = lab != IGNORE_INDEX
         content[:, :-1] |= lab[:, 1:] != IGNORE_INDEX
         route_labels = torch.where(content, route_labels, torch.full_like(route_labels, -1))
-    grad_norm = mode == "alter" and hp["struct_mode"] == "grad_norm" and hp["lam"] != 0
-    if grad_norm and reduce is not None:
-        raise ValueError("alter_loss: struct_mode='grad_norm' is not supported in data-parallel training "
-                         "(the squared gradient norm of the global batch does not split over shards); use 'drift'")
+    grad_norm = mode == "alter" and opts.grad_norm_struct
+    if mode == "alter" and reduce is not None:
+        refuse_grad_norm_data_parallel(opts, "alter_loss")
     sy, se = lab[:, 1:], ent[:, 1:]
     valid = sy != IGNORE_INDEX
     low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
@@ -83,9 +87,9 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
                "valid": g[e + 3], "high": g[e + 4], "router_local": float(n_router_local)}
     # the double backward of the grad-norm form needs a differentiable-twice path: the reference
     force = (lambda: use_backend("reference")) if grad_norm else contextlib.nullcontext
-    drift = mode == "alter" and hp["lam"] != 0 and hp["struct_mode"] == "drift"
+    drift = mode == "alter" and opts.lam != 0 and opts.struct_mode == "drift"
     with _patch.routing_inputs(model, entropy=ent, labels=route_labels), force():
-        terms = step_terms(model, fwd, batch, hp, q=hp["struct_q"] if drift else None)
+        terms = step_terms(model, fwd, batch, opts, q=opts.struct_q if drift else None)
         rl = _patch.router_loss(model)
     zero = terms.nll.sum() * 0.0
     rl = rl if rl is not None else zero
@@ -96,13 +100,13 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
     rs = zero
     if drift:
         vocab = model.get_output_embeddings().weight.shape[0]
-        rs = obj.struct_drift_tokens(terms.entropy, batch["base_sq"][:, 1:], high, vocab, q=hp["struct_q"],
+        rs = obj.struct_drift_tokens(terms.entropy, batch["base_sq"][:, 1:], high, vocab, q=opts.struct_q,
                                      denom=den and den["struct"])
-    elif mode == "alter" and hp["lam"] != 0:           # grad-norm form: materialised logits (heads.use_fused)
+    elif mode == "alter" and opts.lam != 0:           # grad-norm form: materialised logits (heads.use_fused)
         with force():
-            mean_s = obj.struct_entropy_mean(terms.logits, high, q=hp["struct_q"])
+            mean_s = obj.struct_entropy_mean(terms.logits, high, q=opts.struct_q)
             rs = obj.struct_grad_norm(mean_s, _patch.adapter_parameters(model)["A"])
-    loss = hp["beta"] * ihl + hp["gamma"] * nll + hp["lam"] * rs + hp["rho"] * rl
+    loss = opts.beta * ihl + opts.gamma * nll + opts.lam * rs + opts.rho * rl
     if den is None:
         n_valid, n_high, n_low = int(valid.sum()), int(high.sum()), int(sum(counts.values()))
     else:
@@ -113,13 +117,14 @@ def alter_loss(model, batch: dict, hp: dict, mode: str = "alter", *, forward=Non
     return loss, logs
 
 
-def lora_loss(model, batch: dict, hp: dict, *, forward=None, reduce=None):
-    """Plain LoRA (1 expert, no entropy, no labels): GradDiff loss."""
-    terms = step_terms(model, model if forward is None else forward, batch, hp)
-    return _graddiff_terms(terms, batch, hp, reduce=reduce)
+def lora_loss(model, batch: dict, hp, *, forward=None, reduce=None):
+    """Plain LoRA (1 expert, no entropy, no labels): GradDiff loss (``hp``: as in :func:`alter_loss`)."""
+    opts = UnlearnOptions.from_kwargs("lora_loss", hp)
+    terms = step_terms(model, model if forward is None else forward, batch, opts)
+    return _graddiff_terms(terms, batch, opts, reduce=reduce)
 
 
-def _graddiff_terms(terms, batch, hp, retain_term: bool = True, reduce=None):
+def _graddiff_terms(terms, batch, opts, retain_term: bool = True, reduce=None):
     sy, is_f = terms.labels, batch["is_forget"]
     df = dr = None
     if reduce is not None:
@@ -127,17 +132,17 @@ def _graddiff_terms(terms, batch, hp, retain_term: bool = True, reduce=None):
         df, dr = _global_counts([(valid & is_f[:, None]).sum(), (valid & ~is_f[:, None]).sum()], reduce)
     f_nll = obj.masked_mean(terms.nll, sy, is_f, denom=df)
     r_nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=dr) if retain_term else terms.nll.sum() * 0.0
-    loss = -hp["beta"] * f_nll + hp["gamma"] * r_nll
+    loss = -opts.beta * f_nll + opts.gamma * r_nll
     return loss, {"forget_nll": _f(f_nll), "retain_nll": _f(r_nll)}
 
 
-def full_loss(model, batch: dict, hp: dict, method: str, ref_model=None, *, forward=None, reduce=None):
+def full_loss(model, batch: dict, hp, method: str, ref_model=None, *, forward=None, reduce=None):
     """The full-parameter baselines: ga, graddiff, kl, npo, npo_retain (``forward``, ``reduce``: as
     in :func:`alter_loss`)."""
     spec = METHODS[method]
     if spec.kind != "full":
         raise ValueError(f"full_loss: {method!r} is not a full-parameter method")
-    return spec.loss(model, batch, hp, ref_model=ref_model, forward=forward, reduce=reduce)
+    return spec.loss(model, batch, UnlearnOptions.from_kwargs("full_loss", hp), ref_model=ref_model, forward=forward, reduce=reduce)
 
 
 def _counts(sy, is_f, reduce):
@@ -150,20 +155,20 @@ def _counts(sy, is_f, reduce):
     return df, dr, drows
 
 
-def _ga(model, batch, hp, *, ref_model=None, forward=None, reduce=None, retain_term=False):
-    terms = step_terms(model, model if forward is None else forward, batch, hp)
-    return _graddiff_terms(terms, batch, hp, retain_term=retain_term, reduce=reduce)
+def _ga(model, batch, opts, *, ref_model=None, forward=None, reduce=None, retain_term=False):
+    terms = step_terms(model, model if forward is None else forward, batch, opts)
+    return _graddiff_terms(terms, batch, opts, retain_term=retain_term, reduce=reduce)
 
 
-def _graddiff(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
-    return _ga(model, batch, hp, forward=forward, reduce=reduce, retain_term=True)
+def _graddiff(model, batch, opts, *, ref_model=None, forward=None, reduce=None):
+    return _ga(model, batch, opts, forward=forward, reduce=reduce, retain_term=True)
 
 
-def _kl(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
+def _kl(model, batch, opts, *, ref_model=None, forward=None, reduce=None):
     """Ascent on forget + KL(reference || model) on the retain answers."""
     fwd = model if forward is None else forward
     ids, att, is_f = batch["input_ids"], batch["attention_mask"], batch["is_forget"]
-    terms = step_terms(model, fwd, batch, hp)
+    terms = step_terms(model, fwd, batch, opts)
     sy = terms.labels
     df, dr, _ = _counts(sy, is_f, reduce)
     f_nll = obj.masked_mean(terms.nll, sy, is_f, denom=df)
@@ -172,42 +177,42 @@ def _kl(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
         kl = obj.masked_mean(retain_kl_tokens(model, ref_model, terms, ids, att, r), sy[r], denom=dr)
     else:
         kl = terms.nll.sum() * 0.0
-    return -hp["beta"] * f_nll + hp["gamma"] * kl, {"forget_nll": _f(f_nll), "retain_kl": _f(kl)}
+    return -opts.beta * f_nll + opts.gamma * kl, {"forget_nll": _f(f_nll), "retain_kl": _f(kl)}
 
 
-def _npo(model, batch, hp, *, ref_model=None, forward=None, reduce=None, retain_term=False):
+def _npo(model, batch, opts, *, ref_model=None, forward=None, reduce=None, retain_term=False):
     """NPO: sequence log-probabilities against the cached reference ones (+ retain NLL)."""
     fwd = model if forward is None else forward
     is_f = batch["is_forget"]
-    terms = step_terms(model, fwd, batch, hp)
+    terms = step_terms(model, fwd, batch, opts)
     sy = terms.labels
     _, dr, drows = _counts(sy, is_f, reduce)
     logp = -terms.nll[is_f].sum(-1)                    # log pi(y|x) per forget sequence
-    npo = obj.npo_forget(logp, batch["ref_logp"][is_f].to(logp.dtype), beta=hp["npo_beta"], denom=drows)
-    loss = hp["beta"] * npo
+    npo = obj.npo_forget(logp, batch["ref_logp"][is_f].to(logp.dtype), beta=opts.npo_beta, denom=drows)
+    loss = opts.beta * npo
     mean_logp = logp.mean() if drows is None else (logp.sum() / drows if drows else logp.sum() * 0.0)
     logs = {"npo": _f(npo), "forget_logp": _f(mean_logp)}
     if retain_term:
         r_nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=dr)
-        loss = loss + hp["gamma"] * r_nll
+        loss = loss + opts.gamma * r_nll
         logs["retain_nll"] = _f(r_nll)
     return loss, logs
 
 
-def _npo_retain(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
-    return _npo(model, batch, hp, forward=forward, reduce=reduce, retain_term=True)
+def _npo_retain(model, batch, opts, *, ref_model=None, forward=None, reduce=None):
+    return _npo(model, batch, opts, forward=forward, reduce=reduce, retain_term=True)
 
 
-def _alter(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
-    return alter_loss(model, batch, hp, mode="alter", forward=forward, reduce=reduce)
+def _alter(model, batch, opts, *, ref_model=None, forward=None, reduce=None):
+    return alter_loss(model, batch, opts, mode="alter", forward=forward, reduce=reduce)
 
 
-def _asymlora(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
-    return alter_loss(model, batch, hp, mode="asymlora", forward=forward, reduce=reduce)
+def _asymlora(model, batch, opts, *, ref_model=None, forward=None, reduce=None):
+    return alter_loss(model, batch, opts, mode="asymlora", forward=forward, reduce=reduce)
 
 
-def _lora(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
-    return lora_loss(model, batch, hp, forward=forward, reduce=reduce)
+def _lora(model, batch, opts, *, ref_model=None, forward=None, reduce=None):
+    return lora_loss(model, batch, opts, forward=forward, reduce=reduce)
 
 
 # ----------------------------------------------------------------------------------- the table
@@ -215,7 +220,7 @@ def _lora(model, batch, hp, *, ref_model=None, forward=None, reduce=None):
 class Method:
     """What the engine needs to know about one method.
 
-    loss(model, batch, hp, *, ref_model, forward, reduce) -> (loss, logs). kind: "adapter" (the
+    loss(model, batch, opts, *, ref_model, forward, reduce) -> (loss, logs). kind: "adapter" (the
     model is patched and only the adapter trains; the run saves ``adapter/``) or "full" (every
     weight trains; the run saves ``model/``). routed: a router and forget experts (routing labels,
     held-out routing accuracy, frozen retain expert, lr_A / lr_B / lr_router groups). entropy:

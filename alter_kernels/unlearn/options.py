@@ -1,5 +1,5 @@
-"""Range checks of every option of :func:`alter_kernels.unlearn` (and of ``alter-unlearn``), run
-before any work: a value out of range raises :class:`OptionError` naming the option, what was
+"""The options of :func:`alter_kernels.unlearn` (and of ``alter-unlearn``): :class:`UnlearnOptions`,
+a frozen dataclass with each option's default and help, validated once, before any work: a value out of range raises :class:`OptionError` naming the option, what was
 expected and what was given, instead of a run that trains the wrong thing and exits 0 (a
 negative learning rate relearns the forget set; a negative warm-up makes the rate negative).
 
@@ -25,55 +25,120 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from ..common.text import DEFAULT_PROMPT_FORMAT
 from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
+from .result import UnlearnError
 
 
-DEFAULTS: dict[str, Any] = {
-    "lr": 1e-5,              # full-parameter baselines
-    "lr_A": 1e-5,            # ALTER / AsymLoRA shared A (paper)
-    "lr_B": 1e-3,            # experts B (paper); plain LoRA uses it for A and B
-    "lr_router": 1e-3,       # router W_g
-    "beta": 1.0,             # forget term weight (paper)
-    "gamma": 1.0,            # retain term weight (paper)
-    "lam": 0.01,             # R_struct weight (paper lambda)
-    "rho": 1.0,              # router cross-entropy weight
-    "npo_beta": 0.1,         # NPO temperature
-    "struct_mode": "drift",  # "drift" (default) or "grad_norm" (paper form; reference backend)
-    "struct_q": 0.5,         # q_s of R_struct
-    "fused_loss": "auto",    # "auto": losses straight from the hidden states (ops.lm_head_token_losses), no
-                             # [N, V] logits, where the head allows; "off": from materialised logits
-    "max_length": 512,
-    "chat_template": False,
-    "prompt_format": DEFAULT_PROMPT_FORMAT,
-    "num_forget_experts": None,  # int, "auto", or None (from labels / alter_config)
-    "kmeans_max_k": 8,
-    "router_init": True,     # router columns at normalised centroids
-    "weight_decay": 0.0,
-    "grad_clip": 0.0,        # 0: no clipping (the norm is still checked for NaN)
-    "warmup_steps": 0,
-    "checkpoint_every": 0,   # steps; 0: only at the end (needs out_dir)
-    "resume": False,
-    "eval_each_epoch": True,
-    "eval_max_examples": 256,
-    "rank": None, "alpha": None,  # shortcuts for the AlterConfig when alter_config is None
-    "threshold_quantile": None,  # ALTER: set theta to this quantile of the base answer-token entropies
-    "threshold_auto": 0.5,   # ALTER: if the configured theta puts >= 98% of the answer tokens on one side, use
-                             # this quantile of the base answer-token entropies instead (None: keep theta)
-    "route_labels": "content",  # router labels on "content" tokens (answer tokens and the token before each)
-                                # or on "all" real tokens (question template too)
-    "router_eval": True,     # held-out routing accuracy after each epoch (alter, asymlora)
-    "retain_expert": "train",  # ALTER / AsymLoRA: "train" B_0 (spec 4) or keep it "frozen" (docs/unlearning.md:
-                             # on the DEV seed, freezing it kept utility at the finetuned model's)
-    "router_input": None,    # the router of the AlterConfig the engine builds (alter_config None): "prefix_match"
-                             # (keys fitted from the data; measured in docs/unlearning.md) or "token" (ALTER_SPEC's
-                             # per-token linear router); None: base_config's if given, else "prefix_match"
-    "base_config": None,     # AlterConfig template when alter_config is None (N still from labels/k-means)
-}
+# The router form of the AlterConfig the engine builds when neither ``router_input`` nor a
+# ``base_config`` says (docs/unlearning.md, "The router"): the prefix-match router, whose keys the
+# engine fits from the data. ``AlterConfig()``'s own default (ALTER_SPEC's per-token router) is for
+# configs a user builds; ``alter-unlearn --router-input`` defaults to this one.
+ENGINE_ROUTER_INPUT = "prefix_match"
+STRUCT_MODES = ("drift", "grad_norm")
+FUSED_LOSS = ("auto", "off")
+RETAIN_EXPERT = ("train", "frozen")
+ROUTE_LABELS = ("content", "all")
+
+
+def _opt(default, help: str):
+    """A field of :class:`UnlearnOptions`: its default and its one-line help (``alter-unlearn``'s)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnOptions:
+    """The options of :func:`alter_kernels.unlearn` (its ``**hparams``), typed, with their
+    defaults, and validated once, on construction (:class:`OptionError` names the first option
+    out of range). ``alter-unlearn`` takes its defaults and help text from these fields."""
+    lr: float = _opt(1e-5, "learning rate of the full-parameter baselines")
+    lr_A: float = _opt(1e-5, "learning rate of the shared A (ALTER, AsymLoRA; paper value)")
+    lr_B: float = _opt(1e-3, "learning rate of the B experts (paper value; plain LoRA uses it for A and B)")
+    lr_router: float = _opt(1e-3, "learning rate of the routers W_g")
+    beta: float = _opt(1.0, "weight of the forget term (IHL / ascent / NPO; paper value)")
+    gamma: float = _opt(1.0, "weight of the retain term (NLL / KL; paper value)")
+    lam: float = _opt(0.01, "weight of R_struct (ALTER; paper lambda)")
+    rho: float = _opt(1.0, "weight of the router cross-entropy (ALTER, AsymLoRA)")
+    npo_beta: float = _opt(0.1, "NPO beta (temperature)")
+    struct_mode: str = _opt("drift", "R_struct form: drift of S_q(adapted) from S_q(base) on high-entropy tokens, "
+                                     "or the paper's ||grad_A S_q||^2 (double backward, runs on the reference "
+                                     "backend)")
+    struct_q: float = _opt(0.5, "Tsallis q of R_struct")
+    fused_loss: str = _opt("auto", "auto: losses straight from the final hidden states (ak.lm_head_token_losses, no "
+                                   "[N, V] logits) where the LM head allows; off: from materialised logits "
+                                   "(docs/losses.md)")
+    max_length: int = _opt(512, "truncate rows (and split passages) to this many tokens")
+    chat_template: bool = _opt(False, "wrap questions with the tokenizer's chat template")
+    prompt_format: str = _opt(DEFAULT_PROMPT_FORMAT, "prompt of a question without a chat template ({question} is "
+                                                     "replaced)")
+    num_forget_experts: Any = _opt(None, "forget experts N: an int, or 'auto' (k-means + silhouette); None: one per "
+                                         "'domain' label in the data, else the config's (2)")
+    kmeans_max_k: int = _opt(8, "largest N tried by num_forget_experts 'auto'")
+    router_init: bool = _opt(True, "start the router at the normalised centroids")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    grad_clip: float = _opt(0.0, "clip the gradient norm (0: off; the norm is still checked for NaN)")
+    warmup_steps: int = _opt(0, "linear learning-rate warm-up steps")
+    checkpoint_every: int = _opt(0, "write a checkpoint every N steps (0: only at the end; needs an output "
+                                    "directory)")
+    resume: bool = _opt(False, "continue from the output directory's checkpoint (same data and options)")
+    eval_each_epoch: bool = _opt(True, "score each set (answer NLL) at the end of every epoch")
+    eval_max_examples: int = _opt(256, "rows of each set scored (answer NLL) at the end of every epoch")
+    rank: Any = _opt(None, "shortcut for the AlterConfig's rank when alter_config is None")
+    alpha: Any = _opt(None, "shortcut for the AlterConfig's alpha when alter_config is None")
+    threshold_quantile: Any = _opt(None, "ALTER: set theta to this quantile (0..1) of the base model's answer-token "
+                                         "entropies instead of the configured threshold (0.5: half the answer "
+                                         "tokens high); stored in the adapter config")
+    threshold_auto: Any = _opt(0.5, "ALTER: when the configured threshold puts >= 98% of the answer tokens on one "
+                                    "side, use this quantile of the base answer-token entropies instead (logged, "
+                                    "stored in the adapter config; None: keep theta)")
+    route_labels: str = _opt("content", "router labels on 'content' tokens (answer tokens and the token before "
+                                        "each) or on 'all' real tokens (question template too)")
+    router_eval: bool = _opt(True, "held-out routing accuracy after each epoch (ALTER, AsymLoRA)")
+    retain_expert: str = _opt("train", "ALTER / AsymLoRA: train the retain expert B_0 (spec 4), or keep it frozen "
+                                       "(zero: retain-routed tokens compute the base model; docs/unlearning.md)")
+    router_input: Any = _opt(None, "router form of the AlterConfig the engine builds: prefix_match (keys fitted "
+                                   "from the data; docs/unlearning.md) or token (the per-token linear router of "
+                                   f"ALTER_SPEC section 3); None: base_config's if given, else {ENGINE_ROUTER_INPUT}")
+    base_config: Any = _opt(None, "AlterConfig template when alter_config is None (N still from labels / k-means)")
+
+    def __post_init__(self):
+        _validate(self)
+
+    @classmethod
+    def from_kwargs(cls, who: str, hparams, *, list_known: bool = True) -> "UnlearnOptions":
+        """The options of ``hparams`` (a mapping; an UnlearnOptions is returned as it is); TypeError
+        naming ``who`` for an unknown option, OptionError for a value out of range."""
+        if isinstance(hparams, cls):
+            return hparams
+        check_known(who, hparams, list_known=list_known)
+        return cls(**hparams)
+
+    def as_dict(self) -> dict:
+        """{option: value}, shallow (``base_config`` stays an AlterConfig)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def grad_norm_struct(self) -> bool:
+        """R_struct in its grad-norm form (double backward through the logits)."""
+        return self.struct_mode == "grad_norm" and self.lam != 0
+
+    def data_kwargs(self) -> dict:
+        """The tokenisation options (``unlearn.data.prepare``)."""
+        return dict(max_length=self.max_length, chat_template=self.chat_template, prompt_format=self.prompt_format)
+
+
+def check_known(who: str, hparams, *, list_known: bool = True) -> None:
+    """TypeError naming ``who`` for an option ``UnlearnOptions`` does not have."""
+    unknown = sorted(set(hparams) - set(OPTION_HELP))
+    if unknown:
+        raise TypeError(f"{who}: unknown option(s) {unknown}" +
+                        (f"; known options are {sorted(OPTION_HELP)}" if list_known else ""))
 
 
 METHOD_ALIASES = {"npo_rt": "npo_retain"}
@@ -83,15 +148,6 @@ def method_name(method) -> str:
     """The canonical spelling of a method name: lower case, "-" and "+" as "_", aliases resolved."""
     name = str(method).lower().replace("-", "_").replace("+", "_")
     return METHOD_ALIASES.get(name, name)
-
-
-def checked_hparams(who: str, hparams: dict, *, list_known: bool = True) -> dict:
-    """``DEFAULTS`` updated with ``hparams``; TypeError naming ``who`` for an unknown option."""
-    unknown = sorted(set(hparams) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"{who}: unknown option(s) {unknown}" +
-                        (f"; known options are {sorted(DEFAULTS)}" if list_known else ""))
-    return {**DEFAULTS, **hparams}
 
 
 class OptionError(ValueError):
@@ -142,52 +198,70 @@ def check_prompt_format(fmt, name: str = "prompt_format") -> None:
                                                 f"(write literal braces as {{{{ and }}}}), got {fmt!r}")
 
 
-def validate_options(hp: dict, *, epochs=1, batch_size=1, max_steps=None, seed=0) -> None:
-    """Raise OptionError for the first option of ``hp`` (a DEFAULTS-shaped dict) or of the
-    run arguments that is out of range."""
+def check_run_args(*, epochs=1, batch_size=1, max_steps=None, seed=0) -> None:
+    """Raise OptionError for the first of ``unlearn``'s run arguments that is out of range."""
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         _int_at_least(name, v, 1)
     if max_steps is not None:
         _int_at_least("max_steps", max_steps, 1)
     if not _is_int(seed) or not 0 <= seed < 2 ** 32:
         raise OptionError("seed", "an int in 0..2**32-1", seed)
+
+
+def _validate(o: UnlearnOptions) -> None:
+    """Raise OptionError for the first option of ``o`` that is out of range (the table above)."""
     for name in ("lr", "lr_A", "lr_B", "lr_router", "npo_beta", "struct_q"):
-        _positive(name, hp[name])
+        _positive(name, getattr(o, name))
     for name in ("weight_decay", "grad_clip", "beta", "gamma", "lam", "rho"):
-        _non_negative(name, hp[name])
+        _non_negative(name, getattr(o, name))
     for name in ("warmup_steps", "checkpoint_every", "eval_max_examples"):
-        _int_at_least(name, hp[name], 0)
-    _int_at_least("max_length", hp["max_length"], 2)
-    _int_at_least("kmeans_max_k", hp["kmeans_max_k"], 1, MAX_FORGET_EXPERTS)
-    n = hp["num_forget_experts"]
+        _int_at_least(name, getattr(o, name), 0)
+    _int_at_least("max_length", o.max_length, 2)
+    _int_at_least("kmeans_max_k", o.kmeans_max_k, 1, MAX_FORGET_EXPERTS)
+    n = o.num_forget_experts
     if n is not None and n != "auto":
         if not _is_int(n) or not 1 <= n <= MAX_FORGET_EXPERTS:
             raise OptionError("num_forget_experts", f"'auto' or an int in 1..{MAX_FORGET_EXPERTS}", n)
-    if hp["rank"] is not None:
-        _int_at_least("rank", hp["rank"], 1)
-    if hp["alpha"] is not None:
-        _positive("alpha", hp["alpha"])
-    q = hp["threshold_quantile"]
+    if o.rank is not None:
+        _int_at_least("rank", o.rank, 1)
+    if o.alpha is not None:
+        _positive("alpha", o.alpha)
+    q = o.threshold_quantile
     if q is not None and (not _is_num(q) or not 0.0 < q < 1.0):
         raise OptionError("threshold_quantile", "None or a number in (0, 1)", q)
-    q = hp["threshold_auto"]
+    q = o.threshold_auto
     if q is not None and not (_is_num(q) and 0 < q < 1):
         raise OptionError("threshold_auto", "None or a number in (0, 1)", q)
-    if hp["route_labels"] not in ("content", "all"):
-        raise OptionError("route_labels", "'content' or 'all'", hp["route_labels"])
-    if hp["router_input"] not in (None,) + ROUTER_INPUTS:
-        raise OptionError("router_input", "None, " + " or ".join(map(repr, ROUTER_INPUTS)), hp["router_input"])
-    if hp["retain_expert"] not in ("train", "frozen"):
-        raise OptionError("retain_expert", "'train' or 'frozen'", hp["retain_expert"])
-    if not isinstance(hp["router_eval"], bool):
-        raise OptionError("router_eval", "a bool", hp["router_eval"])
-    if hp["struct_mode"] not in ("drift", "grad_norm"):
-        raise OptionError("struct_mode", "'drift' or 'grad_norm'", hp["struct_mode"])
-    if hp["fused_loss"] not in ("auto", "off"):
-        raise OptionError("fused_loss", "'auto' or 'off'", hp["fused_loss"])
-    check_prompt_format(hp["prompt_format"])
-    if hp["base_config"] is not None and not isinstance(hp["base_config"], AlterConfig):
-        raise OptionError("base_config", "None or an AlterConfig", type(hp["base_config"]).__name__)
+    _one_of("route_labels", o.route_labels, ROUTE_LABELS)
+    if o.router_input not in (None,) + ROUTER_INPUTS:
+        raise OptionError("router_input", "None, " + " or ".join(map(repr, ROUTER_INPUTS)), o.router_input)
+    _one_of("retain_expert", o.retain_expert, RETAIN_EXPERT)
+    if not isinstance(o.router_eval, bool):
+        raise OptionError("router_eval", "a bool", o.router_eval)
+    _one_of("struct_mode", o.struct_mode, STRUCT_MODES)
+    _one_of("fused_loss", o.fused_loss, FUSED_LOSS)
+    check_prompt_format(o.prompt_format)
+    if o.base_config is not None and not isinstance(o.base_config, AlterConfig):
+        raise OptionError("base_config", "None or an AlterConfig", type(o.base_config).__name__)
+
+
+def _one_of(name, v, allowed: tuple) -> None:
+    if v not in allowed:
+        raise OptionError(name, " or ".join(map(repr, allowed)), v)
+
+
+class _DataParallelRefusal(UnlearnError, ValueError):
+    """An option that data-parallel training cannot honour."""
+
+
+def refuse_grad_norm_data_parallel(opts: UnlearnOptions, who: str) -> None:
+    """The grad-norm R_struct cannot run data-parallel: the squared gradient norm of the global
+    batch does not split over shards (raised by ``unlearn`` before any work and by ``alter_loss``
+    when given a ``reduce``)."""
+    if opts.grad_norm_struct:
+        raise _DataParallelRefusal(f"{who}: struct_mode='grad_norm' is not supported with data-parallel training "
+                                   "(the squared gradient norm of the global batch does not split over shards); "
+                                   "use 'drift'")
 
 
 def check_expert_count(n_experts: int, n_rows: int, name: str = "num_forget_experts") -> None:
@@ -196,3 +270,8 @@ def check_expert_count(n_experts: int, n_rows: int, name: str = "num_forget_expe
     if n_experts > n_rows:
         raise OptionError(name, "", n_experts, detail=f"{n_experts} forget experts for {n_rows} forget row(s); "
                                                       f"expected at most one expert per forget row")
+
+
+OPTION_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(UnlearnOptions)}
+# {option: default}, read-only: the defaults of UnlearnOptions (kept for ``{**DEFAULTS, ...}`` callers)
+DEFAULTS: Mapping[str, Any] = MappingProxyType(UnlearnOptions().as_dict())

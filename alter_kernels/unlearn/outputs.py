@@ -15,7 +15,19 @@ from . import distributed as D
 from .methods import METHODS
 from .options import OptionError, method_name
 
-_OUT_FILES = ("metrics.json", "history.json", ckpt.CHECKPOINT_NAME, ckpt.SIDECAR_NAME, "run.json")
+# What a run writes in its output directory: the one table of names (alter-unlearn reads it too).
+METRICS_NAME = "metrics.json"     # one entry per epoch
+HISTORY_NAME = "history.json"     # one entry per step
+RUN_NAME = "run.json"             # alter-unlearn: the command's options
+ADAPTER_DIR = "adapter"           # adapter methods (save_adapter)
+MODEL_DIR = "model"               # full-parameter methods (save_pretrained)
+OUT_FILES = (METRICS_NAME, HISTORY_NAME, ckpt.CHECKPOINT_NAME, ckpt.SIDECAR_NAME, RUN_NAME)
+OUT_DIRS = (ADAPTER_DIR, MODEL_DIR)
+
+
+def output_paths(out_dir) -> list[str]:
+    """Every path a run may write in ``out_dir`` (files and directories)."""
+    return [os.path.join(out_dir, n) for n in OUT_FILES + OUT_DIRS]
 
 
 def _is_adapter(method: str) -> bool:
@@ -43,9 +55,9 @@ def prepare_out_dir(out_dir, model=None, method: str = "alter") -> str:
         raise OutputError(f"cannot create the output directory {out_dir} ({exc.strerror or exc})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to the output directory {out_dir} (permission denied)")
-    for name in _OUT_FILES:
+    for name in OUT_FILES:
         check_file_target(os.path.join(out_dir, name))
-    sub = os.path.join(out_dir, "adapter" if _is_adapter(method) else "model")
+    sub = os.path.join(out_dir, ADAPTER_DIR if _is_adapter(method) else MODEL_DIR)
     check_dir_target(sub)
     if _is_adapter(method):
         for name in (_m.CONFIG_NAME, _m.WEIGHTS_NAME):
@@ -75,7 +87,7 @@ def guard_out_dir(fn):
                 return fn(*args, **kwargs)
         prepare_out_dir(out_dir, b.arguments.get("model"), method_name(b.arguments.get("method", "alter")))
         with OutDirLock(out_dir):
-            clean_stale_temp(out_dir, os.path.join(out_dir, "adapter"))
+            clean_stale_temp(out_dir, os.path.join(out_dir, ADAPTER_DIR))
             return fn(*args, **kwargs)
     return run
 
@@ -92,11 +104,11 @@ def save_outputs(run, st) -> tuple[str | None, str | None]:
     if run.out_dir is None:
         return None, None
     ckpt.save_run_checkpoint(run, st, st.total)
-    write_run_json(run, "metrics.json", st.metrics)
-    write_run_json(run, "history.json", st.history)
+    write_run_json(run, METRICS_NAME, st.metrics)
+    write_run_json(run, HISTORY_NAME, st.history)
     adapter_dir = model_dir = None
     if run.spec.adapter:
-        adapter_dir = os.path.join(run.out_dir, "adapter")
+        adapter_dir = os.path.join(run.out_dir, ADAPTER_DIR)
         d = run.data
         with (run.dist.full_params(run.model) if run.dist is not None else contextlib.nullcontext()):
             if run.main:
@@ -105,7 +117,7 @@ def save_outputs(run, st) -> tuple[str | None, str | None]:
                                        "trained_experts": run.trained_experts, "steps": st.total,
                                        "threshold_source": run.threshold_source})
     else:
-        model_dir = os.path.join(run.out_dir, "model")
+        model_dir = os.path.join(run.out_dir, MODEL_DIR)
         _save_model(run, model_dir)
     if run.dist is not None:
         run.dist.barrier()

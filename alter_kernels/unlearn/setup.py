@@ -17,7 +17,7 @@ from .batches import AlterData
 from .context import RunContext
 from .data import DataError, prepare, report_rows
 from .methods import METHODS
-from .options import check_expert_count, checked_hparams
+from .options import ENGINE_ROUTER_INPUT, UnlearnOptions, check_expert_count
 from .result import UnlearnError
 from .subdomains import choose_k, fit_prefix_router, init_router, kmeans, map_domain_labels, pooled_features
 from .util import device_of, pad_id_of
@@ -63,9 +63,9 @@ def prepare_alter(model, forget, retain, tokenizer, alter_config: AlterConfig | 
     """The set-up of ``unlearn(method="alter")`` without its loop: tokenise the rows, patch the
     model (if needed), assign forget rows to experts (domain labels or k-means), initialise the
     router, pick theta (``threshold_quantile``) and cache the base-model entropies. hparams: the
-    data and sub-domain options of ``DEFAULTS``."""
-    hp = checked_hparams("prepare_alter", hparams, list_known=False)
-    run = RunContext(model, METHODS["alter"], hp, batch_size, seed, device_of(model), tokenizer=tokenizer)
+    data and sub-domain options of ``UnlearnOptions``."""
+    opts = UnlearnOptions.from_kwargs("prepare_alter", hparams, list_known=False)
+    run = RunContext(model, METHODS["alter"], opts, batch_size, seed, device_of(model), tokenizer=tokenizer)
     return prepare_run(run, forget, retain, tokenizer, alter_config)
 
 
@@ -110,8 +110,8 @@ def setup_adapter(run: RunContext, alter_config: AlterConfig | None) -> None:
 
 
 def _setup_lora(run: RunContext, alter_config):
-    hp, model = run.hp, run.model
-    base = alter_config or hp["base_config"] or AlterConfig()
+    opts, model = run.opts, run.model
+    base = alter_config or opts.base_config or AlterConfig()
     if _m.is_patched(model):
         cfg = _m.get_state(model).config
         if cfg.num_forget_experts != 0:
@@ -120,7 +120,7 @@ def _setup_lora(run: RunContext, alter_config):
         return cfg
     # one expert: both routing branches give it weight 1, so no entropy is needed at inference
     cfg = dataclasses.replace(base, num_forget_experts=0, inference_entropy="none",
-                              rank=hp["rank"] or base.rank, alpha=hp["alpha"] or base.alpha,
+                              rank=opts.rank or base.rank, alpha=opts.alpha or base.alpha,
                               init_seed=base.init_seed if base.init_seed is not None else run.seed)
     _m.patch(model, cfg)
     return cfg
@@ -152,7 +152,7 @@ def _setup_routed(run: RunContext, alter_config):
     run.n_frozen = _m.frozen_experts(model) if patched else 0
     first = max(1, run.n_frozen)
     labels, mapping = map_domain_labels([e.domain for e in f_ex], first_expert=first)
-    want = run.hp["num_forget_experts"]
+    want = run.opts.num_forget_experts
     feats = _Features(run)
     if patched:
         cfg = _check_patched(model, alter_config)
@@ -188,25 +188,25 @@ def _check_patched(model, alter_config):
 def _new_config(run: RunContext, alter_config, mapping, want, feats: _Features) -> AlterConfig:
     """The AlterConfig to patch with: ``alter_config``, or the template with N from the domain
     labels, ``num_forget_experts`` (an int or "auto": k-means' best k) or the template."""
-    hp, f_ex = run.hp, run.data.forget
-    base = alter_config or hp["base_config"] or AlterConfig()
+    opts, f_ex = run.opts, run.data.forget
+    base = alter_config or opts.base_config or AlterConfig()
     if alter_config is None:
         if mapping:
             n = len(mapping)
         elif want is None:
             n = base.num_forget_experts
         elif want == "auto":
-            n = (choose_k(feats.forget("k-means")[-1], hp["kmeans_max_k"], run.seed,
+            n = (choose_k(feats.forget("k-means")[-1], opts.kmeans_max_k, run.seed,
                           desc=run.show and "k-means: choosing N") if len(f_ex) > 2 else 1)
         else:
             n = int(want)
             check_expert_count(n, len(f_ex))
         if n < 1:
             raise UnlearnError(f"unlearn[{run.method}]: needs at least one forget expert, got {n}")
-        base = dataclasses.replace(base, num_forget_experts=n, rank=hp["rank"] or base.rank,
-                                   alpha=hp["alpha"] or base.alpha,
-                                   router_input=hp["router_input"] or (
-                                       base.router_input if hp["base_config"] is not None else "prefix_match"),
+        base = dataclasses.replace(base, num_forget_experts=n, rank=opts.rank or base.rank,
+                                   alpha=opts.alpha or base.alpha,
+                                   router_input=opts.router_input or (
+                                       base.router_input if opts.base_config is not None else ENGINE_ROUTER_INPUT),
                                    init_seed=base.init_seed if base.init_seed is not None else run.seed)
     if base.num_forget_experts < 1:
         raise UnlearnError(f"unlearn[{run.method}]: alter_config.num_forget_experts must be >= 1")
@@ -217,14 +217,14 @@ def _new_config(run: RunContext, alter_config, mapping, want, feats: _Features) 
 
 def _init_routing(run: RunContext, assign: list[int], feats: _Features) -> None:
     """Fit the prefix-match router's keys, or place the token router's columns at the centroids."""
-    model, d, hp = run.model, run.data, run.hp
+    model, d, opts = run.model, run.data, run.opts
     if _m.get_state(model).config.router_input == "prefix_match":
-        info = fit_prefix_router(model, d.forget, assign, d.retain, init_weights=hp["router_init"],
+        info = fit_prefix_router(model, d.forget, assign, d.retain, init_weights=opts.router_init,
                                  special_ids=[d.pad_id])
         if info["uncovered_forget_rows"]:
             warnings.warn(f"unlearn[{run.method}]: {info['uncovered_forget_rows']} forget row(s) have no token that "
                           "is absent from the retain rows; the prefix-match router cannot tell them from retain rows")
-    elif hp["router_init"]:
+    elif opts.router_init:
         f = feats.forget("router init")
         r = feats.retain("router init") if d.retain and run.n_frozen == 0 else None
         init_router(model, f, torch.tensor(assign), r, sorted(set(assign)), init_retain=run.n_frozen == 0)
@@ -235,10 +235,10 @@ def install_train_hooks(run: RunContext) -> None:
     """Adapter methods: keep frozen experts (and, with ``retain_expert="frozen"``, B_0) and the
     shared A of a continued run unchanged; AsymLoRA opens A's gradient for every row. Undone at
     the end of the run."""
-    model, hp = run.model, run.hp
+    model, opts = run.model, run.opts
     n_frozen = _m.frozen_experts(model) if run.spec.routed else 0
     hooks = list(_m.freeze_leading_experts(model, n_frozen))
-    if hp["retain_expert"] == "frozen" and run.spec.routed and n_frozen == 0:
+    if opts.retain_expert == "frozen" and run.spec.routed and n_frozen == 0:
         # B_0 keeps its value (zero for a fresh adapter: retain-routed tokens compute the base model)
         hooks += _m.freeze_leading_experts(model, 1, router=False)
     frozen_a = []

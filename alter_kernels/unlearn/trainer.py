@@ -34,9 +34,9 @@ from .context import RunContext
 from .evaluation import heldout_routing_set, warn_degenerate_routing
 from .loop import start_training, train
 from .methods import METHODS
-from .options import checked_hparams, method_name, validate_options
+from .options import UnlearnOptions, check_known, check_run_args, method_name, refuse_grad_norm_data_parallel
 from .outputs import guard_out_dir, save_outputs
-from .result import UnlearnError, UnlearnResult
+from .result import UnlearnResult
 from .setup import install_train_hooks, prepare_run
 from .util import device_of
 
@@ -54,7 +54,7 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     returned patched), or "ga", "graddiff", "kl", "npo", "npo_retain" (full-parameter: the
     weights are updated in place). forget / retain: list of dict rows or a file path (JSON,
     JSONL, TXT) or "hf:NAME[:CONFIG][@SPLIT]". callback(record) is called after each step.
-    hparams: see ``alter_kernels.unlearn.options.DEFAULTS``.
+    hparams: the fields of ``alter_kernels.unlearn.options.UnlearnOptions``.
     distributed: None / "auto" (DDP when launched by torchrun / accelerate with WORLD_SIZE > 1),
     "none", "ddp" or "fsdp2" (``fully_shard``): every rank calls ``unlearn`` with the same
     arguments, takes its shard of each batch, and gets the single-process result; only rank 0
@@ -67,10 +67,10 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
     prepare_run(run, forget, retain, tokenizer, alter_config, report=True)
     if run.spec.adapter:
         install_train_hooks(run)
-    if run.spec.routed and run.hp["router_eval"] and run.hp["eval_each_epoch"]:
+    if run.spec.routed and run.opts.router_eval and run.opts.eval_each_epoch:
         f_rows, r_rows = run.rows
         run.held = heldout_routing_set(f_rows, run.data.forget_domain, r_rows, tokenizer, run.data_kwargs(),
-                                       run.hp["eval_max_examples"], seed)
+                                       run.opts.eval_max_examples, seed)
     st = start_training(run, epochs, max_steps)
     train(run, st, callback)
     if run.dist is not None:
@@ -94,20 +94,20 @@ def _new_run(model, method, tokenizer, hparams, *, epochs, max_steps, batch_size
     method = method_name(method)
     if method not in METHODS:
         raise ValueError(f"unlearn: unknown method {method!r}; choose one of {list(METHODS)}")
-    hp = checked_hparams("unlearn", hparams)
-    validate_options(hp, epochs=epochs, batch_size=batch_size, max_steps=max_steps, seed=seed)
+    check_known("unlearn", hparams)
+    check_run_args(epochs=epochs, batch_size=batch_size, max_steps=max_steps, seed=seed)
+    opts = UnlearnOptions(**hparams)
     if tokenizer is None:
         raise ValueError("unlearn: tokenizer= is required (the rows are text)")
     if device is not None:
         model.to(device)
     dev = device_of(model)
     mode = D.resolve_mode(distributed)
-    if mode and METHODS[method].entropy and hp["struct_mode"] == "grad_norm" and hp["lam"] != 0:
-        raise UnlearnError("unlearn: struct_mode='grad_norm' is not supported with distributed training (the squared "
-                           "gradient norm of the global batch does not split over shards); use 'drift'")
+    if mode and METHODS[method].entropy:
+        refuse_grad_norm_data_parallel(opts, "unlearn")
     ctx = D.DistContext(mode, dev) if mode else None
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    return RunContext(model, METHODS[method], hp, batch_size, seed, dev, tokenizer=tokenizer, dist=ctx,
+    return RunContext(model, METHODS[method], opts, batch_size, seed, dev, tokenizer=tokenizer, dist=ctx,
                       progress=progress, out_dir=out_dir)
