@@ -5,9 +5,9 @@
   extra TEST seeds are TEST_SEEDS[1:]).
 - ``evaluate(bench, model, ref)``: forget quality, model utility and the harmonic mean of
   (forget quality, utility / finetuned utility), TOFU style, through the default inference
-  rule (see alter_kernels.demo.protocol.inference_rule).
+  rule (a patched model routes by the base model's entropies).
 """
 from __future__ import annotations
 
 from alter_kernels.demo.protocol import (DEV_SEED, TEST_SEEDS, bench_for, evaluate,  # noqa: F401
-                                         hm_score, inference_rule, load_split)
+                                         hm_score, load_split)

@@ -4,8 +4,7 @@
   also ``python -m alter_kernels.cli`` (what ``torchrun -m`` / ``accelerate launch -m`` start);
 - ``alter-eval`` (:mod:`alter_kernels.cli.eval`): TOFU evaluation of a model and its adapter.
 
-``alter_kernels.cli.main`` / ``build_parser`` are alter-unlearn's (the module was
-``alter_kernels/cli.py`` before issue 14).
+``alter_kernels.cli.main`` / ``build_parser`` are alter-unlearn's.
 """
 from .unlearn import build_parser, main
 

@@ -27,8 +27,8 @@ import warnings
 
 from ..common.fsio import ensure_dir, json_safe, write_json
 from ._common import OneLineParser, unescape_newlines
-from .eval_inputs import (REFERENCE_FORMAT, SPLITS, UsageError, _fingerprint, _read_json,  # noqa: F401
-                          read_reference, resolve_data)
+from .eval_inputs import (REFERENCE_FORMAT, SPLITS, UsageError, read_json_file, read_reference, resolve_data,
+                          rows_fingerprint)
 
 PROG = "alter-eval"
 
@@ -96,7 +96,7 @@ def _adapter_kind(path: str) -> tuple[str, dict]:
     cfg_path = os.path.join(path, "adapter_config.json")
     if not os.path.isdir(path) or not os.path.isfile(cfg_path):
         raise UsageError(f"--adapter {path}: no adapter_config.json there (expected an ALTER or PEFT adapter directory)")
-    meta = _read_json(cfg_path, f"--adapter {path}: adapter_config.json is not valid JSON")
+    meta = read_json_file(cfg_path, f"--adapter {path}: adapter_config.json is not valid JSON")
     from ..model.io import FORMAT
     if isinstance(meta, dict) and meta.get("format") == FORMAT:
         return "alter", meta
@@ -281,7 +281,7 @@ def _run(args) -> int:
     model_name, adapter_kind = _resolve_model(args)
     files = resolve_data(args.data, args.forget_split)
     rows = _load_splits(files, args.task_id)
-    fingerprint = _fingerprint(rows["forget"])
+    fingerprint = rows_fingerprint(rows["forget"])
     device, tok = _seed_device_tokenizer(args, model_name)
     fmt = QAFormat(template=args.prompt_format, chat=args.chat_template, system_prompt=args.system_prompt)
     t0 = time.perf_counter()

@@ -63,14 +63,15 @@ def resolve_data(data: list[str], forget_split: str | None = None) -> dict:
     return dict(zip(SPLITS, data))
 
 
-def _fingerprint(rows: list[dict]) -> str:
+def rows_fingerprint(rows: list[dict]) -> str:
+    """A short hash of the rows' questions: which forget set a reference's truth ratios belong to."""
     h = hashlib.sha256()
     for r in rows:
         h.update(r["question"].encode("utf-8") + b"\x00")
     return h.hexdigest()[:16]
 
 
-def _read_json(path: str, what: str):
+def read_json_file(path: str, what: str):
     """json.load(path), or a UsageError "<what> (<reason>)"."""
     try:
         with open(path) as f:
@@ -82,7 +83,7 @@ def _read_json(path: str, what: str):
 
 # ---------------------------------------------------------------------------------- reference
 def read_reference(path: str, truth_ratio: str, fingerprint: str) -> tuple[list[float], dict]:
-    ref = _read_json(path, f"--reference {path}: cannot read it")
+    ref = read_json_file(path, f"--reference {path}: cannot read it")
     if isinstance(ref, dict) and ref.get("format") == REFERENCE_FORMAT:
         ratios, mode, fp = ref.get("truth_ratios"), ref.get("truth_ratio"), ref.get("forget_fingerprint")
     elif isinstance(ref, dict) and isinstance(ref.get("forget"), dict) and "truth_ratios" in ref["forget"]:

@@ -1,6 +1,6 @@
 """The benchmark protocol: DEV / TEST corpus seeds, the retain subset that utility is scored on,
 evaluation through the default inference rule, and the hyper-parameters selected on DEV
-(docs/benchmark.md, "Protocol"). Was ``alter_kernels/benchmark/protocol.py``.
+(docs/benchmark.md, "Protocol").
 
 - TEST: corpus seed 0 (what the demo reports) plus seeds 1 and 2 (mean and std over the three).
 - DEV: corpus seed 1000, same sizes; ``bench/sweep.py`` selects every method's hyper-parameters
@@ -8,8 +8,6 @@ evaluation through the default inference rule, and the hyper-parameters selected
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -57,57 +55,6 @@ def load_split(bench):
             "real": load_rows(bench.path("real_authors")), "world": load_rows(bench.path("world_facts"))}
 
 
-def _has_builtin_inference_entropy() -> bool:
-    from ..config import AlterConfig
-    return "inference_entropy" in {f.name for f in dataclasses.fields(AlterConfig)}
-
-
-@contextlib.contextmanager
-def inference_rule(model):
-    """Evaluate a patched model with the default inference rule: every forward without routing
-    inputs is routed by the BASE model's entropies (spec 2, ``inference_entropy="base"``).
-
-    Once the package computes them itself (AlterConfig.inference_entropy exists) this does
-    nothing. Before that it installs a forward pre-hook computing ``ak.token_entropy`` on the
-    forward's full input and turns off the KV cache in ``generate`` (each step recomputes the
-    whole sequence, so generated tokens are routed by the base entropy too)."""
-    import alter_kernels as ak
-    if not ak.is_patched(model) or _has_builtin_inference_entropy():
-        yield model
-        return
-    state = ak.get_state(model) if hasattr(ak, "get_state") else model._alter_state
-    set_here = []
-
-    def pre(module, args, kwargs):
-        if state.entropy is not None or state.labels is not None:
-            set_here.append(False)
-            return None
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        att = kwargs.get("attention_mask")
-        state.entropy = ak.token_entropy(model, ids, att)
-        set_here.append(True)
-        return None
-
-    def post(module, args, kwargs, out):
-        if set_here and set_here.pop():
-            state.entropy = None
-        return None
-
-    h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
-    h2 = model.register_forward_hook(post, with_kwargs=True)
-    gc = getattr(model, "generation_config", None)
-    prev = getattr(gc, "use_cache", None)
-    if gc is not None:
-        gc.use_cache = False
-    try:
-        yield model
-    finally:
-        h1.remove()
-        h2.remove()
-        if gc is not None:
-            gc.use_cache = prev
-
-
 def hm_score(fq: float, mu: float, mu_ft: float) -> float:
     """Harmonic mean of (forget quality, utility / finetuned utility)."""
     a, b = fq, (mu / mu_ft if mu_ft > 0 else 0.0)
@@ -115,12 +62,12 @@ def hm_score(fq: float, mu: float, mu_ft: float) -> float:
 
 
 def evaluate(model, tok, split: dict, ref=None, batch_size: int = 16, max_new_tokens: int = 32) -> dict:
-    """TOFU suite (evaluate_tofu) through the inference rule; returns the full result dict."""
+    """TOFU suite (evaluate_tofu) through the default inference rule (a patched model routes by the
+    base model's entropies, ``AlterConfig.inference_entropy="base"``); returns the full result dict."""
     from ..eval import QAFormat, evaluate_tofu
-    with inference_rule(model):
-        return evaluate_tofu(model, tok, split["forget"], split["retain_eval"], split["real"], split["world"],
-                             reference_truth_ratios=ref, fmt=QAFormat(), batch_size=batch_size,
-                             max_new_tokens=max_new_tokens)
+    return evaluate_tofu(model, tok, split["forget"], split["retain_eval"], split["real"], split["world"],
+                         reference_truth_ratios=ref, fmt=QAFormat(), batch_size=batch_size,
+                         max_new_tokens=max_new_tokens)
 
 
 def load_selected(preset: str) -> dict | None:

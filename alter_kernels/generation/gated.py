@@ -2,6 +2,8 @@
 block, recording the routing entropies (:func:`gated_decoding`)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -43,8 +45,8 @@ class GatedDecoding:
         self._stream = None
         self._prev = (self.state.config.inference_entropy, self.rule.prefill_high, self.state.entropy,
                       self.state.labels)
-        if entropy is not None:
-            self.state.config.inference_entropy = entropy
+        if entropy is not None:                         # a new config: the adapter's own is never edited
+            self.state.config = dataclasses.replace(self.state.config, inference_entropy=entropy)
         self.rule.prefill_high = prefill == "high"
         self.state.entropy = self.state.labels = None
         self._handles = [model.register_forward_hook(self._post)]
@@ -64,8 +66,9 @@ class GatedDecoding:
         for h in self._handles:
             h.remove()
         if self._handles:
-            (self.state.config.inference_entropy, self.rule.prefill_high, self.state.entropy,
-             self.state.labels) = self._prev
+            mode, self.rule.prefill_high, self.state.entropy, self.state.labels = self._prev
+            if self.state.config.inference_entropy != mode:
+                self.state.config = dataclasses.replace(self.state.config, inference_entropy=mode)
         self._handles = []
 
     def __enter__(self):

@@ -12,13 +12,14 @@ import torch
 import torch.nn as nn
 
 from ..config import INFERENCE_ENTROPY
+from ..model.base_pass import base_entropy
 from ..model.hf import backbone_of, lm_head_of, position_ids_from_mask
 from ..model.inference import routing_from_next
 from ..model.state import AlterState, add_plan_hook, get_state, is_patched
 from ..ops.entropy import tsallis_entropy
 from .adapters import DecodeAdapters
 from .options import GenerateOptions, GenerationOutput, check_generate_args
-from .prefill import base_pass, q_route, stack_static_caches
+from .prefill import q_route, stack_static_caches
 from .sampling import eos_tensor, sample_next_token
 
 
@@ -101,8 +102,9 @@ def _prompt_routing(run: _Run, input_ids, attention_mask, prefill_mask, max_len:
     # the base pass over the prompt: its entropies route the prompt, and with two streams its KV
     # cache becomes the base rows of the decode cache
     base_cache = StaticCache(config=run.model.config, max_cache_len=max_len) if run.two_stream else None
-    nxt_ent = base_pass(run.model, run.backbone, run.head, input_ids,
-                        prefill_mask if run.two_stream else attention_mask, run.pos, base_cache, run.q)
+    nxt_ent = base_entropy(run.model, run.q, input_ids=input_ids, position_ids=run.pos, cache=base_cache,
+                           attention_mask=prefill_mask if run.two_stream else attention_mask,
+                           backbone=run.backbone, head=run.head).float()
     run.last_base = nxt_ent[:, -1]
     p_ent = routing_from_next(nxt_ent, attention_mask)
     if isinstance(prefill, torch.Tensor):

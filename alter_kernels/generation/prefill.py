@@ -5,17 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..model.base_pass import route_q
 from ..model.entropy import token_entropy
-from ..model.hf import cache_kwarg
-from ..model.state import get_state, is_patched
-from ..ops.entropy import lm_head_entropy
 
 
 def q_route(model: nn.Module, q: float | None) -> float:
-    """The entropy order q: ``q`` if given, else the patched model's ``q_route`` (1.5 unpatched)."""
-    if q is not None:
-        return float(q)
-    return get_state(model).config.q_route if is_patched(model) else 1.5
+    """The entropy order q: ``q`` if given, else the patched model's ``q_route`` (AlterConfig's
+    default unpatched)."""
+    return float(route_q(model, q))
 
 
 def prompt_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -24,19 +21,6 @@ def prompt_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     :func:`alter_kernels.token_entropy` (positions counted over real tokens, +inf where token t
     has no real predecessor)."""
     return token_entropy(model, input_ids, attention_mask, q=q_route(model, q), position_ids=position_ids)
-
-
-def base_pass(model, backbone, head, input_ids, mask, pos, cache, q: float) -> torch.Tensor:
-    """Base-model (adapters off) S_q [B, T] at every prompt position; fills ``cache`` if given."""
-    state = get_state(model)
-    kw = {cache_kwarg(backbone): cache} if cache is not None else {}
-    prev, state.enabled = state.enabled, False
-    try:
-        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
-                          **kw).last_hidden_state
-    finally:
-        state.enabled = prev
-    return lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None)).float()
 
 
 def stack_static_caches(cache, other) -> None:

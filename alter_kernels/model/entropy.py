@@ -1,15 +1,12 @@
 """Base-model routing entropies of a whole batch: :func:`token_entropy` (ALTER_SPEC section 2)."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 
-from ..ops.entropy import lm_head_entropy
-from .hf import backbone_of, lm_head_of, position_ids_from_mask
+from .base_pass import base_entropy, route_q
+from .hf import position_ids_from_mask
 from .inference import routing_from_next
-from .state import disable_adapters, get_state, is_patched
 
 
 @torch.no_grad()
@@ -23,14 +20,8 @@ def token_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     Positions are counted over real tokens (``position_ids``, by default from
     ``attention_mask``), so a left-padded row gets the entropies of the row alone.
     """
-    q = get_state(model).config.q_route if (q is None and is_patched(model)) else (1.5 if q is None else q)
-    backbone = backbone_of(model)
-    head = lm_head_of(model)
     if attention_mask is not None and position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
-    ctx = disable_adapters(model) if is_patched(model) else contextlib.nullcontext()
-    with ctx:
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state
-    ent = lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))   # [B, T]
+    ent = base_entropy(model, route_q(model, q), input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids)                                      # [B, T]
     return routing_from_next(ent, attention_mask)

@@ -32,7 +32,8 @@ import torch.nn as nn
 
 from ..config import INFERENCE_ENTROPY
 from .hf import backbone_of, cache_kwarg, head_problem, position_ids_from_mask
-from ..ops.entropy import lm_head_entropy, tsallis_entropy
+from ..ops.entropy import tsallis_entropy
+from .base_pass import base_entropy
 
 STREAM_ATTR = "_alter_entropy_stream"
 _MIRRORED = ("reorder_cache", "crop", "batch_repeat_interleave", "batch_select_indices")
@@ -161,20 +162,9 @@ class InferenceRule:
     # ---------------------------------------------------------------- the base pass
     def base_entropy(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
         """S_q [B, T] of the base model's distribution at every position of these tokens."""
-        kw = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": cache is not None}
-        if cache is not None:
-            kw[self.cache_kw] = cache
-        if input_ids is not None:
-            kw["input_ids"] = input_ids
-        else:
-            kw["inputs_embeds"] = inputs_embeds
-        prev, self.state.enabled = self.state.enabled, False
-        try:
-            hidden = self.backbone(**kw).last_hidden_state
-        finally:
-            self.state.enabled = prev
-        return lm_head_entropy(hidden, self.head.weight, q=self.state.config.q_route,
-                               bias=getattr(self.head, "bias", None)).float()
+        return base_entropy(self.model, self.state.config.q_route, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                            attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                            backbone=self.backbone, head=self.head, cache_kw=self.cache_kw).float()
 
     # ---------------------------------------------------------------- hooks
     def _pre(self, module, args, kwargs):

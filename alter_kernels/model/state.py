@@ -8,6 +8,7 @@ inference rule (``AlterConfig.inference_entropy``, :mod:`alter_kernels.model.inf
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -174,7 +175,7 @@ def set_inference_entropy(model: nn.Module, mode: str) -> None:
     if mode != "none" and state.inference is None:
         raise PatchError(f"set_inference_entropy: {mode!r} needs the model's next-token entropies, but "
                          f"{head_problem(model)}")
-    state.config.inference_entropy = mode
+    state.config = dataclasses.replace(state.config, inference_entropy=mode)   # a new value, never an edit
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from .checkpoint import CheckpointError
 from .methods import METHODS, alter_loss
 from .options import OptionError
 from .subdomains import kmeans
-from .batches import AlterData
+from .batches import AlterData, UnlearnData
 from .options import DEFAULTS, UnlearnOptions
 from .result import UnlearnDivergedError, UnlearnError, UnlearnInterrupted, UnlearnResult
 from .setup import prepare_alter
@@ -13,4 +13,4 @@ from .trainer import unlearn
 
 __all__ = ["unlearn", "UnlearnResult", "UnlearnError", "UnlearnDivergedError", "DataError", "METHODS",
            "DEFAULTS", "UnlearnOptions", "add_forget_experts", "frozen_experts", "load_rows", "kmeans",
-           "prepare_alter", "AlterData", "alter_loss", "OptionError", "CheckpointError", "UnlearnInterrupted"]
+           "prepare_alter", "UnlearnData", "AlterData", "alter_loss", "OptionError", "CheckpointError", "UnlearnInterrupted"]

@@ -12,25 +12,26 @@ from .data import collate, epoch_order, pad_float
 from .util import progress_bar
 
 
-@dataclasses.dataclass
-class AlterData:
-    """What one ALTER step needs besides the model, prepared once (see :func:`prepare_alter`):
-    tokenised forget / retain examples, each forget row's expert, the cached base-model entropies
-    and the adapter's config. ``batch(fi, ri)`` builds the mixed batch that
-    :func:`alter_kernels.unlearn.alter_loss` takes, for another training loop (HF Trainer, ...).
+@dataclasses.dataclass(kw_only=True)
+class UnlearnData:
+    """The prepared data of an unlearning run, whatever the method (see :func:`prepare_alter`):
+    tokenised forget / retain examples, each forget row's expert, what the method caches from the
+    base model and the adapter's config. Built by keyword. ``batch(fi, ri)`` builds the mixed
+    batch that :func:`alter_kernels.unlearn.alter_loss` takes, for another training loop (HF
+    Trainer, ...).
 
-    ``unlearn`` keeps the data of every method in one: ``forget_cache`` / ``retain_cache`` are
-    None without entropies (all methods but ALTER), ``config`` None for full-parameter methods,
-    ``forget_ref`` the reference log-probs of the forget rows (NPO) or None."""
+    ``forget_cache`` / ``retain_cache``: (routing entropies, base S_q) per example, ALTER only;
+    ``forget_ref``: the reference log-probs of the forget rows, NPO only; ``config``: the adapter's
+    config once the set-up is done (None for full-parameter methods)."""
     forget: list
     retain: list
-    forget_domain: list
-    forget_cache: tuple | None
-    retain_cache: tuple | None
-    config: AlterConfig | None
-    domain_map: dict
     pad_id: int
+    forget_domain: list
+    domain_map: dict = dataclasses.field(default_factory=dict)
+    forget_cache: tuple | None = None
+    retain_cache: tuple | None = None
     forget_ref: list | None = None
+    config: AlterConfig | None = None
 
     def batch(self, forget_idx, retain_idx, device=None) -> dict:
         return batch_of(self, list(forget_idx), list(retain_idx), device or "cpu")
@@ -46,7 +47,10 @@ class AlterData:
         return batch_of(self, fi, ri, device)
 
 
-def batch_of(d: AlterData, fi, ri, dev) -> dict:
+AlterData = UnlearnData   # its name before issue 25 (public: alter_kernels.unlearn.AlterData, docs/scaling.md)
+
+
+def batch_of(d: UnlearnData, fi, ri, dev) -> dict:
     """The mixed batch of forget rows fi then retain rows ri (the layout methods.* expect)."""
     exs = [d.forget[i] for i in fi] + [d.retain[i] for i in ri]
     ids, att, lab = collate(exs, d.pad_id)

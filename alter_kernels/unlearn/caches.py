@@ -2,7 +2,6 @@
 references, theta, and NPO's reference log-probabilities."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 
@@ -71,37 +70,35 @@ def choose_threshold(theta: float, exs: list[Example], ents: list[torch.Tensor],
 
 
 def cache_entropies(run) -> None:
-    """ALTER: cache the base-model entropies of every example and pick theta (``run.data`` is
-    updated; the model's config gets the new theta)."""
+    """ALTER: cache the base-model entropies of every example (``run.data``'s caches)."""
     d, opts, model = run.data, run.opts, run.model
-    q_route = d.config.q_route
+    q_route = run.cfg.q_route
     d.forget_cache = entropy_cache(model, d.forget, d.pad_id, run.batch_size, run.dev, q_route, opts.struct_q,
                                    run.dist, desc=run.show and "entropy cache (forget)")
     d.retain_cache = (entropy_cache(model, d.retain, d.pad_id, run.batch_size, run.dev, q_route, opts.struct_q,
                                     run.dist, desc=run.show and "entropy cache (retain)") if d.retain else ([], []))
-    if opts.threshold_quantile is not None and _m.frozen_experts(model):
-        warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
-                      f"unlearning) and keeps its threshold {d.config.threshold}")
-    elif not _m.frozen_experts(model):
-        _pick_threshold(run)
 
 
-def _pick_threshold(run) -> None:
-    d, opts = run.data, run.opts
-    old = d.config.threshold
-    theta, run.threshold_source, low_share = choose_threshold(old, d.forget + d.retain,
-                                                              d.forget_cache[0] + d.retain_cache[0], opts)
-    if run.threshold_source != "config":
-        st = _m.get_state(run.model)
-        st.config = d.config = dataclasses.replace(d.config, threshold=theta)
-    if run.threshold_source == "auto" and run.main:
+def resolve_threshold(run) -> tuple[float, str]:
+    """ALTER: (theta, source) for this run from the cached entropies (:func:`choose_threshold`;
+    an adapter with frozen experts keeps its theta). Reads the model's config, changes nothing."""
+    d, opts, cfg = run.data, run.opts, run.cfg
+    old = cfg.threshold
+    if _m.frozen_experts(run.model):
+        if opts.threshold_quantile is not None:
+            warnings.warn("unlearn: threshold_quantile ignored: this adapter has frozen experts (continued "
+                          f"unlearning) and keeps its threshold {old}")
+        return old, "config"
+    theta, source, low_share = choose_threshold(old, d.forget + d.retain, d.forget_cache[0] + d.retain_cache[0], opts)
+    if source == "auto" and run.main:
         _log.info("unlearn[alter]: threshold %s (q_route %s) put %.1f%% of the answer tokens on the low side; "
                   "theta set to %.4g, the %s-quantile of the base answer-token entropies (threshold_auto)",
-                  old, d.config.q_route, 100 * low_share, theta, opts.threshold_auto)
+                  old, cfg.q_route, 100 * low_share, theta, opts.threshold_auto)
         if run.progress:
             print(f"unlearn[alter]: threshold {old} put {100 * low_share:.1f}% of the answer tokens on the "
                   f"low side; using theta = {theta:.4g} (the {opts.threshold_auto}-quantile of the base "
                   "answer-token entropies, threshold_auto)")
+    return theta, source
 
 
 def cache_ref_logps(run) -> None:

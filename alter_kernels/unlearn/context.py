@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from .batches import AlterData
+from . import _model_api as _m
+from .batches import UnlearnData
 from .methods import Method
 from .options import UnlearnOptions
 
@@ -26,7 +27,7 @@ class RunContext:
     dist: Any = None                        # a distributed.DistContext in data-parallel runs
     progress: bool = False                  # progress lines (the main process only)
     out_dir: str | None = None
-    data: AlterData | None = None
+    data: UnlearnData | None = None
     rows: tuple = (None, None)              # forget / retain rows as loaded (the held-out routing set)
     n_frozen: int = 0                       # leading forget experts kept frozen (continued unlearning)
     trained_experts: list = dataclasses.field(default_factory=list)
@@ -54,7 +55,11 @@ class RunContext:
 
     @property
     def cfg(self):
-        return self.data.config if self.data is not None else None
+        """The adapter's AlterConfig (adapter methods, once patched): the model's own, read where it
+        lives; None for full-parameter methods."""
+        if not self.spec.adapter or not _m.is_patched(self.model):
+            return None
+        return _m.get_state(self.model).config
 
     def data_kwargs(self) -> dict:
         return self.opts.data_kwargs()

@@ -13,7 +13,7 @@ import torch
 from ..config import AlterConfig
 from . import _model_api as _m
 from . import caches
-from .batches import AlterData
+from .batches import UnlearnData
 from .context import RunContext
 from .data import DataError, prepare, report_rows
 from .methods import METHODS
@@ -41,11 +41,11 @@ def load_examples(run: RunContext, forget, retain, tokenizer, report: bool = Fal
 
 
 def prepare_run(run: RunContext, forget, retain, tokenizer, alter_config: AlterConfig | None = None,
-                report: bool = False) -> AlterData:
+                report: bool = False) -> UnlearnData:
     """Set ``run.data`` up for ``run.spec``: examples, model set-up and the method's caches."""
     f_ex, r_ex = load_examples(run, forget, retain, tokenizer, report=report and run.main)
     pad_id = pad_id_of(tokenizer)
-    run.data = AlterData(f_ex, r_ex, [0] * len(f_ex), None, None, None, {}, pad_id)
+    run.data = UnlearnData(forget=f_ex, retain=r_ex, pad_id=pad_id, forget_domain=[0] * len(f_ex))
     if run.spec.adapter:
         setup_adapter(run, alter_config)
         run.threshold_source = "config"
@@ -53,13 +53,24 @@ def prepare_run(run: RunContext, forget, retain, tokenizer, alter_config: AlterC
         setup_full(run)
     if run.spec.entropy:
         caches.cache_entropies(run)
+        theta, run.threshold_source = caches.resolve_threshold(run)
+        if run.threshold_source != "config":
+            set_config(run, threshold=theta)
     if run.spec.ref_logps:
         caches.cache_ref_logps(run)
+    run.data.config = run.cfg
     return run.data
 
 
+def set_config(run: RunContext, **changes) -> None:
+    """The set-up's one write of the patched model's AlterConfig: a new config with ``changes``
+    (the old object is left as it was)."""
+    st = _m.get_state(run.model)
+    st.config = dataclasses.replace(st.config, **changes)
+
+
 def prepare_alter(model, forget, retain, tokenizer, alter_config: AlterConfig | None = None, seed: int = 0,
-                  batch_size: int = 4, **hparams) -> AlterData:
+                  batch_size: int = 4, **hparams) -> UnlearnData:
     """The set-up of ``unlearn(method="alter")`` without its loop: tokenise the rows, patch the
     model (if needed), assign forget rows to experts (domain labels or k-means), initialise the
     router, pick theta (``threshold_quantile``) and cache the base-model entropies. hparams: the
@@ -101,12 +112,10 @@ def setup_adapter(run: RunContext, alter_config: AlterConfig | None) -> None:
         cfg, assign, mapping, trained = _setup_routed(run, alter_config)
     d = run.data
     d.forget_domain, d.domain_map, run.trained_experts = assign, mapping, trained
-    d.config = _m.get_state(run.model).config
     if run.spec.all_low:
         # AsymLoRA routes every token on the low path, in training and at inference: theta = +inf
         # makes every entropy low, so the model needs none (saved so in the adapter config)
-        st = _m.get_state(run.model)
-        st.config = d.config = dataclasses.replace(d.config, threshold=math.inf, inference_entropy="none")
+        set_config(run, threshold=math.inf, inference_entropy="none")
 
 
 def _setup_lora(run: RunContext, alter_config):
