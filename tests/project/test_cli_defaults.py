@@ -28,15 +28,17 @@ SWITCHES = {"no_router_init": ("router_init", True), "no_eval": ("eval_each_epoc
 
 
 def _defaults():
-    return {a.dest: a.default for a in cli.build_parser()._actions if a.dest != "help"}
+    """{dest: (default, is a switch)} of alter-unlearn's options."""
+    return {a.dest: (a.default, isinstance(a, argparse._StoreTrueAction)) for a in cli.build_parser()._actions
+            if a.dest != "help"}
 
 
 def test_every_shared_option_has_the_engine_default():
     engine, config = UnlearnOptions(), ak.AlterConfig()
     run = {n: p.default for n, p in inspect.signature(unlearn).parameters.items()}
     seen = set()
-    for dest, default in _defaults().items():
-        if dest in SWITCHES:
+    for dest, (default, switch) in _defaults().items():
+        if switch and dest in SWITCHES:
             name, off = SWITCHES[dest]
             assert default is False and getattr(engine, name) == off, dest
         elif dest == "router_input":        # the router the engine builds without a base_config
