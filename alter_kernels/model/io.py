@@ -162,6 +162,21 @@ def read_adapter_weights(path: str | os.PathLike, meta: dict) -> tuple[dict, str
     return tensors, wpath
 
 
+def check_tensor(name: str, t: torch.Tensor, wpath: str, prefix: str = "") -> None:
+    """AdapterError unless ``t`` (tensor ``name`` of file ``wpath``) is a float tensor whose values
+    are finite and at most MAX_ABS_VALUE in magnitude."""
+    if not t.dtype.is_floating_point:
+        raise AdapterError(f"{prefix}tensor {name!r} has dtype {t.dtype}, expected a float dtype")
+    if not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise AdapterError(f"{prefix}tensor {name!r} in {wpath} holds {n_bad} non-finite value(s) "
+                           "(NaN or inf); the adapter is damaged or comes from a diverged run")
+    if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
+        raise AdapterError(f"{prefix}tensor {name!r} in {wpath} holds a value of magnitude "
+                           f"{float(t.abs().max()):.3g} (> {MAX_ABS_VALUE:g}); the adapter is damaged or comes "
+                           "from a diverged run (its outputs would overflow to inf / NaN)")
+
+
 # fields that change tensor shapes or the computation; a mismatch cannot be loaded
 _MUST_MATCH = ("rank", "alpha", "num_forget_experts", "target_modules")
 
@@ -195,16 +210,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict_config: bool 
         if tuple(t.shape) != tuple(p.shape):
             raise AdapterError(f"load_adapter: tensor {name!r} has shape {tuple(t.shape)} in {wpath}, "
                                f"expected {tuple(p.shape)}")
-        if not t.dtype.is_floating_point:
-            raise AdapterError(f"load_adapter: tensor {name!r} has dtype {t.dtype}, expected a float dtype")
-        if not bool(torch.isfinite(t).all()):
-            n_bad = int((~torch.isfinite(t)).sum())
-            raise AdapterError(f"load_adapter: tensor {name!r} in {wpath} holds {n_bad} non-finite value(s) "
-                               "(NaN or inf); the adapter is damaged or comes from a diverged run")
-        if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
-            raise AdapterError(f"load_adapter: tensor {name!r} in {wpath} holds a value of magnitude "
-                               f"{float(t.abs().max()):.3g} (> {MAX_ABS_VALUE:g}); the adapter is damaged or comes "
-                               "from a diverged run (its outputs would overflow to inf / NaN)")
+        check_tensor(name, t, wpath, "load_adapter: ")
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(tensors[name].to(device=p.device, dtype=p.dtype))
