@@ -145,6 +145,13 @@ def attach_adapter(model, path: str, kind: str):
 
 
 # -------------------------------------------------------------------------------------- table
+def _fq_text(fq, meta: dict) -> str:
+    if fq is not None:
+        return f"{fq:.6g}"
+    given = meta.get("reference") or meta.get("retain_model")
+    return "n/a (not computable from the truth ratios)" if given else "n/a (no --retain-model / --reference)"
+
+
 def format_table(res: dict) -> str:
     meta = res.get("meta", {})
     name = meta.get("model", "?") + (f" + adapter {meta['adapter']}" if meta.get("adapter") else "")
@@ -152,7 +159,7 @@ def format_table(res: dict) -> str:
     lines = [f"TOFU evaluation: {name}",
              f"  truth ratio: {res.get('truth_ratio_definition')}, max_new_tokens {res.get('max_new_tokens')}, "
              f"seed {meta.get('seed')}",
-             f"forget quality  {'n/a (no --retain-model / --reference)' if fq is None else f'{fq:.6g}'}",
+             f"forget quality  {_fq_text(fq, meta)}",
              f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded)",
              f"{'split':<14}{'rows':>6}{'probability':>13}{'ROUGE-L':>10}{'truth ratio':>13}"]
     for s in SPLITS:

@@ -117,6 +117,10 @@ def read_adapter_config(path: str | os.PathLike) -> tuple[AlterConfig, dict]:
     if version > FORMAT_VERSION:
         raise AdapterError(f"load_adapter: {cfg_path} has format_version {version}; this "
                            f"alter_kernels reads up to {FORMAT_VERSION}")
+    for key, kinds, want in (("base_model", (str, type(None)), "a string or null"),
+                             ("extra", (dict, type(None)), "an object or null")):
+        if not isinstance(meta.get(key), kinds):
+            raise AdapterError(f"load_adapter: {cfg_path}: {key!r} must be {want}, got {meta.get(key)!r}")
     digest = meta.get(DIGEST_KEY)
     if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
         raise AdapterError(f"load_adapter: {cfg_path}: {DIGEST_KEY!r} must be a sha256 hex string, got {digest!r}")
@@ -151,9 +155,9 @@ def read_adapter_weights(path: str | os.PathLike, meta: dict) -> tuple[dict, str
         raise AdapterError(f"load_adapter: cannot read {wpath} ({exc.strerror or exc})") from None
     want = meta.get(DIGEST_KEY)
     if want is not None and hashlib.sha256(blob).hexdigest() != want:
-        raise AdapterError(f"load_adapter: {wpath} is not the weights file that {CONFIG_NAME} was saved with (its "
-                           "sha256 differs): the two files come from different saves (a save in progress or "
-                           "interrupted); save the adapter again")
+        raise AdapterError(f"load_adapter: {wpath} does not match the sha256 that {CONFIG_NAME} records: it is "
+                           "truncated or corrupted, or comes from another save (a save in progress or interrupted); "
+                           "save the adapter again")
     try:
         tensors = load(blob)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import alter_kernels as ak
 from alter_kernels.cli import eval as cli
 from test_eval_cli import FAST, _jsonl, setup  # noqa: F401  (the module's fixture: models, data, ALTER adapter)
 
@@ -150,7 +149,7 @@ CASES = [
     ("alter-format-version-string", lambda d, t: ["--adapter", _alter_adapter(d, t, lambda m, w: {
         **m, "format_version": "1"})], 1, "'format_version' must be an int >= 0, got '1'"),
     ("alter-weights-corrupt", lambda d, t: ["--adapter", _alter_adapter(d, t, _corrupt)], 1,
-     "not the weights file that adapter_config.json was saved with"),
+     "does not match the sha256 that adapter_config.json records"),
     ("alter-weights-corrupt-legacy", lambda d, t: ["--adapter", _alter_adapter(d, t, lambda m, w: (
         _corrupt(m, w), m.pop("weights_sha256")) and m)], 1, "is truncated or corrupted"),
     ("alter-b-3e38", lambda d, t: ["--adapter", _alter_adapter(d, t, _weights(3e38))], 1, "magnitude 3e+38"),
@@ -215,3 +214,12 @@ def test_answers_truncated_to_fit_are_reported(setup, tmp_path, capsys):
     assert rc == 0, err
     assert "alter-eval: warning: 1 of " in err and "longer than the model's 256 positions; truncated to fit" in err
     assert "answers were generated with fewer than max_new_tokens=250" in err
+
+
+def test_table_never_claims_no_reference_was_given():
+    split = {"n": 1, "probability": 0.5, "rouge": 0.5, "truth_ratio": 0.5}
+    res = {"forget_quality": None, "model_utility": 0.5, "truth_ratio_definition": "geometric", "max_new_tokens": 6,
+           **{s: dict(split) for s in cli.SPLITS}}
+    assert "n/a (no --retain-model / --reference)" in cli.format_table({**res, "meta": {"model": "m"}})
+    table = cli.format_table({**res, "meta": {"model": "m", "reference": "/r.json", "reference_n": 6}})
+    assert "n/a (not computable from the truth ratios)" in table and "no --retain-model" not in table

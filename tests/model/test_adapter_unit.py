@@ -51,7 +51,7 @@ def test_config_records_the_weights_digest_and_a_swapped_weights_file_is_refused
     assert meta[DIGEST_KEY] == hashlib.sha256((tmp_path / "a" / WEIGHTS_NAME).read_bytes()).hexdigest()
     assert _loaded(tmp_path / "a") == 0.25
     (tmp_path / "a" / WEIGHTS_NAME).write_bytes((tmp_path / "b" / WEIGHTS_NAME).read_bytes())
-    with pytest.raises(ak.AdapterError, match="come from different saves"):
+    with pytest.raises(ak.AdapterError, match="comes from another save"):
         ak.load_adapter(ak.patch(tiny_llama(0, layers=1), ak.read_adapter_config(tmp_path / "a")[0]), tmp_path / "a")
 
 
@@ -164,3 +164,33 @@ def test_a_reader_during_saves_gets_one_save_or_a_refusal(tmp_path):
         except (ProcessLookupError, ChildProcessError):
             pass
     assert len(got) >= 10 and set(got) <= {0.25, 0.5, "refused"}, got
+
+
+def test_alter_unlearn_adapter_with_a_string_format_version_is_one_line(tmp_path, capsys):
+    from alter_kernels.cli import unlearn as cli
+    from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
+    forget, retain = toy_rows(4, seed=1), toy_rows(4, seed=2, offset=6)
+    tok = toy_tokenizer(forget + retain)
+    m = toy_model(len(tok))
+    m.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "f.json").write_text(json.dumps(forget))
+    (tmp_path / "r.json").write_text(json.dumps(retain))
+    ak.save_adapter(ak.patch(m, ak.AlterConfig(rank=2, num_forget_experts=1)), tmp_path / "a")
+    p = tmp_path / "a" / CONFIG_NAME
+    p.write_text(json.dumps({**json.loads(p.read_text()), "format_version": "1"}))
+    rc = cli.main(["--model", str(tmp_path / "model"), "--forget", str(tmp_path / "f.json"), "--retain",
+                   str(tmp_path / "r.json"), "--out", str(tmp_path / "o"), "--adapter", str(tmp_path / "a"),
+                   "--max-steps", "1", "--no-progress", "--no-eval"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("alter-unlearn: error: ")]
+    assert rc == 1 and len(lines) == 1 and "'format_version' must be an int >= 0, got '1'" in lines[0], err
+
+
+@pytest.mark.parametrize("key,value", [("base_model", ["m"]), ("base_model", 5), ("extra", [1])])
+def test_adapter_metadata_fields_are_type_checked(tmp_path, key, value):
+    ak.save_adapter(_model(0.25), tmp_path / "a")
+    p = tmp_path / "a" / CONFIG_NAME
+    p.write_text(json.dumps({**json.loads(p.read_text()), key: value}))
+    with pytest.raises(ak.AdapterError, match=f"'{key}' must be"):
+        ak.read_adapter_config(tmp_path / "a")
