@@ -161,12 +161,13 @@ def atomic_dir(final, build) -> str:
         os.chmod(tmp, 0o777 & ~_UMASK)
         build(tmp)
         old = None
-        if os.path.isdir(final) and (check_dir_target(final) or _exchange(tmp, final)):
-            old, tmp = tmp, None                     # swapped in one step: the old one is now at tmp
-        elif os.path.isdir(final):
-            old = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-old-" + name, dir=parent)
-            check_dir_target(final)
-            os.replace(final, old)                   # onto an empty directory: allowed by rename(2)
+        if os.path.isdir(final):
+            check_dir_target(final)                  # a link may have appeared meanwhile
+            if _exchange(tmp, final):
+                old, tmp = tmp, None                 # swapped in one step: the old one is now at tmp
+            else:
+                old = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-old-" + name, dir=parent)
+                os.replace(final, old)               # onto an empty directory: allowed by rename(2)
         if tmp is not None:
             os.replace(tmp, final)
     except BaseException:
