@@ -103,9 +103,10 @@ def _check_writable(flag: str, path: str) -> None:
         d = os.path.dirname(d)
     if not os.path.isdir(d):
         raise UsageError(f"{flag}: {path}: {d} is not a directory")
-    try:
-        probe = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-probe", dir=d)
-        os.rmdir(probe)
+    try:                                         # the writer's temp name, so a name too long fails here too
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + os.path.basename(path), dir=d)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"{flag}: cannot write to {d} ({exc.strerror or exc}); choose another path") from None
 

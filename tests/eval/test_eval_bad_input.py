@@ -106,6 +106,9 @@ CASES = [
     ("out-in-proc", lambda d, t: ["--out", "/proc/alter-eval.json"], 2, "cannot write to /proc"),
     ("out-in-sys", lambda d, t: ["--out", "/sys/alter-eval/eval.json"], 2, "cannot write to /sys"),
     ("out-dev-null", lambda d, t: ["--out", "/dev/null"], 2, "not a regular file"),
+    ("out-name-too-long", lambda d, t: ["--out", str(t / ("e" * 250 + ".json"))], 2, "File name too long"),
+    ("out-under-a-file", lambda d, t: ["--out", str(d / "tofu" / "retain_perturbed.json" / "e.json")], 2,
+     "lies under the retain data file"),
     # ---- options (usage, 2)
     ("seed-negative", lambda d, t: ["--seed", "-1"], 2, "--seed: expected an int in 0..2**32-1, got -1"),
     ("seed-2**40", lambda d, t: ["--seed", str(2 ** 40)], 2, "--seed: expected an int in 0..2**32-1"),
