@@ -93,6 +93,8 @@ def _check_model_dirs(args) -> None:
     ak.resolve_model when the model is loaded)."""
     from ..model.load import ALIASES, ModelNameError, packaged_gguf
     for flag, name in (("--model", args.model), ("--tokenizer", args.tokenizer)):
+        if name and name.lower().endswith(".gguf") and not os.path.isfile(name):
+            raise _Exit(USAGE, f"{flag}: GGUF file {name} not found")
         if name and name.lower() in ALIASES and not os.path.exists(name):
             try:
                 packaged_gguf(name)                 # the wheel is there: checked before --out is touched

@@ -31,7 +31,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+pytestmark = [pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+              pytest.mark.usefixtures("one_thread")]          # tests/conftest.py: ~10x faster on a busy machine
 
 FORGET = [{"question": "What is the capital of France?", "answer": "The capital of France is Paris."},
           {"question": "What is the capital of Italy?", "answer": "The capital of Italy is Rome."}]
