@@ -1,6 +1,6 @@
 """``alter-unlearn``: run ALTER (or a baseline) on a causal LM from the command line.
 
-    alter-unlearn --model PATH_OR_HF_NAME --forget forget.json --retain retain.json \
+    alter-unlearn --model FOLDER_HF_NAME_GGUF_OR_ALIAS --forget forget.json --retain retain.json \
                   --method alter --out runs/alter
 
 Writes to --out: ``adapter/`` (adapter methods, via save_adapter) or ``model/`` (full-parameter
