@@ -22,6 +22,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | router_eval | bool |
 | retain_expert | "train" or "frozen" |
 | prompt_format | a format string whose only field is {question} |
+| chat_template | "auto" (template when the tokenizer has one), "on", "off", or a bool (True: on) |
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import string
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..common.text import DEFAULT_PROMPT_FORMAT
+from ..common.text import DEFAULT_CHAT_TEMPLATE, DEFAULT_PROMPT_FORMAT, chat_mode
 from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
 from .result import UnlearnError
 
@@ -74,7 +75,8 @@ class UnlearnOptions:
                                    "[N, V] logits) where the LM head allows; off: from materialised logits "
                                    "(docs/losses.md)")
     max_length: int = _opt(512, "truncate rows (and split passages) to this many tokens")
-    chat_template: bool = _opt(False, "wrap questions with the tokenizer's chat template")
+    chat_template: Any = _opt(DEFAULT_CHAT_TEMPLATE, "wrap questions with the tokenizer's chat template: auto (when "
+                                                     "it has one), on, off (a bool: on / off)")
     prompt_format: str = _opt(DEFAULT_PROMPT_FORMAT, "prompt of a question without a chat template ({question} is "
                                                      "replaced)")
     num_forget_experts: Any = _opt(None, "forget experts N: an int, or 'auto' (k-means + silhouette); None: one per "
@@ -241,6 +243,10 @@ def _validate(o: UnlearnOptions) -> None:
     _one_of("struct_mode", o.struct_mode, STRUCT_MODES)
     _one_of("fused_loss", o.fused_loss, FUSED_LOSS)
     check_prompt_format(o.prompt_format)
+    try:
+        chat_mode(o.chat_template)
+    except ValueError:
+        raise OptionError("chat_template", "'auto', 'on', 'off' or a bool", o.chat_template) from None
     if o.base_config is not None and not isinstance(o.base_config, AlterConfig):
         raise OptionError("base_config", "None or an AlterConfig", type(o.base_config).__name__)
 
