@@ -152,7 +152,7 @@ def check_model_fit(args, tok, name: str) -> None:
     """What needs the tokenizer and the model's config, still before the weights are loaded:
     --chat-template needs a template, --max-new-tokens must fit the model's positions (exit 2)."""
     if args.chat_template == "on" and not getattr(tok, "chat_template", None):
-        raise UsageError(f"--chat-template: the tokenizer of {args.tokenizer or name!r} has no chat template; "
+        raise UsageError(f"--chat-template on: the tokenizer of {args.tokenizer or name!r} has no chat template; "
                          "use --chat-template auto or off (the plain --prompt-format) or pass a --tokenizer "
                          "that has one")
     from transformers import AutoConfig
