@@ -344,7 +344,7 @@ def test_bad_input_errors():
 
 
 def test_fp64_goes_to_the_reference_and_matches_the_materialised_losses():
-    from alter_kernels.kernels.reference.losses import inverted_hinge_loss, token_nll
+    from alter_kernels.ops.losses import inverted_hinge_loss, token_nll
     h, w, b, y = make(6, 40, 8, dtype=torch.float64)
     out = ak.lm_head_token_losses(h, w, y, bias=b, q=1.0)
     assert out.nll.dtype == torch.float64

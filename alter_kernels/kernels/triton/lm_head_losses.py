@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...common.constants import is_shannon
 from ..entropy_autograd import logits_fp32, low_precision_gpu
 from .lm_head_entropy import chunk_rows
 
@@ -25,7 +26,7 @@ NONE, SHANNON, Q2, GENERAL = 0, 1, 2, 3
 def _mode(q: float, with_ent: bool) -> int:
     if not with_ent:
         return NONE
-    return SHANNON if abs(q - 1.0) < 1e-6 else (Q2 if q == 2.0 else GENERAL)   # ops._checks.SHANNON_TOL
+    return SHANNON if is_shannon(q) else (Q2 if q == 2.0 else GENERAL)
 
 
 @triton.jit

@@ -12,11 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ...common.constants import is_shannon
+
 SHANNON, Q2, GENERAL = 0, 1, 2
 
 
 def _mode(q: float) -> int:
-    return SHANNON if abs(q - 1.0) < 1e-6 else (Q2 if q == 2.0 else GENERAL)   # ops._checks.SHANNON_TOL
+    return SHANNON if is_shannon(q) else (Q2 if q == 2.0 else GENERAL)
 
 
 @triton.jit
