@@ -90,3 +90,24 @@ def kl(hb, h, w, b, mask=None, wb=None, bb=None):
     if mask is not None:
         out = torch.where(mask, out, torch.zeros_like(out))
     return out
+
+
+def route_plan(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None):
+    """The routing rule of ALTER_SPEC section 3 written out row by row, in float64: high rows
+    (entropy > threshold, NaN included) get the retain expert at 1 plus the top-k forget experts
+    at their gate softmax(logits / tau_high); low rows one expert, the label where given (>= 0),
+    else the argmax. Returns (weights [N, E] float64, high [N] bool)."""
+    z = logits.double()
+    n, e = z.shape
+    weights = torch.zeros(n, e, dtype=torch.float64)
+    high = ~(entropy <= threshold)
+    for t in range(n):
+        if bool(high[t]):
+            gate = torch.softmax(z[t] / tau_high, -1)
+            weights[t, 0] = 1.0
+            for j in sorted(range(1, e), key=lambda j: -float(gate[j]))[:min(top_k, e - 1)]:
+                weights[t, j] = gate[j]
+        else:
+            lab = int(labels[t]) if labels is not None else -1
+            weights[t, lab if lab >= 0 else int(torch.argmax(z[t] / tau_low))] = 1.0
+    return weights, high
