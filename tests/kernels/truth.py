@@ -111,3 +111,27 @@ def route_plan(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None
             lab = int(labels[t]) if labels is not None else -1
             weights[t, lab if lab >= 0 else int(torch.argmax(z[t] / tau_low))] = 1.0
     return weights, high
+
+
+def _grad_rows(t: torch.Tensor, mask) -> torch.Tensor:
+    """t's value; its gradient only through the rows (or row, column entries) where mask holds."""
+    if mask is None:
+        return t
+    return t.detach() + torch.where(mask, t - t.detach(), torch.zeros_like(t))
+
+
+def asym_lora(x, weight, A, B, w, scale, a_grad_mask=None, b_grad_mask=None, bias=None):
+    """y = x W^T (+ b) + s sum_e w_e (x A^T) B_e^T (ALTER_SPEC 1), with spec 4's isolation: a row
+    outside a_grad_mask sends no gradient to A, a row with b_grad_mask[t, e] False none to B_e; x,
+    the expert weights, W and b get theirs from every row. Each product is split into a value
+    path (gradient to its left factor) and a masked path (gradient to the parameter)."""
+    y = x @ weight.t() + (bias if bias is not None else 0.0)
+    xd = x.detach()
+    am = None if a_grad_mask is None else a_grad_mask[:, None]
+    u = x @ A.detach().t() + _grad_rows(xd @ A.t(), am) - xd @ A.detach().t()
+    ud = u.detach()
+    for e in range(B.shape[0]):
+        bm = None if b_grad_mask is None else b_grad_mask[:, e, None]
+        ye = u @ B[e].detach().t() + _grad_rows(ud @ B[e].t(), bm) - ud @ B[e].detach().t()
+        y = y + scale * w[:, e:e + 1] * ye
+    return y
