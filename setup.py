@@ -1,4 +1,5 @@
-"""Build of alter_kernels and its C++ (and, where possible, CUDA) extension ``alter_kernels._C``.
+"""Build of alter_kernels and its C++ (and, where possible, CUDA) extension ``alter_kernels.kernels._C``
+(beside its loader, alter_kernels/kernels/native.py).
 
     pip install -e . --no-build-isolation --no-deps   # against the torch that is installed
                                                       # (pyproject.toml: the build requirements)
@@ -27,6 +28,13 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
+def _shannon_tol():
+    """``SHANNON_TOL`` of alter_kernels/common/constants.py (its one home), for the C++/CUDA
+    kernels: passed as the compile definition ALTER_SHANNON_TOL (csrc/include/alter_constants.h)."""
+    with open(os.path.join(HERE, "alter_kernels", "common", "constants.py")) as f:
+        return re.search(r"^SHANNON_TOL = ([0-9.eE+-]+)$", f.read(), re.M).group(1)
+
+
 def _env(name):
     return os.environ.get(name, "") not in ("", "0", "false", "False")
 
@@ -45,7 +53,8 @@ def _extensions():
                  and bool(nvcc) and (torch.cuda.is_available() or _env("ALTER_FORCE_CUDA")))
     # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers; without the flag
     # the extension's own row loops would run on one thread.
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DALTER_WITH_PYTHON"]
+    constants = [f"-DALTER_SHANNON_TOL={_shannon_tol()}"]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DALTER_WITH_PYTHON"] + constants
     if not _env("ALTER_PORTABLE"):
         cxx.append("-march=native")
     include_dirs = [os.path.join(HERE, "csrc", "include")]
@@ -54,13 +63,13 @@ def _extensions():
         if archs and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         ext = CUDAExtension(
-            "alter_kernels._C", cpu_sources + cuda_sources, include_dirs=include_dirs,
+            "alter_kernels.kernels._C", cpu_sources + cuda_sources, include_dirs=include_dirs,
             define_macros=[("ALTER_WITH_CUDA", None)], extra_link_args=["-fopenmp"],
             extra_compile_args={"cxx": cxx,
                                 "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
-                                         "-DALTER_WITH_PYTHON"]})
+                                         "-DALTER_WITH_PYTHON"] + constants})
     else:
-        ext = CppExtension("alter_kernels._C", cpu_sources, include_dirs=include_dirs,
+        ext = CppExtension("alter_kernels.kernels._C", cpu_sources, include_dirs=include_dirs,
                            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     print(f"alter_kernels: building the {'CPU+CUDA' if with_cuda else 'CPU'} extension "
           f"({len(cpu_sources)} C++ and {len(cuda_sources) if with_cuda else 0} CUDA sources)")

@@ -11,8 +11,8 @@ from .config import AlterConfig
 from .generation import GatedDecoding, GenerationOutput, gated_decoding, generate, prompt_entropy
 from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
 from .ops.lm_head_losses import TokenLosses, lm_head_kl, lm_head_token_losses
-from .kernels.reference.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
-from .kernels.reference.routing import RoutingPlan
+from .ops.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
+from .ops.routing import RoutingPlan
 from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
 from .version import __version__
 
