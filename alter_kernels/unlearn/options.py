@@ -8,7 +8,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | lr, lr_A, lr_B, lr_router | finite, > 0 |
 | weight_decay, grad_clip | finite, >= 0 (grad_clip 0: off) |
 | beta, gamma, lam, rho | finite, >= 0 |
-| npo_beta, struct_q | finite, > 0 (struct_q within 1e-6 of 1: Shannon) |
+| npo_beta, struct_q | finite, > 0 (struct_q within common.constants.SHANNON_TOL of 1: Shannon) |
 | warmup_steps, checkpoint_every, eval_max_examples | int >= 0 |
 | epochs, batch_size | int >= 1; max_steps: None or int >= 1; seed: int in [0, 2**32) |
 | max_length | int >= 2 |

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-import pytest
 
 from alter_kernels.common import constants
 
@@ -16,12 +15,6 @@ HOME = "alter_kernels/common/constants.py"
 # the source tree: the package (Python and Triton), csrc/ (C++ and CUDA), the build and tools
 SOURCES = ("alter_kernels/**/*.py", "csrc/**/*.cpp", "csrc/**/*.cu", "csrc/**/*.h", "csrc/**/*.cuh",
            "tools/*.py", "setup.py", "CMakeLists.txt")
-# Files whose copies another branch of issue 25 removes (the CLI derives its defaults from the
-# engine's options): each entry must still hold a copy, so the entry goes when the copy does.
-PENDING: dict[str, str] = {
-    "alter_kernels/cli/unlearn_options.py": "the CLI's defaults come from the options dataclass (engine side)",
-    "alter_kernels/unlearn/options.py": "the options' docs come from the options dataclass (engine side)",
-}
 
 
 def _num(value) -> str:
@@ -67,13 +60,8 @@ def copies(root: pathlib.Path = ROOT) -> dict[str, list[str]]:
 
 def test_each_rule_is_written_once():
     found = copies()
-    bad = [line for rel, lines in found.items() if rel not in PENDING for line in lines]
+    bad = [line for rel, lines in found.items() for line in lines]
     assert not bad, f"restated outside {HOME}; read the constant instead:\n" + "\n".join(bad)
-
-
-@pytest.mark.parametrize("rel", sorted(PENDING))
-def test_pending_entries_are_not_stale(rel):
-    assert rel in copies(), f"{rel} holds no copy any more: delete its PENDING entry"
 
 
 def test_the_home_holds_each_rule_and_the_grep_can_fail(tmp_path):
