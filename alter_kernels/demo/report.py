@@ -30,13 +30,14 @@ def summary(res: dict, seconds: float) -> dict:
 
 
 BASELINE_MODELS = ("finetuned", "retain")      # rows without an HM score (the references)
+RETAIN_EVAL_FILE = "retain_eval.json"           # the retain rows utility is scored on, beside results.json
 
 
 def utility_split(bench_info: dict) -> str:
     """The label of the retain split the demo scores utility on (one wording: table, docs, plot)."""
     n, total = bench_info.get("retain_eval_rows"), bench_info.get("retain_rows")
-    return (f"model utility: retain part on {n} of the {total} retain rows (author-balanced subset, written to "
-            f"retain_eval.json beside results.json), plus real authors and world facts")
+    return (f"Model utility: its retain part on {n} of the {total} retain rows (an author-balanced subset, "
+            f"written to {RETAIN_EVAL_FILE} beside results.json), plus real authors and world facts")
 
 
 def format_table(methods: dict, scores: dict | None = None) -> str:
