@@ -1,26 +1,8 @@
 """The demo's table, generations and ``results.json`` content, and the docs' demo table made from
-a ``results.json``:
-
-    python -m alter_kernels.demo.report [--results bench/results/demo/results.json]
-                                        [--docs docs/benchmark.md] [--check]
-
-rewrites the block between the demo-table markers of the docs page (``--check``: exit 1 when it
-differs instead; tests/project/test_docs_demo_table.py runs the same comparison).
-"""
+a ``results.json`` (:func:`markdown_table`; :mod:`.docs_table` writes it into docs/benchmark.md)."""
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS_PATH = os.path.join(_ROOT, "bench", "results", "demo", "results.json")    # the committed demo run
-DOCS_PATH = os.path.join(_ROOT, "docs", "benchmark.md")
-BEGIN = ("<!-- demo-table: generated from bench/results/demo/results.json by `python -m alter_kernels.demo.report`; "
-         "do not edit by hand -->")
-END = "<!-- /demo-table -->"
-
 
 def summary(res: dict, seconds: float) -> dict:
     """The table row of one model's evaluate_tofu result."""
@@ -79,7 +61,8 @@ def winner_line(table: dict, scores: dict) -> str:
         return f"best HM: {best} {hm:.3f} ({why}; the only method run)"
     second, hm2 = rest[0]
     s = table[second]
-    return (f"best HM: {best} {hm:.3f}, ahead of {second} {hm2:.3f} by {hm - hm2:.3f} ({best}: {why}; {second}: "
+    margin = round(hm, 3) - round(hm2, 3)            # of the numbers as printed
+    return (f"best HM: {best} {hm:.3f}, ahead of {second} {hm2:.3f} by {margin:.3f} ({best}: {why}; {second}: "
             f"forget quality {s['forget_quality']:.3g}, utility {s['model_utility']:.3f}); one corpus seed, "
             "the spread over seeds is in bench/results/sweep/")
 
@@ -90,7 +73,7 @@ def _fq(v: float) -> str:
 
 def markdown_table(results: dict) -> str:
     """The docs' demo table, from a ``results.json`` (docs/benchmark.md holds this text between the
-    demo-table markers; ``python -m alter_kernels.demo.report`` rewrites it, a test compares)."""
+    demo-table markers; ``python -m alter_kernels.demo.docs_table`` rewrites it, a test compares)."""
     methods, scores = results["methods"], results["hm_fq_utility_ratio"]
     lines = ["| method | forget quality | model utility | forget ROUGE-L | retain ROUGE-L | HM |",
              "|---|---|---|---|---|---|"]
@@ -102,7 +85,13 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {n} | {_fq(m['forget_quality'])} | {m['model_utility']:.3f} | {m['forget_rouge']:.3f} | "
                      f"{m['retain_rouge']:.3f} | {hm} |")
     b = results.get("benchmark", {})
-    return "\n".join(lines + ["", winner_line(methods, scores) + ".", "",
+    extra = []
+    for n, r in results.get("router", {}).items():
+        ra, th = r.get("router_accuracy") or {}, r.get("threshold")
+        extra.append(f"{n}: theta {'n/a' if th is None else format(th, '.3g')} ({r.get('threshold_source')}), "
+                     f"{r.get('router_keys')} router keys, held-out routing accuracy forget "
+                     f"{ra.get('forget', float('nan')):.2f} / retain {ra.get('retain', float('nan')):.2f}.")
+    return "\n".join(lines + ["", winner_line(methods, scores) + ".", *(["", " ".join(extra)] if extra else []), "",
                               f"HM: harmonic mean of (forget quality, utility / finetuned utility). {utility_split(b)}. "
                               f"Preset {'quick' if b.get('quick') else 'full'}, {b.get('epochs')} epochs, "
                               f"{b.get('forget_rows')} forget rows; {results.get('total_seconds', 0):.0f} s in total "
@@ -136,42 +125,3 @@ def protocol_info(args) -> dict:
     return {"hparams_source": src, "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
             "this_run_corpus_seed": 0, "multi_seed_table": f"bench/results/sweep/{preset}_table.md"}
 
-
-def render_docs(text: str, results: dict) -> str:
-    """``text`` with the block between BEGIN and END replaced by :func:`markdown_table`."""
-    i, j = text.find(BEGIN), text.find(END)
-    if i < 0 or j < i:
-        raise ValueError(f"the docs page has no demo-table block ({BEGIN!r} ... {END!r})")
-    return text[:i + len(BEGIN)] + "\n" + markdown_table(results) + "\n" + text[j:]
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m alter_kernels.demo.report",
-                                 description="Rewrite the docs' demo table from a results.json.")
-    ap.add_argument("--results", default=RESULTS_PATH, help="results.json of a demo run")
-    ap.add_argument("--docs", default=DOCS_PATH, help="the docs page holding the demo-table block")
-    ap.add_argument("--check", action="store_true", help="exit 1 if the page differs, write nothing")
-    args = ap.parse_args(argv)
-    from ..common.fsio import atomic_write
-    with open(args.results) as f:
-        results = json.load(f)
-    with open(args.docs) as f:
-        text = f.read()
-    try:
-        new = render_docs(text, results)
-    except ValueError as exc:
-        print(f"{ap.prog}: error: {args.docs}: {exc}", file=sys.stderr)
-        return 2
-    if new == text:
-        print(f"{args.docs}: demo table up to date")
-        return 0
-    if args.check:
-        print(f"{args.docs}: the demo table differs from {args.results}; run {ap.prog}", file=sys.stderr)
-        return 1
-    atomic_write(args.docs, new)
-    print(f"{args.docs}: demo table rewritten from {args.results}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
