@@ -73,7 +73,7 @@ def reasons(root: str = ROOT, want: dict | None = None, try_import: bool = True)
     if t > os.path.getmtime(so):
         out.append(f"{os.path.relpath(newest, root)} is newer than the extension")
     if not out and try_import:
-        r = subprocess.run([sys.executable, "-c", "import alter_kernels._C"], cwd=root, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", "import torch, alter_kernels._C"], cwd=root, capture_output=True, text=True)
         if r.returncode != 0:
             lines = (r.stderr or "").strip().splitlines()
             out.append(f"import alter_kernels._C failed: {lines[-1] if lines else r.returncode}")
