@@ -161,7 +161,8 @@ def format_table(res: dict) -> str:
              f"  truth ratio: {res.get('truth_ratio_definition')}, max_new_tokens {res.get('max_new_tokens')}, "
              f"seed {meta.get('seed')}",
              f"forget quality  {_fq_text(fq, meta)}",
-             f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded)",
+             f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded; "
+             f"retain part on the {res['retain']['n']} rows of {os.path.basename(meta.get('data', {}).get('retain', '?'))})",
              f"{'split':<14}{'rows':>6}{'probability':>13}{'ROUGE-L':>10}{'truth ratio':>13}"]
     for s in SPLITS:
         st = res[s]

@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 
 from ._common import first_line as _first_line
 from .unlearn_options import build_parser
@@ -153,12 +154,20 @@ def _say(msg: str) -> None:
     print(f"alter-unlearn: {msg}", file=sys.stderr)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The engine's warnings (rows, routing, a run that did not unlearn) as one line each."""
+    _say(f"warning: {message}")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)       # argparse: usage errors exit 2 with one line
     held: list = []
     try:
-        return _run(args, held)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return _run(args, held)
     except _Exit as exc:
         _say(f"error: {exc.msg}")
         return exc.code
@@ -373,7 +382,9 @@ def _run(args, held: list) -> int:
     print(json.dumps({"method": res.method, "steps": res.steps, "seconds": round(res.seconds, 2),
                       "adapter": res.adapter_dir, "model": res.model_dir, "domains": {str(k): v for k, v in
                                                                                        res.domain_map.items()},
-                      "high_entropy_share": res.high_entropy_share, "last_epoch": last}, indent=1, default=str))
+                      "high_entropy_share": res.high_entropy_share,
+                      "forget_nll": dict(zip(("before", "after"), res.forget_nll)),
+                      "forget_unchanged": res.forget_unchanged, "last_epoch": last}, indent=1, default=str))
     return 0
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def test_import_without_the_extension_warns_once_and_falls_back():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_cmake_builds_the_ops_library_against_libtorch(tmp_path):
     build = tmp_path / "build"
