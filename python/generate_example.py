@@ -43,13 +43,11 @@ def demo_model():
 
 
 def real_model(path, adapter, prompts):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path)
+    model, tok = ak.load_pretrained(path)                   # folder, hub name, .gguf file or alias
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
-    cfg = ak.read_adapter_config(adapter)
+    cfg, _ = ak.read_adapter_config(adapter)
     ak.patch(model, cfg)
     ak.load_adapter(model, adapter)
     enc = tok(prompts, return_tensors="pt", padding=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..common.text import DEFAULT_PROMPT_FORMAT
-from ._common import OneLineParser, unescape_newlines
+from ._common import OneLineParser, add_chat_template_option, unescape_newlines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_options(g, methods: str) -> None:
-    g.add_argument("--model", required=True, help="local directory or Hugging Face name of a causal LM (from_pretrained)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory or name (default: the --model one)")
+    g.add_argument("--model", required=True, help="causal LM: local directory, Hugging Face name, .gguf file (converted once into "
+                        "a cached folder) or alias (smollm2-135m-instruct); ak.resolve_model")
+    g.add_argument("--tokenizer", default=None, help="tokenizer: the same kinds of name (default: the --model one)")
     g.add_argument("--forget", required=True, help="forget set: .json / .jsonl / .txt file or hf:NAME[:CONFIG][@SPLIT]")
     g.add_argument("--retain", default=None, help="retain set (same formats); required except for ga and npo")
     g.add_argument("--method", default="alter", choices=["alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo",
@@ -113,9 +114,9 @@ def _adapter_options(g) -> None:
 
 def _data_options(g) -> None:
     g.add_argument("--max-length", type=int, default=512, help="truncate rows (and split passages) to this many tokens")
-    g.add_argument("--chat-template", action="store_true", help="wrap questions with the tokenizer's chat template")
+    add_chat_template_option(g)
     g.add_argument("--prompt-format", default=DEFAULT_PROMPT_FORMAT, type=unescape_newlines,
-                   help="prompt of a question without --chat-template ({question} is replaced; a typed \\n "
+                   help="prompt of a question when no chat template is used ({question} is replaced; a typed \\n "
                         "is a newline) (default: %(default)r)")
     g.add_argument("--eval-max-examples", type=int, default=256,
                    help="rows of each set scored (answer NLL) at the end of every epoch")

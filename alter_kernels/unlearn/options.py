@@ -22,6 +22,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | router_eval | bool |
 | retain_expert | "train" or "frozen" |
 | prompt_format | a format string whose only field is {question} |
+| chat_template | "auto" (template when the tokenizer has one), "on", "off", or a bool (True: on) |
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import math
 import string
 from typing import Any
 
-from ..common.text import DEFAULT_PROMPT_FORMAT
+from ..common.text import DEFAULT_CHAT_TEMPLATE, DEFAULT_PROMPT_FORMAT, chat_mode
 from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
 
 
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "fused_loss": "auto",    # "auto": losses straight from the hidden states (ops.lm_head_token_losses), no
                              # [N, V] logits, where the head allows; "off": from materialised logits
     "max_length": 512,
-    "chat_template": False,
+    "chat_template": DEFAULT_CHAT_TEMPLATE,   # "auto": the tokenizer's chat template when it has one
     "prompt_format": DEFAULT_PROMPT_FORMAT,
     "num_forget_experts": None,  # int, "auto", or None (from labels / alter_config)
     "kmeans_max_k": 8,
@@ -186,6 +187,10 @@ def validate_options(hp: dict, *, epochs=1, batch_size=1, max_steps=None, seed=0
     if hp["fused_loss"] not in ("auto", "off"):
         raise OptionError("fused_loss", "'auto' or 'off'", hp["fused_loss"])
     check_prompt_format(hp["prompt_format"])
+    try:
+        chat_mode(hp["chat_template"])
+    except ValueError:
+        raise OptionError("chat_template", "'auto', 'on', 'off' or a bool", hp["chat_template"]) from None
     if hp["base_config"] is not None and not isinstance(hp["base_config"], AlterConfig):
         raise OptionError("base_config", "None or an AlterConfig", type(hp["base_config"]).__name__)
 
