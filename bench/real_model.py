@@ -32,7 +32,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 import warnings
 
@@ -42,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="alter_kernels")
 
 import alter_kernels as ak  # noqa: E402
-from bench.common import machine, md_table, peak_memory, write_results  # noqa: E402
+from bench.common import RssPeak, machine, md_table, peak_memory, round_robin, rss_peak, write_results  # noqa: E402
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 TOFU = "/work/shared/tofu"
@@ -69,51 +68,6 @@ def tofu_rows(name, n, per_row=3):
 
 def load_avg():
     return list(os.getloadavg())
-
-
-class RssPeak:
-    """Peak RSS (bytes) above the RSS at entry, sampled every 20 ms by a thread."""
-
-    def __enter__(self):
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    @staticmethod
-    def _rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._rss())
-        self.extra = self.peak - self.base
-
-
-def rss_peak(fn):
-    with RssPeak() as r:
-        fn()
-    return r.extra
-
-
-def round_robin(fns: dict, reps: int, warmup: int = 1) -> dict:
-    """{name: [seconds per repetition]}: every fn once per repetition, in order."""
-    times = {k: [] for k in fns}
-    for it in range(warmup + reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if it >= warmup:
-                times[k].append(time.perf_counter() - t0)
-        print(f"  rep {it - warmup + 1}/{reps}:", {k: round(v[-1], 2) for k, v in times.items() if v}, flush=True)
-    return times
 
 
 def paired(times, k, ref):
