@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from typing import Callable
 
@@ -143,3 +144,48 @@ def md_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+class RssPeak:
+    """Peak RSS (bytes) above the RSS at entry, sampled every 20 ms by a thread."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def _rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+        self.extra = self.peak - self.base
+
+
+def rss_peak(fn):
+    with RssPeak() as r:
+        fn()
+    return r.extra
+
+
+def round_robin(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """{name: [seconds per repetition]}: every fn once per repetition, in order."""
+    times = {k: [] for k in fns}
+    for it in range(warmup + reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if it >= warmup:
+                times[k].append(time.perf_counter() - t0)
+        print(f"  rep {it - warmup + 1}/{reps}:", {k: round(v[-1], 2) for k, v in times.items() if v}, flush=True)
+    return times
