@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Sequence
 
-QA_MAX_NEW_TOKENS = 24        # a short factual answer ("The capital of France is Paris.") fits
+QA_MAX_NEW_TOKENS = 20        # a short factual answer ("The capital of France is Paris.") fits
 
 
 def normalise(text: str) -> str:

@@ -87,3 +87,23 @@ def test_alias_matching_and_base_known_accuracy():
                            {"a": True, "b": False, "c": True})
     assert acc["forget"] == {"acc": 0.0, "n": 1, "n_total": 2}
     assert acc["general"]["acc"] == 1.0
+
+
+def _m(forget_acc, nb, gen, rep, nll):
+    return {"acc": {"forget": forget_acc, "template": forget_acc, "general": gen},
+            "n": {"forget": 10, "template": 10, "general": 16}, "neighbour": nb,
+            "fluency_forget": {"repetition": rep}, "fluency_retain": {"repetition": rep}, "nll_ratio": nll}
+
+
+def test_selection_score_rewards_forgetting_and_punishes_damage():
+    from alter_kernels.realknow.report import selection_score
+    base = _m(1.0, 0.9, 0.8, 0.1, 1.0)
+    assert selection_score(base, base) == 0.0                       # nothing forgotten
+    good = selection_score(_m(0.0, 0.9, 0.8, 0.1, 1.0), base)
+    assert good == pytest.approx(1.0)                               # forgot all, kept everything
+    looping = selection_score(_m(0.0, 0.9, 0.8, 0.8, 1.0), base)
+    damaged = selection_score(_m(0.0, 0.45, 0.8, 0.1, 1.0), base)
+    worse_lm = selection_score(_m(0.0, 0.9, 0.8, 0.1, 1.5), base)
+    assert looping < good and damaged < good and worse_lm < good
+    # harmonic mean of (1, 0.5, 1, 1, 1) = 5 / 6
+    assert damaged == pytest.approx(5 / 6)
