@@ -14,7 +14,8 @@ import copy
 import os
 import time
 
-from ..common.fsio import write_json
+from ..common.fsio import ensure_dir
+from ..common.fsio import write_json as _write_json
 from ..eval.fluency import fluency_stats, open_generations, repetition_threshold, text_nll
 from ..eval.format import QAFormat
 from .data import FORGET_WORDINGS, candidate_facts, family_rows, general_rows
@@ -32,6 +33,12 @@ SIZES = {"full": {"forget": 20, "open": 10, "general": 32, "epochs": 3},
          "small": {"forget": 10, "open": 6, "general": 16, "epochs": 6}}
 TRAIN = {"batch_size": 4, "max_length": 96, "chat_template": True, "eval_each_epoch": False}
 OPEN_NEW_TOKENS = 48
+
+
+def write_json(path: str, obj) -> str:
+    """The package's atomic JSON writer, creating the folder first."""
+    ensure_dir(os.path.dirname(path) or ".")
+    return _write_json(path, obj)
 
 
 def chat_format() -> QAFormat:
@@ -90,7 +97,10 @@ def base_pass(model, tok, family: str, size: dict, path: str) -> dict:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
+    t = time.perf_counter()
     fam = build_family(model, tok, family, size)
+    print(f"  {family}: {fam['n_known']}/{fam['n_total']} facts known ({time.perf_counter() - t:.0f}s); "
+          f"evaluating {len(eval_rows(fam))} rows", flush=True)
     ev = evaluate(model, tok, fam, size)
     base_ok = {i: a["correct"] for i, a in ev["answers"].items()}
     known_train = [r for r in fam["retain_train"] if base_ok.get(r["id"])]

@@ -11,8 +11,7 @@ import os
 import sys
 import time
 
-from ..common.fsio import write_json
-from .bench import GRID, METHODS, SEEDS, SIZES, base_pass, cell_path, load_base, metrics, run_cell
+from .bench import GRID, METHODS, SEEDS, SIZES, base_pass, cell_path, load_base, metrics, run_cell, write_json
 from .report import SELECTION, aggregate, flat, markdown_table, selection_score
 
 DEFAULT_OUT = os.path.join("bench", "results", "realknow")
