@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--grid", default=",".join(f"{g:g}" for g in GRID), help="lr scales tried on DEV")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="TEST training seeds")
-    ap.add_argument("--stage", choices=("base", "dev", "test", "all"), default="all")
+    ap.add_argument("--stage", choices=("base", "dev", "test", "all"), default="all",
+                    help="base: only the base passes, then rewrite the results from the cached cells")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
     return ap
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
             for m in methods:
                 if m in sel and cell(args.test, m, sel[m], s) is not None:
                     _write_test(out, bps[args.test], sel, seeds, {**info, "role": "TEST", "selected": sel})
+    _write_dev(out, bps[args.dev], methods, grid, {**info, "role": "DEV"})
     _write_test(out, bps[args.test], sel, seeds, {**info, "role": "TEST", "selected": sel})
     print(f"done in {time.perf_counter() - t0:.0f}s; results under {out}", flush=True)
     return 0
