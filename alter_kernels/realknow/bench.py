@@ -152,7 +152,9 @@ def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, si
 def metrics(bp: dict, ev: dict) -> dict:
     """The summary numbers of one evaluation (a cell or the base pass) against the base pass."""
     fam = bp["rows"]
-    rows = eval_rows(fam)
+    # the retain-training rows are scored as their own kind, never pooled with held-out neighbours
+    train_ids = {r["id"] for r in fam["retain_train"]}
+    rows = [dict(r, kind="retain_train") if r["id"] in train_ids else r for r in eval_rows(fam)]
     acc = accuracy_by_kind(rows, ev["answers"], bp["base_correct"])
     pooled = {}
     groups = {"forget_heldout": FORGET_WORDINGS, "neighbour": ("nb_entity", "nb_relation")}

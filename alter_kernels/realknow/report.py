@@ -8,7 +8,8 @@ import statistics
 from ..eval.metrics import harmonic_mean
 from .data import FORGET_WORDINGS
 
-TABLE_KINDS = ("forget",) + FORGET_WORDINGS + ("nb_entity", "nb_relation", "mention", "homonym", "general")
+TABLE_KINDS = ("forget",) + FORGET_WORDINGS + ("nb_entity", "nb_relation", "mention", "homonym", "general",
+                                               "retain_train")
 SELECTION = ("harmonic mean of (1 - forget accuracy over the trained and held-out wordings, held-out "
              "neighbour accuracy / base, general accuracy / base, (1 - open-prompt repetition) / (1 - base "
              "repetition) capped at 1, base passage NLL / passage NLL capped at 1); ties: smaller scale")
@@ -68,7 +69,7 @@ COLUMNS = (("forget", "acc_forget"), ("held-out", "forget_heldout"), ("template"
            ("blank", "acc_fill_blank"), ("contin.", "acc_continuation"), ("embedded", "acc_embedded"),
            ("multiturn", "acc_multiturn"), ("nb entity", "acc_nb_entity"), ("nb relation", "acc_nb_relation"),
            ("mention", "acc_mention"), ("homonym", "acc_homonym"), ("general", "acc_general"),
-           ("rep F", "rep_forget"), ("rep R", "rep_retain"), ("dist-2 F", "distinct2_forget"),
+           ("retain train", "acc_retain_train"), ("rep F", "rep_forget"), ("rep R", "rep_retain"), ("dist-2 F", "distinct2_forget"),
            ("NLL ratio", "nll_ratio"), ("train s", "train_seconds"))
 
 
