@@ -107,3 +107,22 @@ def test_selection_score_rewards_forgetting_and_punishes_damage():
     assert looping < good and damaged < good and worse_lm < good
     # harmonic mean of (1, 0.5, 1, 1, 1) = 5 / 6
     assert damaged == pytest.approx(5 / 6)
+
+
+def test_metrics_keep_retain_training_rows_out_of_held_out_neighbours():
+    from alter_kernels.realknow import bench
+    facts = candidate_facts("capitals")
+    fam = family_rows("capitals", facts[:10], facts[10:20])
+    fam["general"] = general_rows()[:4]
+    fam["n_known"], fam["n_total"] = 20, len(facts)
+    rows = bench.eval_rows(fam)
+    train = {r["id"] for r in fam["retain_train"]}
+    gens = ["Rivers flow to the sea and the sea is salty."] * 3
+    base = {"answers": {r["id"]: {"answer": "", "correct": True} for r in rows}, "open_forget": gens,
+            "open_retain": gens, "passage_nll": 2.0}
+    bp = {"family": "capitals", "rows": fam, "base": base, "base_correct": {r["id"]: True for r in rows}}
+    cell = dict(base, answers={r["id"]: {"answer": "", "correct": r["id"] not in train} for r in rows},
+                passage_nll=2.2)
+    m = bench.metrics(bp, cell)
+    assert m["neighbour"] == 1.0 and m["acc"]["retain_train"] == 0.0
+    assert m["nll_ratio"] == pytest.approx(1.1)
