@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let the engine write each method's checkpoint / adapter / history under OUT/runs/")
     ap.add_argument("--lr-scale", type=float, default=None,
                     help="one multiplier of the engine's learning rates for every method (default: per-method LR_SCALE)")
+    ap.add_argument("--model", default=None,
+                    help="a pretrained chat model (e.g. smollm2-135m-instruct): run the real-knowledge benchmark "
+                         "(alter_kernels.realknow, small size) instead of the synthetic one")
+    ap.add_argument("--realknow-selection", default=None,
+                    help="with --model: a selection.json of python -m alter_kernels.realknow (its DEV-selected lr scales)")
     ap.add_argument("--hparams", default=None,
                     help='JSON passed to ak.unlearn for every method instead of the learning rates, e.g. \'{"lr": 1e-4}\'')
     return ap
@@ -210,6 +215,10 @@ def main(argv=None) -> int:
         ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     epochs = args.epochs or 3
     os.makedirs(args.out, exist_ok=True)
+    if args.model:
+        from .realknow import DEMO_METHODS, run_realknow_demo
+        chosen = methods if args.methods != ",".join(METHODS) else list(DEMO_METHODS)
+        return run_realknow_demo(args.model, args.out, chosen, seed=args.seed, selection=args.realknow_selection)
 
     print(f"== alter_kernels demo ({'quick' if args.quick else 'full'}), torch threads {torch.get_num_threads()}")
     bench = build_benchmark("quick" if args.quick else "default", cache_dir=args.cache, rebuild=args.rebuild)

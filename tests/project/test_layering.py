@@ -6,7 +6,7 @@ Layers, bottom to top (docs/DESIGN.md draws them):
     kernels     alter_kernels.kernels        every implementation; never imports ops/
     ops         alter_kernels.ops            public ops: input checks + registry lookup
     model       alter_kernels.model          patched layers, state, inject, hf, io, peft
-    engine      generation, unlearn, eval, synthetic
+    engine      generation, unlearn, eval, synthetic, realknow
     app         cli, demo, integrations, and the package root (alter_kernels/__init__.py)
 
 A module may import only from its own layer or the ones below, never from above, and the
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ops", ("alter_kernels.ops",)),
     ("model", ("alter_kernels.model",)),
     ("engine", ("alter_kernels.generation", "alter_kernels.unlearn", "alter_kernels.eval",
-                "alter_kernels.synthetic")),
+                "alter_kernels.synthetic", "alter_kernels.realknow")),
     ("app", ("alter_kernels.cli", "alter_kernels.demo", "alter_kernels.integrations", "alter_kernels")),
 ]
 MAX_MODULE_LINES = 400

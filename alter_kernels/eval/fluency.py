@@ -1,0 +1,107 @@
+"""Fluency of a model's open-ended answers and of its language modelling (issues 21 and 24).
+
+Two kinds of measure, for any Hugging Face causal LM (patched or not):
+
+- **text statistics** of generations (no model needed): :func:`fluency_stats` gives the
+  repetition rate (share of a generation's n-grams that repeat an earlier n-gram of the same
+  generation; a loop such as ``"his his his ..."`` scores near 1), distinct-1 / distinct-2 over
+  the set of generations, and the mean length in words. :func:`degenerate_share` counts the
+  generations whose repetition exceeds a threshold taken from a reference model's own
+  generations (:func:`repetition_threshold`, e.g. its 95th percentile), so "degenerate" is
+  judged against what the reference does, not an absolute number;
+- **model measures**: :func:`open_generations` (greedy answers to open prompts such as
+  "Tell me about ...", through a :class:`~alter_kernels.eval.format.QAFormat`) and
+  :func:`text_nll` (mean token NLL of plain text passages, the first token excepted);
+  :func:`nll_ratio` divides a model's passage NLL by the base model's.
+
+The n-gram statistics reuse :func:`alter_kernels.eval.metrics.repetition_rate` and
+:func:`~alter_kernels.eval.metrics.distinct_n` (one definition each; words as ``rouge_score``
+tokenises them).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .format import QAFormat
+from .metrics import distinct_n, repetition_rate, rouge_tokens
+
+OPEN_MAX_NEW_TOKENS = 56       # open-ended answers: long enough for a loop to show, short for CPU
+REPETITION_N = 2               # n of the repetition rate reported as "repetition"
+DEGENERATE_QUANTILE = 0.95     # a generation is degenerate above this quantile of the reference's
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    vals = sorted(float(v) for v in values)
+    if not vals:
+        raise ValueError("quantile of no values")
+    pos = q * (len(vals) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+
+def repetition_per_text(texts: Sequence[str], n: int = REPETITION_N) -> list[float]:
+    """The repetition rate of each generation on its own (0 for one without n-grams)."""
+    return [repetition_rate([t], n) for t in texts]
+
+
+def repetition_threshold(reference_texts: Sequence[str], q: float = DEGENERATE_QUANTILE,
+                         n: int = REPETITION_N) -> float:
+    """The q-quantile of the reference generations' per-text repetition (linear interpolation)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"repetition_threshold: q must be in [0, 1], got {q}")
+    return _quantile(repetition_per_text(reference_texts, n), q)
+
+
+def degenerate_share(texts: Sequence[str], threshold: float, n: int = REPETITION_N) -> float:
+    """Share of generations whose repetition rate is above ``threshold`` (0 for no texts)."""
+    reps = repetition_per_text(texts, n)
+    return sum(r > threshold for r in reps) / len(reps) if reps else 0.0
+
+
+def fluency_stats(texts: Sequence[str], n: int = REPETITION_N, threshold: float | None = None) -> dict:
+    """Text statistics of a set of generations: ``repetition`` (mean per-text repetition rate of
+    n-grams), ``distinct_1``, ``distinct_2`` (over the set), ``mean_words``, ``n`` and, with a
+    ``threshold``, ``degenerate_share``."""
+    texts = list(texts)
+    out = {"n": len(texts), "repetition": repetition_rate(texts, n), "distinct_1": distinct_n(texts, 1),
+           "distinct_2": distinct_n(texts, 2),
+           "mean_words": (sum(len(rouge_tokens(t)) for t in texts) / len(texts)) if texts else 0.0}
+    if threshold is not None:
+        out["degenerate_share"] = degenerate_share(texts, threshold, n)
+    return out
+
+
+def open_generations(model, tokenizer, prompts: Sequence[str], fmt: QAFormat | None = None,
+                     max_new_tokens: int = OPEN_MAX_NEW_TOKENS, batch_size: int = 16) -> list[str]:
+    """Greedy answers (decoded, special tokens skipped) to open-ended prompts."""
+    from .tofu import greedy_generate
+    fmt = fmt or QAFormat()
+    ids = [fmt.prompt_ids(tokenizer, p) for p in prompts]
+    outs = greedy_generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+
+
+def text_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> float:
+    """Mean token NLL of plain passages (with the tokenizer's special tokens; every token after
+    the first is scored), averaged over the tokens of all passages."""
+    from .tofu import sequence_nll
+    pairs = []
+    for t in texts:
+        ids = list(tokenizer(t, add_special_tokens=True).input_ids)
+        if len(ids) < 2:
+            raise ValueError(f"text_nll: passage too short to score: {t!r}")
+        pairs.append((ids, ids))
+    if not pairs:
+        raise ValueError("text_nll: no passages")
+    per = sequence_nll(model, tokenizer, pairs, batch_size=batch_size, reduction="sum")
+    tokens = sum(len(ids) - 1 for ids, _ in pairs)
+    return float(per.sum()) / tokens
+
+
+def nll_ratio(nll: float, base_nll: float) -> float:
+    """A model's passage NLL over the base model's (1 = unchanged, > 1 = worse)."""
+    if not base_nll > 0:
+        raise ValueError(f"nll_ratio: the base NLL must be > 0, got {base_nll}")
+    return float(nll) / float(base_nll)

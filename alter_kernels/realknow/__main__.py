@@ -1,0 +1,4 @@
+"""``python -m alter_kernels.realknow``."""
+from .cli import main
+
+raise SystemExit(main())
