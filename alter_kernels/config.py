@@ -61,6 +61,9 @@ class AlterConfig:
     router_match: float = 0.95    # cosine at which a token matches a key
 
     def __post_init__(self):
+        if isinstance(self.target_modules, (str, bytes)) or not isinstance(self.target_modules, (list, tuple)):
+            raise ConfigError(f"AlterConfig.target_modules: got {self.target_modules!r}, expected a list or tuple of "
+                              "module names (a single name as ['q_proj'], not 'q_proj')", "target_modules")
         self.target_modules = tuple(self.target_modules)
         self.validate()
 

@@ -14,8 +14,14 @@ truth ratios: ``--retain-model`` computes them (``--save-reference`` keeps them 
 An ALTER adapter directory (``adapter_config.json`` written by ``ak.save_adapter``) is loaded by
 patching the model with the adapter's config and ``ak.load_adapter``; a PEFT adapter directory
 through ``peft`` (merged). The model is then called plainly: an ALTER model is evaluated with its
-default inference rule. Prints the TOFU table and writes it as JSON (atomically). Exit status: 0
-done, 2 bad usage or input (one line ``alter-eval: error: ...``). docs/benchmark.md.
+default inference rule. Prints the TOFU table and writes it as JSON (atomically).
+
+Every option, path and input file is checked before any model work (cli/eval_checks.py): ``--out``
+and ``--save-reference`` may not be, or lie under, an input, and must be writable;
+``--max-new-tokens`` is at most 4096 (``eval.tofu.MAX_NEW_TOKENS_CAP``) and below the model's
+positions; answers cut to fit the positions are reported with a warning. Exit status: 0 done,
+1 the run failed (a damaged data row, reference or adapter file, a model that cannot be loaded),
+2 bad usage (one line ``alter-eval: error: ...``). docs/benchmark.md.
 """
 from __future__ import annotations
 
@@ -27,8 +33,8 @@ import warnings
 
 from ..common.fsio import ensure_dir, json_safe, write_json
 from ._common import OneLineParser, unescape_newlines
-from .eval_inputs import (REFERENCE_FORMAT, SPLITS, UsageError, read_json_file, read_reference, resolve_data,
-                          rows_fingerprint)
+from .eval_inputs import (REFERENCE_FORMAT, SPLITS, RunError, UsageError, read_json_file, read_reference,
+                          resolve_data, rows_fingerprint)
 
 PROG = "alter-eval"
 
@@ -113,7 +119,7 @@ def load_model(name: str, args, device):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, args.dtype),
                                                      trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+        raise RunError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval()
 
 
@@ -125,7 +131,7 @@ def attach_adapter(model, path: str, kind: str):
             ak.patch(model, cfg)
             ak.load_adapter(model, path)
         except (ak.AdapterError, ak.PatchError) as exc:
-            raise UsageError(f"--adapter {path}: {exc}") from None
+            raise RunError(f"--adapter {path}: {exc}") from None
         return model.eval()
     try:
         from peft import PeftModel
@@ -134,11 +140,18 @@ def attach_adapter(model, path: str, kind: str):
     try:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UsageError(f"--adapter {path}: peft could not load it: {str(exc).splitlines()[0]}") from None
+        raise RunError(f"--adapter {path}: peft could not load it: {str(exc).splitlines()[0]}") from None
     return model.eval()
 
 
 # -------------------------------------------------------------------------------------- table
+def _fq_text(fq, meta: dict) -> str:
+    if fq is not None:
+        return f"{fq:.6g}"
+    given = meta.get("reference") or meta.get("retain_model")
+    return "n/a (not computable from the truth ratios)" if given else "n/a (no --retain-model / --reference)"
+
+
 def format_table(res: dict) -> str:
     meta = res.get("meta", {})
     name = meta.get("model", "?") + (f" + adapter {meta['adapter']}" if meta.get("adapter") else "")
@@ -146,7 +159,7 @@ def format_table(res: dict) -> str:
     lines = [f"TOFU evaluation: {name}",
              f"  truth ratio: {res.get('truth_ratio_definition')}, max_new_tokens {res.get('max_new_tokens')}, "
              f"seed {meta.get('seed')}",
-             f"forget quality  {'n/a (no --retain-model / --reference)' if fq is None else f'{fq:.6g}'}",
+             f"forget quality  {_fq_text(fq, meta)}",
              f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded)",
              f"{'split':<14}{'rows':>6}{'probability':>13}{'ROUGE-L':>10}{'truth ratio':>13}"]
     for s in SPLITS:
@@ -166,20 +179,6 @@ def format_table(res: dict) -> str:
 # --------------------------------------------------------------------------------------- main
 def _note(msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-
-
-def _check_args(args) -> None:
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.save_reference and not args.retain_model:
-        raise UsageError("--save-reference needs --retain-model (it saves that model's truth ratios)")
-    if "{question}" not in args.prompt_format and not args.chat_template:
-        raise UsageError(f"--prompt-format must contain {{question}}, got {args.prompt_format!r}")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if os.path.isdir(args.out) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
-        raise UsageError(f"--out {args.out} must be a file path")
 
 
 def _resolve_model(args) -> tuple[str, str | None]:
@@ -204,9 +203,9 @@ def _load_splits(files: dict, task_id) -> dict:
         try:
             rows[s] = load_rows(files[s], require=need, task_id=task_id)
         except (ValueError, OSError) as exc:
-            raise UsageError(f"{s} data: {exc}") from None
+            raise RunError(f"{s} data: {exc}") from None
         if not rows[s]:
-            raise UsageError(f"{s} data: {files[s]} holds no rows")
+            raise RunError(f"{s} data: {files[s]} holds no rows")
     _note("rows: " + ", ".join(f"{s} {len(rows[s])} ({files[s]})" for s in SPLITS))
     return rows
 
@@ -229,7 +228,7 @@ def _seed_device_tokenizer(args, model_name: str):
     try:
         tok = AutoTokenizer.from_pretrained(args.tokenizer or model_name, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load tokenizer {args.tokenizer or model_name!r}: {str(exc).splitlines()[0]}") from None
+        raise RunError(f"cannot load tokenizer {args.tokenizer or model_name!r}: {str(exc).splitlines()[0]}") from None
     return device, tok
 
 
@@ -277,12 +276,22 @@ def _run(args) -> int:
     from ..eval.format import QAFormat
     from ..eval.tofu import evaluate_tofu
 
-    _check_args(args)
+    from . import eval_checks as checks
+    checks.check_options(args)                                   # every option and path first (exit 2)
     model_name, adapter_kind = _resolve_model(args)
+    checks.check_sources(args, model_name)
     files = resolve_data(args.data, args.forget_split)
+    checks.check_outputs(args, model_name, files)
+    if args.adapter:
+        checks.check_adapter_files(args.adapter, adapter_kind)  # then every input file (exit 1)
     rows = _load_splits(files, args.task_id)
     fingerprint = rows_fingerprint(rows["forget"])
+    if args.reference:
+        read_reference(args.reference, args.truth_ratio, fingerprint)
     device, tok = _seed_device_tokenizer(args, model_name)
+    for name in (model_name, args.retain_model):
+        if name:
+            checks.check_model_fit(args, tok, name)
     fmt = QAFormat(template=args.prompt_format, chat=args.chat_template, system_prompt=args.system_prompt)
     t0 = time.perf_counter()
     reference, ref_meta = _reference(args, rows["forget"], tok, fmt, device, fingerprint, files["forget"])
@@ -319,6 +328,16 @@ def main(argv=None) -> int:
         except UsageError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 2
+        except RunError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:                     # a known failure of the run: one line, exit 1
+            from .unlearn import _run_failure
+            failure = _run_failure(exc, args.device or "the device")
+            if failure is None:
+                raise
+            print(f"{PROG}: error: {failure.msg}", file=sys.stderr)
+            return failure.code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """alter-eval's inputs: the ``--data`` files (:func:`resolve_data`) and the ``--reference`` file
-(:func:`read_reference`); bad input is a :class:`UsageError` (one line, exit status 2)."""
+(:func:`read_reference`); bad usage is a :class:`UsageError` (one line, exit status 2), a damaged
+file a :class:`RunError` (one line, exit status 1)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,12 @@ SPLITS = ("forget", "retain", "real_authors", "world_facts")
 
 
 class UsageError(Exception):
-    """Bad command-line usage or input: reported as one line, exit status 2."""
+    """Bad command-line usage: an option or path of the wrong kind; one line, exit status 2."""
+
+
+class RunError(Exception):
+    """The run failed: a damaged input file (a data row, the reference, adapter files), a model
+    that cannot be loaded, a failure while evaluating; one line, exit status 1."""
 
 
 
@@ -72,12 +78,14 @@ def rows_fingerprint(rows: list[dict]) -> str:
 
 
 def read_json_file(path: str, what: str):
-    """json.load(path), or a UsageError "<what> (<reason>)"."""
+    """json.load(path), or a RunError "<what> (<reason>)"."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{what} ({exc})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{what} ({exc})") from None
+    except RecursionError:
+        raise RunError(f"{what} (nested too deeply)") from None
 
 
 
@@ -90,12 +98,15 @@ def read_reference(path: str, truth_ratio: str, fingerprint: str) -> tuple[list[
         ratios, mode = ref["forget"]["truth_ratios"], ref.get("truth_ratio_definition")   # an alter-eval output
         fp = (ref.get("meta") or {}).get("forget_fingerprint")
     else:
-        raise UsageError(f"--reference {path}: neither a reference written by --save-reference nor an alter-eval output")
-    if not isinstance(ratios, list) or not ratios or not all(isinstance(x, (int, float)) for x in ratios):
-        raise UsageError(f"--reference {path}: 'truth_ratios' must be a non-empty list of numbers")
+        raise RunError(f"--reference {path}: neither a reference written by --save-reference nor an alter-eval output")
+    from ..eval.metrics import check_truth_ratios
+    try:
+        ratios = check_truth_ratios(ratios, f"--reference {path}: 'truth_ratios'")
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     if mode is not None and mode != truth_ratio:
         raise UsageError(f"--reference {path} holds {mode} truth ratios but --truth-ratio is {truth_ratio}")
     if fp is not None and fp != fingerprint:
         raise UsageError(f"--reference {path} was computed on other forget questions than --data's "
                          f"(fingerprint {fp} vs {fingerprint}); check --data / --task-id")
-    return [float(x) for x in ratios], ref
+    return ratios, ref

@@ -150,7 +150,8 @@ def write_json(path, obj, indent: int | None = 1, **kw) -> str:
 
 def atomic_dir(final, build) -> str:
     """Build a directory with ``build(tmp_dir)`` next to ``final`` and swap it into place (the old
-    one, if any, is moved aside and removed after the swap). ``final`` must not be a symlink."""
+    one, if any, is exchanged with it in one step where Linux's renameat2 allows, else moved aside
+    first, and removed after the swap). ``final`` must not be a symlink."""
     final = os.fspath(final)
     check_dir_target(final)
     parent = os.path.dirname(os.path.abspath(final))
@@ -161,17 +162,36 @@ def atomic_dir(final, build) -> str:
         build(tmp)
         old = None
         if os.path.isdir(final):
-            old = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-old-" + name, dir=parent)
-            check_dir_target(final)
-            os.replace(final, old)                   # onto an empty directory: allowed by rename(2)
-        os.replace(tmp, final)
+            check_dir_target(final)                  # a link may have appeared meanwhile
+            if _exchange(tmp, final):
+                old, tmp = tmp, None                 # swapped in one step: the old one is now at tmp
+            else:
+                old = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-old-" + name, dir=parent)
+                os.replace(final, old)               # onto an empty directory: allowed by rename(2)
+        if tmp is not None:
+            os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(parent)
     return final
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or the file system cannot (the caller then renames in two steps)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def publish_dir(final, build) -> str:

@@ -59,8 +59,32 @@ def _check_fields(rows: list, where: str, name: str, require: tuple) -> list[dic
         r = dict(r)
         if isinstance(r.get("perturbed_answer"), str):
             r["perturbed_answer"] = [r["perturbed_answer"]]
+        for field in require + tuple(k for k in _OPTIONAL_TEXT if r.get(k) is not None):
+            why = _field_problem(field, r.get(field))
+            if why:
+                raise DataError(f"{name}: {where} row {i}: field {field!r} {why}, got {_short(r.get(field))}")
         out.append(r)
     return out
+
+
+_TEXT_FIELDS = ("question", "answer", "paraphrased_answer", "paraphrased_question", "text")
+_OPTIONAL_TEXT = ("paraphrased_answer", "paraphrased_question")     # may be absent or null
+
+
+def _field_problem(field: str, v) -> str | None:
+    """Why value ``v`` cannot be field ``field`` of a row (None: it can)."""
+    if field in _TEXT_FIELDS and not isinstance(v, str):
+        return "must be a string"
+    if field == "perturbed_answer" and (not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v)):
+        return "must be a string or a non-empty list of strings"
+    if field == "choices" and (not isinstance(v, list) or not v):
+        return "must be a non-empty list"
+    return None
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _task_ids(task_id) -> list[str]:
@@ -118,11 +142,15 @@ def _read_rows(src, name: str) -> tuple[list, str]:
                     continue
                 try:
                     rows.append(json.loads(line))
+                except RecursionError:
+                    raise DataError(f"{name}: {path} line {i + 1} is nested too deeply to be a row") from None
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{name}: {path} line {i + 1} is not valid JSON ({exc.msg})") from exc
             return rows, path
         try:
             data = json.loads(raw)
+        except RecursionError:
+            raise DataError(f"{name}: {path} is nested too deeply to hold rows") from None
         except json.JSONDecodeError as exc:
             # a .json file holding JSON lines is common enough to accept
             try:

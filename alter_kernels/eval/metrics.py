@@ -96,10 +96,26 @@ def forget_quality(truth_ratios_unlearned: Sequence[float], truth_ratios_retain:
     """
     from scipy.stats import ks_2samp
     a = [float(x) for x in truth_ratios_unlearned]
-    b = [float(x) for x in truth_ratios_retain]
+    b = check_truth_ratios([float(x) for x in truth_ratios_retain], "forget_quality: the retain model's truth ratios")
     if not a or not b:
         raise ValueError("forget_quality needs two non-empty samples of truth ratios")
+    if any(math.isnan(x) or x < 0 for x in a):
+        raise ValueError("forget_quality: the model's truth ratios hold NaN or negative values")
     return float(ks_2samp(a, b).pvalue)
+
+
+def check_truth_ratios(values, what: str = "truth ratios") -> list[float]:
+    """``values`` as floats, or a ValueError naming the first entry that is not a truth ratio
+    R = P_pert / P_para of a reference: a finite number >= 0 (bools, NaN, inf and negatives are
+    refused; they come from a damaged or hand-edited file)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{what} must be a non-empty list of numbers")
+    out = []
+    for i, x in enumerate(values):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+            raise ValueError(f"{what}: entry {i} is {x!r}; expected a finite number >= 0")
+        out.append(float(x))
+    return out
 
 
 def truth_ratio_score(ratios: Sequence[float], split: str = "retain") -> float:

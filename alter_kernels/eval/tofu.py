@@ -23,6 +23,7 @@ evaluated through its own default inference rule. ``progress=True`` shows tqdm b
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -34,6 +35,31 @@ from .metrics import (TRUTH_RATIO_MODES, distinct_n, forget_quality, harmonic_me
                       truth_ratio_from_nll, truth_ratio_score)
 
 DEFAULT_MAX_NEW_TOKENS = 200        # TOFU generates up to 200 new tokens for its ROUGE scores
+# the largest max_new_tokens alter-eval accepts (TOFU's answers are < 200 tokens; a model without
+# an eos token otherwise generates for as long as it is told); the model's positions bound it too
+MAX_NEW_TOKENS_CAP = 4096
+
+
+def model_positions(model) -> int | None:
+    """How many positions the model (or its config) can attend over, when its config says."""
+    cfg = getattr(model, "config", model)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _fit(pairs, positions: int | None, what: str):
+    """Sequences cut to the model's positions, with one warning naming how many were cut."""
+    if positions is None:
+        return pairs
+    long = sum(len(p[0]) > positions for p in pairs)
+    if not long:
+        return pairs
+    warnings.warn(f"{long} of {len(pairs)} {what} are longer than the model's {positions} positions; truncated to "
+                  "fit (their scores cover the first tokens only)", UserWarning, stacklevel=3)
+    return [(ids[:positions], labels[:positions]) for ids, labels in pairs]
 
 
 def _device(model):
@@ -67,6 +93,7 @@ def sequence_nll(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]],
     (reduction="mean") or summed ("sum"). fp32 accumulation. Returns a CPU float64 tensor [n].
     ``progress``: a description string (or True) shows a tqdm bar over the batches."""
     dev = _device(model)
+    pairs = _fit(pairs, model_positions(model), "question + answer sequences")
     out = torch.empty(len(pairs), dtype=torch.float64)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))      # little padding
     pad = _pad_id(tokenizer)
@@ -112,13 +139,22 @@ def greedy_generate(model, tokenizer, prompts_ids: Sequence[list[int]],
     pad = _pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     res: list[list[int]] = [[] for _ in prompts_ids]
+    positions = model_positions(model)
+    if positions is not None and sum(len(p) >= positions for p in prompts_ids):
+        warnings.warn(f"{sum(len(p) >= positions for p in prompts_ids)} of {len(prompts_ids)} prompts leave no room "
+                      f"for an answer in the model's {positions} positions; their first tokens are dropped",
+                      UserWarning, stacklevel=2)
+        prompts_ids = [list(p)[-(positions - 1):] if len(p) >= positions else p for p in prompts_ids]
     order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
     bar = _bar(-(-len(order) // batch_size), "generate", progress)
+    short = 0
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         ids, mask = pad_batch([list(prompts_ids[i]) for i in idx], pad, side="left")
+        new_tokens = max_new_tokens if positions is None else max(1, min(max_new_tokens, positions - ids.shape[1]))
+        short += len(idx) if new_tokens < max_new_tokens else 0
         gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             max_new_tokens=new_tokens, pad_token_id=pad,
                              eos_token_id=eos if stop_at_eos else None, num_beams=1,
                              temperature=None, top_p=None, top_k=None)
         new = gen[:, ids.shape[1]:].cpu().tolist()
@@ -132,6 +168,10 @@ def greedy_generate(model, tokenizer, prompts_ids: Sequence[list[int]],
             bar.update(1)
     if bar is not None:
         bar.close()
+    if short:
+        warnings.warn(f"{short} of {len(res)} answers were generated with fewer than max_new_tokens={max_new_tokens} "
+                      f"new tokens: prompt + answer must fit in the model's {positions} positions", UserWarning,
+                      stacklevel=2)
     return res
 
 

@@ -89,15 +89,34 @@ def routing_from_next(next_entropy: torch.Tensor, attention_mask: torch.Tensor |
     return routed
 
 
-def _mirror(cache, name: str, original):
-    def method(*args, **kwargs):
-        out = original(*args, **kwargs)
-        for attr in getattr(cache, "_alter_mirrored", ()):
-            state = getattr(cache, attr, None)
+_MIRROR_CLASSES: dict[type, type] = {}       # an HF cache class -> its subclass that mirrors the states
+
+
+def _mirror_method(name: str, base: type):
+    original = getattr(base, name)
+
+    def method(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        for attr in getattr(self, "_alter_mirrored", ()):
+            state = getattr(self, attr, None)
             if state is not None:
-                getattr(state, name)(cache, *args, **kwargs)
+                getattr(state, name)(self, *args, **kwargs)
         return out
+    method.__name__ = method.__qualname__ = name
     return method
+
+
+def _mirrored_class(cls: type) -> type:
+    """The subclass of cache class ``cls`` whose reorders, crops and batch selections are mirrored
+    on the states attached to the instance they are called on."""
+    if cls in _MIRROR_CLASSES.values():
+        return cls
+    sub = _MIRROR_CLASSES.get(cls)
+    if sub is None:
+        ns = {name: _mirror_method(name, cls) for name in _MIRRORED if callable(getattr(cls, name, None))}
+        ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__)
+        sub = _MIRROR_CLASSES[cls] = type(cls.__name__, (cls,), ns)
+    return sub
 
 
 def attach_cache_state(cache, attr: str, state) -> None:
@@ -105,17 +124,18 @@ def attach_cache_state(cache, attr: str, state) -> None:
 
     From then on the cache's own reorders, crops and batch selections (beam search, assisted
     decoding, contrastive search: ``_MIRRORED``) are mirrored on every state attached this way;
-    each state implements methods of those names taking ``(cache, *args)``.
+    each state implements methods of those names taking ``(cache, *args)``. The mirroring lives
+    in the cache's class (a subclass of its HF class, made once per class), not in closures
+    over this object, so the states follow the object they belong to: a ``copy.deepcopy`` of the
+    cache (HF's pattern for reusing a prompt cache) carries deep copies of the states and mirrors
+    onto them; a ``copy.copy`` shares its states with the original as it shares its layers.
     """
     setattr(cache, attr, state)
-    attrs = getattr(cache, "_alter_mirrored", None)
-    if attrs is None:
-        attrs = cache._alter_mirrored = set()
-        for name in _MIRRORED:
-            original = getattr(cache, name, None)
-            if callable(original):
-                setattr(cache, name, _mirror(cache, name, original))
-    attrs.add(attr)
+    if type(cache) not in _MIRROR_CLASSES.values():
+        cache.__class__ = _mirrored_class(type(cache))
+    attrs = tuple(getattr(cache, "_alter_mirrored", ()))
+    if attr not in attrs:
+        cache._alter_mirrored = attrs + (attr,)
 
 
 def attach_stream(cache, stream: EntropyStream) -> None:

@@ -44,6 +44,13 @@ def check_shape(t, name: str, op: str, expected: tuple, what: str = ""):
 
 
 def check_same_device(op: str, **tensors):
+    """All tensors on one device (the C++ backends read raw memory: a meta or other-device tensor
+    beside CPU ones must never reach them; the reference raises inside torch)."""
     devs = {n: t.device for n, t in tensors.items() if t is not None}
     if len(set(devs.values())) > 1:
-        raise ValueError(f"{op}: all tensors must be on one device, got {devs}")
+        raise ValueError(f"{op}: all tensors must be on one device, got " + ", ".join(f"{n} on {d}" for n, d in devs.items()))
+
+
+def check_features(d: int, op: str, name: str = "hidden") -> None:
+    if d == 0:
+        raise ValueError(f"{op}: {name} has d = 0 features in its last dim; expected d >= 1")

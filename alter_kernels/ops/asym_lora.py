@@ -1,6 +1,8 @@
 """Dispatch point of the asymmetric multi-expert LoRA linear ``asym_lora``."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..kernels import registry
@@ -21,7 +23,10 @@ def asym_lora(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: torch.T
     """
     if not _fast_ok(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias):
         _full_checks(x, weight, A, B, expert_weights, a_grad_mask, b_grad_mask, bias)
-    return _pick(x.device, x.dtype).fn(x, weight, A, B, expert_weights, float(scale), a_grad_mask, b_grad_mask, bias)
+    s = float(scale)
+    if not math.isfinite(s):      # C++ gave NaN, the reference +-inf: refused in every backend
+        raise ValueError(f"{OP}: scale must be a finite number, got {scale!r}")
+    return _pick(x.device, x.dtype).fn(x, weight, A, B, expert_weights, s, a_grad_mask, b_grad_mask, bias)
 
 
 _pick_cache: dict = {}

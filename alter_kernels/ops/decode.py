@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import extension_error, registry
-from ._checks import check_shape, check_tensor
+from ._checks import check_same_device, check_shape, check_tensor
 from .routing import check_route_scalars
 
 _pick_cache: dict = {}
@@ -41,6 +41,7 @@ def decode_route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: tor
                              f"and E >= 1, got {tuple(router_weight.shape)}")
         check_tensor(entropy, "entropy", op)
         check_shape(entropy, "entropy", op, (hidden.shape[0],), " ([N])")
+        check_same_device(op, hidden=hidden, router_weight=router_weight, entropy=entropy)
         check_route_scalars(threshold, tau_high, tau_low, top_k, op)
     return _pick("decode_route", hidden.device, hidden.dtype).fn(hidden, router_weight, entropy, threshold,
                                                                   tau_high, tau_low, top_k)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import registry
-from ._checks import check_q, check_same_device, check_shape, check_tensor
+from ._checks import check_features, check_q, check_same_device, check_shape, check_tensor
 
 
 def _key_dtype(*tensors) -> torch.dtype:
@@ -43,6 +43,7 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, q: float = 1.5,
     q = check_q(q, "lm_head_entropy")
     check_tensor(hidden, "hidden", "lm_head_entropy", min_ndim=1)
     check_tensor(weight, "weight", "lm_head_entropy", ndim=2)
+    check_features(hidden.shape[-1], "lm_head_entropy")
     if weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"lm_head_entropy: weight must be [V, d] with d = hidden.shape[-1] = "
                          f"{hidden.shape[-1]}, got {tuple(weight.shape)}")

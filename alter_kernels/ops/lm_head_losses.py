@@ -10,7 +10,7 @@ import torch
 
 from ..kernels import registry
 from ..kernels.reference.lm_head_losses import IGNORE_INDEX, TokenLosses
-from ._checks import check_q, check_same_device, check_shape, check_tensor
+from ._checks import check_features, check_q, check_same_device, check_shape, check_tensor
 
 TOKEN_LOSSES, KL = "lm_head_token_losses", "lm_head_kl"
 
@@ -21,6 +21,7 @@ def _check_head(op: str, weight, bias, d: int, **hidden):
     for name, h in hidden.items():
         check_tensor(h, name, op, min_ndim=1)
     check_tensor(weight, "weight", op, ndim=2)
+    check_features(d, op)
     if weight.shape[1] != d:
         raise ValueError(f"{op}: weight must be [V, d] with d = hidden.shape[-1] = {d}, got {tuple(weight.shape)}")
     if weight.shape[0] == 0:

@@ -7,7 +7,7 @@ import torch
 
 from ..kernels import registry
 from ..kernels.reference.routing import RoutingPlan
-from ._checks import check_shape, check_tensor
+from ._checks import check_same_device, check_shape, check_tensor
 
 OP = "route"
 
@@ -48,6 +48,7 @@ def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tens
     check_shape(entropy, "entropy", OP, (n,), " ([N])")
     if labels is not None:
         check_labels(labels, router_weight.shape[1], n)
+    check_same_device(OP, hidden=hidden, router_weight=router_weight, entropy=entropy, labels=labels)
     check_route_scalars(threshold, tau_high, tau_low, top_k)
     return registry.pick(OP, hidden.device).fn(hidden, router_weight, entropy, threshold, tau_high,
                                                tau_low, top_k, labels)
@@ -79,6 +80,7 @@ def route_plan(logits: torch.Tensor, entropy: torch.Tensor, threshold: float = 1
     if labels is not None:
         check_labels(labels, e, n, op)
         labels = labels.to(torch.long)
+    check_same_device(op, logits=logits, entropy=entropy, labels=labels)
     check_route_scalars(threshold, tau_high, tau_low, top_k, op)
     return registry.pick(op, logits.device).fn(logits.to(torch.float32), entropy.to(torch.float32), float(threshold),
                                                float(tau_high), float(tau_low), int(top_k), labels)

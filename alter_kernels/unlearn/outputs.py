@@ -112,16 +112,24 @@ def save_outputs(run, st) -> tuple[str | None, str | None]:
         d = run.data
         with (run.dist.full_params(run.model) if run.dist is not None else contextlib.nullcontext()):
             if run.main:
-                _m.save_adapter(run.model, adapter_dir,
-                                extra={"method": run.method, "domain_map": {str(k): v for k, v in d.domain_map.items()},
-                                       "trained_experts": run.trained_experts, "steps": st.total,
-                                       "threshold_source": run.threshold_source})
+                write_adapter_dir(run.model, adapter_dir,
+                                  {"method": run.method, "domain_map": {str(k): v for k, v in d.domain_map.items()},
+                                   "trained_experts": run.trained_experts, "steps": st.total,
+                                   "threshold_source": run.threshold_source})
     else:
         model_dir = os.path.join(run.out_dir, MODEL_DIR)
         _save_model(run, model_dir)
     if run.dist is not None:
         run.dist.barrier()
     return adapter_dir, model_dir
+
+
+def write_adapter_dir(model, adapter_dir: str, extra: dict) -> str:
+    """The run's adapter, built in a temp directory beside ``adapter_dir`` and swapped into place
+    (fsio.atomic_dir): a kill -9 at any point leaves the previous run's adapter or this one whole
+    (or, between the two renames, none), never one file of each; a reader during the swap is
+    refused by the weights digest that save_adapter records."""
+    return atomic_dir(adapter_dir, lambda d: _m.save_adapter(model, d, extra=extra))
 
 
 def _save_model(run, model_dir: str) -> None:

@@ -6,6 +6,7 @@ instead of tracebacks (exit 2 usage, 1 run failure, 130 Ctrl-C); 5. size limits;
 and op edges (required config fields, finite tensors, q near 1, inf/NaN of weight-0 experts,
 route's arguments, progress lines). 7 (install) is tests/project/test_install.py.
 """
+import hashlib
 import json
 import math
 import os
@@ -419,6 +420,8 @@ def test_non_finite_adapter_tensors_are_refused(tmp_path):
     t = load_file(w)
     t = {k: torch.full_like(v, math.nan) for k, v in t.items()}
     save_file(t, w)
+    c = tmp_path / "a" / "adapter_config.json"                       # a consistent save of bad weights
+    c.write_text(json.dumps({**json.loads(c.read_text()), "weights_sha256": hashlib.sha256(w.read_bytes()).hexdigest()}))
     before = {k: v.clone() for k, v in ak.adapter_state_dict(m).items()}
     with pytest.raises(ak.AdapterError, match="non-finite"):
         ak.load_adapter(m, tmp_path / "a")
