@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -30,7 +31,7 @@ from . import checkpoint as ckpt
 from . import objectives as obj
 from .batches import UnlearnData
 from .context import RunContext
-from .data import prepare, report_rows
+from .data import prepare
 from .heads import step_terms
 from .loop import start_training, train
 from .methods import Method
@@ -126,7 +127,8 @@ def _finetune(model, data, tokenizer, spec, opts, lora_args, epochs, max_steps, 
                      out_dir=out_dir)
     rows, examples = prepare(data, tokenizer, DATA_NAME, **opts.data_kwargs())
     if progress:
-        report_rows(rows, None, data, None, prefix="finetune")
+        print(f"finetune: {len(rows)} rows from {data if isinstance(data, str) else '<in-memory rows>'}",
+              file=sys.stderr, flush=True)
     run.rows = (rows, None)
     run.data = UnlearnData(forget=examples, retain=[], pad_id=pad_id_of(tokenizer), forget_domain=[0] * len(examples))
     peft_model, restore_flags = _inject_lora(run, *lora_args) if spec is FINETUNE_LORA else (None, None)
