@@ -20,7 +20,8 @@ import os
 import shlex
 import sys
 
-from ._common import DefaultsHelpFormatter, OneLineParser, unescape_newlines
+from ._common import DefaultsHelpFormatter, OneLineParser
+from .unlearn_options import _data_options, _Sources
 from .unlearn import FAILED, INTERRUPTED, USAGE, _check_device, _check_input, _check_model_dirs, _Exit, \
     _load_model, _run_failure
 
@@ -78,14 +79,7 @@ def build_parser():
     g.add_argument("--lora-alpha", type=float, default=run["lora_alpha"], help="LoRA alpha (scale alpha / rank)")
     g.add_argument("--target-modules", default=",".join(AlterConfig().target_modules),
                    help="comma-separated names of the linears the LoRA adapts")
-    g = p.add_argument_group("data")
-    g.add_argument("--max-length", type=int, default=o.max_length, help=OPTION_HELP["max_length"])
-    g.add_argument("--chat-template", action="store_true", help=OPTION_HELP["chat_template"])
-    g.add_argument("--prompt-format", type=unescape_newlines, default=o.prompt_format,
-                   help=OPTION_HELP["prompt_format"].replace("%", "%%") + "; a typed \\n is a newline "
-                                                                          "(default: %(default)r)")
-    g.add_argument("--eval-max-examples", type=int, default=o.eval_max_examples, help=OPTION_HELP["eval_max_examples"])
-    g.add_argument("--no-eval", action="store_true", help="skip the per-epoch NLL of the training rows")
+    _data_options(p.add_argument_group("data"), _Sources())     # alter-unlearn's: the same flags and rules
     return p
 
 

@@ -147,3 +147,13 @@ def test_cli_bad_input_is_one_line(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "row 0: missing field 'answer'" in err and err.count("\n") == 1
 
+
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: alter-finetune")
+    for action in cli.build_parser()._actions:
+        assert action.help, f"option {action.option_strings} has no help"
+        assert all(s in out for s in action.option_strings)
