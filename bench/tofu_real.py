@@ -218,8 +218,10 @@ class Runner:
         hp = {n: v * k for n, v in BASE_LR.items()}
         model = self.load(self.model_dir("full"))
         print(f"tofu_real: {split} {method} k={k:g}", flush=True)
+        from alter_kernels.unlearn import METHODS as SPECS
+        retain = self.sets.retain_train if SPECS[method].needs_retain else None     # ga, npo: no retain term
         res = ak.unlearn(model, [dict(question=r["question"], answer=r["answer"]) for r in self.forget_rows(split)],
-                         self.sets.retain_train, method=method, tokenizer=self.tok, epochs=self.size.un_epochs,
+                         retain, method=method, tokenizer=self.tok, epochs=self.size.un_epochs,
                          batch_size=self.size.batch_size, seed=self.args.seed, progress=not self.args.quiet,
                          chat_template=self.chat, eval_each_epoch=False, **hp)
         cell = {"method": method, "split": split, "k": k, "hparams": hp, "seed": self.args.seed, "steps": res.steps,
