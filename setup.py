@@ -1,4 +1,5 @@
-"""Build of alter_kernels and its C++ (and, where possible, CUDA) extension ``alter_kernels._C``.
+"""Build of alter_kernels and its C++ (and, where possible, CUDA) extension ``alter_kernels.kernels._C``
+(beside its loader, alter_kernels/kernels/native.py).
 
     pip install -e . --no-build-isolation --no-deps   # against the torch that is installed
                                                       # (pyproject.toml: the build requirements)
@@ -19,12 +20,20 @@ import shutil
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+EXT_NAME = "alter_kernels.kernels._C"      # the compiled extension, beside its loader kernels/native.py (tools/extension_check.py: EXT_MODULE)
 
 
 def _version():
     """``__version__`` of alter_kernels/version.py (the one place the version is written)."""
     with open(os.path.join(HERE, "alter_kernels", "version.py")) as f:
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def _shannon_tol():
+    """``SHANNON_TOL`` of alter_kernels/common/constants.py (its one home), for the C++/CUDA
+    kernels: passed as the compile definition ALTER_SHANNON_TOL (csrc/include/alter_constants.h)."""
+    with open(os.path.join(HERE, "alter_kernels", "common", "constants.py")) as f:
+        return re.search(r"^SHANNON_TOL = ([0-9.eE+-]+)$", f.read(), re.M).group(1)
 
 
 def _env(name):
@@ -45,7 +54,8 @@ def _extensions():
                  and bool(nvcc) and (torch.cuda.is_available() or _env("ALTER_FORCE_CUDA")))
     # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's headers; without the flag
     # the extension's own row loops would run on one thread.
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DALTER_WITH_PYTHON"]
+    constants = [f"-DALTER_SHANNON_TOL={_shannon_tol()}"]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DALTER_WITH_PYTHON"] + constants
     if not _env("ALTER_PORTABLE"):
         cxx.append("-march=native")
     include_dirs = [os.path.join(HERE, "csrc", "include")]
@@ -54,17 +64,37 @@ def _extensions():
         if archs and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         ext = CUDAExtension(
-            "alter_kernels._C", cpu_sources + cuda_sources, include_dirs=include_dirs,
+            EXT_NAME, cpu_sources + cuda_sources, include_dirs=include_dirs,
             define_macros=[("ALTER_WITH_CUDA", None)], extra_link_args=["-fopenmp"],
             extra_compile_args={"cxx": cxx,
                                 "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
-                                         "-DALTER_WITH_PYTHON"]})
+                                         "-DALTER_WITH_PYTHON"] + constants})
     else:
-        ext = CppExtension("alter_kernels._C", cpu_sources, include_dirs=include_dirs,
+        ext = CppExtension(EXT_NAME, cpu_sources, include_dirs=include_dirs,
                            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     print(f"alter_kernels: building the {'CPU+CUDA' if with_cuda else 'CPU'} extension "
           f"({len(cpu_sources)} C++ and {len(cuda_sources) if with_cuda else 0} CUDA sources)")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _stamped(BuildExtension.with_options(use_ninja=True))}
+
+
+def _stamped(build_ext_cls):
+    """build_ext that records, beside each built extension, the torch it was built against
+    (tools/extension_check.py: scripts/test.sh rebuilds only when the stamp no longer matches)."""
+    import importlib.util
+    check = os.path.join(HERE, "tools", "extension_check.py")
+
+    class StampedBuildExt(build_ext_cls):
+        def run(self):
+            super().run()
+            if not os.path.isfile(check):        # an sdist without tools/: no stamp, test.sh rebuilds
+                return
+            spec = importlib.util.spec_from_file_location("_alter_extension_check", check)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            for ext in self.extensions:
+                mod.write_stamp(self.get_ext_fullpath(ext.name))
+
+    return StampedBuildExt
 
 
 ext_modules, cmdclass = _extensions()

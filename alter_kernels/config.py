@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from .common import constants as C
+
 ROUTER_INPUTS = ("prefix_match", "token")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which entropies route the tokens of a forward that has no routing inputs (ALTER_SPEC section 2):
@@ -40,10 +42,10 @@ class AlterConfig:
     alpha: float = 16
     num_forget_experts: int = 2
     q_route: float = 1.5
-    threshold: float = 1.2
-    top_k: int = 3
-    tau_high: float = 0.8
-    tau_low: float = 0.01
+    threshold: float = C.THRESHOLD
+    top_k: int = C.TOP_K
+    tau_high: float = C.TAU_HIGH
+    tau_low: float = C.TAU_LOW
     target_modules: tuple = DEFAULT_TARGETS
     inference_entropy: str = "base"  # "base" | "self" | "none": see INFERENCE_ENTROPY above
     # Additions around the contract (documented in README / docs/DESIGN.md).
@@ -89,7 +91,7 @@ class AlterConfig:
                 or not 0 <= self.num_forget_experts <= MAX_FORGET_EXPERTS):
             bad("num_forget_experts", self.num_forget_experts, f"an int in 0..{MAX_FORGET_EXPERTS}")
         if not _finite_number(self.q_route) or self.q_route <= 0:
-            bad("q_route", self.q_route, "a finite number > 0 (within 1e-6 of 1 means Shannon)")
+            bad("q_route", self.q_route, f"a finite number > 0 ({C.SHANNON_NOTE})")
         if not (_finite_number(self.threshold) or self.threshold in (math.inf, -math.inf)):
             bad("threshold", self.threshold, "a number (+-inf allowed, NaN not)")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:

@@ -8,7 +8,7 @@ adds d weight) of
   - "kl": mean KL(p_base || p_model) from two hidden-state tensors (the KL baseline),
 fused (ak.lm_head_token_losses / ak.lm_head_kl, best backend on the device) against the
 materialised path (logits = hidden @ W.T, then the plain-PyTorch losses of
-kernels/reference/losses.py: log_softmax -> gather, softmax -> IHL; F.kl_div).
+ops/losses.py: log_softmax -> gather, softmax -> IHL; F.kl_div).
 
 Peak memory: the extra heap bytes during one forward+backward (CPU: glibc mallinfo2 sampled
 every 0.2 ms, bench/entropy.py's cpu_peak_memory; CUDA: max_memory_allocated); the inputs
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import alter_kernels as ak  # noqa: E402
 from alter_kernels import kernels  # noqa: E402
-from alter_kernels.kernels.reference.losses import inverted_hinge_loss, token_nll  # noqa: E402
+from alter_kernels.ops.losses import inverted_hinge_loss, token_nll  # noqa: E402
 from common import machine, md_table, peak_memory, time_fn, write_results  # noqa: E402
 from entropy import cpu_peak_memory  # noqa: E402
 

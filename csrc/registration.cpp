@@ -30,7 +30,7 @@ TORCH_LIBRARY(alter_kernels, m) {
 }
 
 #ifdef ALTER_WITH_PYTHON
-// A Python module with no functions: importing alter_kernels._C loads the library, whose static
+// A Python module with no functions: importing alter_kernels.kernels._C loads the library, whose static
 // initialisers register the ops under torch.ops.alter_kernels.
 static struct PyModuleDef alter_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&alter_module); }

@@ -79,12 +79,10 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     model_path, forget, retain = args.model, args.forget, args.retain
     if model_path is None:
         model_path, forget, retain = toy_setup(args.out)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, args.dtype))
+    model, tok = ak.load_pretrained(model_path, dtype=getattr(torch, args.dtype))     # folder, hub name, .gguf, alias
     res = ak.unlearn(model, forget, retain, method=args.method, tokenizer=tok, max_steps=args.max_steps,
                      batch_size=args.batch_size, seed=args.seed, device=launcher_device(),
                      distributed=args.distributed, out_dir=args.out, progress=False,

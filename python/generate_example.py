@@ -1,11 +1,12 @@
 """Gated decoding from an ALTER model: ak.generate and Hugging Face generate.
 
     python python/generate_example.py                                   # tiny random demo model
-    python python/generate_example.py --model PATH --adapter ADAPTER_DIR --prompt "Who wrote ..."
+    python python/generate_example.py --model smollm2-135m-instruct --adapter ADAPTER_DIR --prompt "Who wrote ..."
 
-With --model/--adapter, the HF checkpoint (and its tokenizer) is loaded, patched with the
-adapter's config and the saved ALTER adapter (ak.save_adapter) is loaded onto it: the output is
-then what the unlearned model generates, next to the base model's answer. Without them a tiny
+With --model/--adapter, the model (a folder, hub name, .gguf file or alias; ak.load_pretrained)
+and its tokenizer are loaded, the questions go through its chat template when it has one, and
+it is patched with the adapter's config and the saved ALTER adapter (ak.save_adapter): the
+output is then what the unlearned model generates, next to the base model's answer. Without them a tiny
 random Llama with a random adapter shows the API (its tokens are meaningless).
 """
 from __future__ import annotations
@@ -42,18 +43,17 @@ def demo_model():
     return model, None, ids, mask
 
 
-def real_model(path, adapter, prompts):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
+def real_model(path, adapter, prompts, chat_template="auto"):
+    from alter_kernels.eval import QAFormat, pad_batch
+    model, tok = ak.load_pretrained(path)                   # folder, hub name, .gguf file or alias
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
-    cfg = ak.read_adapter_config(adapter)
+    cfg, _ = ak.read_adapter_config(adapter)
     ak.patch(model, cfg)
     ak.load_adapter(model, adapter)
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    return model, tok, enc.input_ids, enc.attention_mask
+    fmt = QAFormat(chat=chat_template)                      # the chat template when the tokenizer has one
+    ids, mask = pad_batch([fmt.prompt_ids(tok, p) for p in prompts], tok.pad_token_id, side="left")
+    return model, tok, ids, mask
 
 
 def main():
@@ -62,9 +62,12 @@ def main():
     ap.add_argument("--adapter")
     ap.add_argument("--prompt", action="append")
     ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
+                    help="prompt through the tokenizer's chat template (auto: when it has one)")
     args = ap.parse_args()
     if args.model and args.adapter:
-        model, tok, ids, mask = real_model(args.model, args.adapter, args.prompt or ["The capital of France is"])
+        model, tok, ids, mask = real_model(args.model, args.adapter, args.prompt or ["What is the capital of France?"],
+                                           args.chat_template)
     else:
         model, tok, ids, mask = demo_model()
     show = (lambda t: tok.decode(t, skip_special_tokens=True)) if tok is not None else (lambda t: t.tolist())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import alter_kernels as ak
 from alter_kernels.integrations.hf_trainer import AlterCollator, AlterTrainer, PairDataset, build  # noqa: F401
 
 
@@ -28,7 +29,6 @@ def main(argv=None):
     p.add_argument("--lr-B", dest="lr_B", type=float, default=1e-3)
     p.add_argument("--threshold-quantile", type=float, default=0.5)
     args = p.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     if args.model is None:
         from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
         forget, retain = toy_rows(6, seed=1), toy_rows(6, seed=2, offset=6)
@@ -36,8 +36,7 @@ def main(argv=None):
         model = toy_model(len(tok))
     else:
         forget, retain = args.forget, args.retain
-        tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model)
+        model, tok = ak.load_pretrained(args.model)          # folder, hub name, .gguf file or alias
     trainer, _ = build(model, tok, forget, retain, args.out, max_steps=args.max_steps, batch_size=args.batch_size,
                        lr_A=args.lr_A, lr_B=args.lr_B, threshold_quantile=args.threshold_quantile)
     trainer.train()

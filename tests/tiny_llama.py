@@ -10,12 +10,14 @@ import alter_kernels as ak
 VOCAB = 97
 
 
-def tiny_llama(seed=0, layers=2):
+def tiny_llama(seed=0, layers=2, tied=False, dtype=torch.float32):
+    """``tied``: the LM head shares the input embedding (as SmolLM2, Llama-3.2-1B, Qwen2-0.5B)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    m = LlamaForCausalLM(cfg).eval()
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=tied)
+    m = LlamaForCausalLM(cfg).to(dtype).eval()
+    assert (m.lm_head.weight is m.model.embed_tokens.weight) == tied
     with torch.no_grad():   # peakier next-token distributions: entropies on both sides of theta
         m.lm_head.weight.mul_(8.0)
     return m

@@ -75,11 +75,14 @@ def main(argv=None) -> int:
     incs = [header_dir(), os.path.join(HERE, "csrc", "include"), tinc,
             os.path.join(tinc, "torch", "csrc", "api", "include"), sysconfig.get_paths()["include"]]
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    sys.path.insert(0, HERE)
+    from alter_kernels.common.constants import SHANNON_TOL   # the build's define (alter_constants.h)
     failed = 0
     with tempfile.TemporaryDirectory() as out:
         for src in files:
             cmd = [nvcc, "-c", src, "-o", os.path.join(out, os.path.basename(src) + ".o"), "-std=c++17", "-O3",
                    "--expt-relaxed-constexpr", "-DALTER_WITH_CUDA", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                   f"-DALTER_SHANNON_TOL={SHANNON_TOL!r}",
                    "-diag-suppress", "3306"] + gencode + [f"-I{i}" for i in incs]
             t = time.time()
             res = subprocess.run(cmd, capture_output=True, text=True)

@@ -5,9 +5,10 @@ The interpreter (TRITON_INTERPRET=1) that CI uses is lenient: it does not lower 
 so shape and type rules of the GPU compiler (tl.dot sizes, pointer types) are not checked.
 This script runs the full Triton pipeline (ttir -> ttgir -> llir -> ptx -> cubin) for
 sm_80 and sm_90: the asym_lora kernels for fp32 and bf16 activations, the fused LM-head loss
-kernels (their row kernels take fp32 logit tiles) in every mode.
+kernels (their row kernels take fp32 logit tiles) in every mode, and the Tsallis entropy
+kernels (fp32 and bf16 rows) in every q mode.
 
-    TRITON_INTERPRET=0 python tools/triton_compile_check.py [--archs 80,90] [--ops asym_lora,lm_head_losses]
+    TRITON_INTERPRET=0 python tools/triton_compile_check.py [--archs 80,90] [--ops asym_lora,lm_head_losses,tsallis_entropy]
 """
 from __future__ import annotations
 
@@ -61,7 +62,23 @@ def loss_kernels(xdt: str):
                                  "BLOCK": "constexpr"}, {"HAS_MASK": has_mask, "NEED_BASE": has_mask, "BLOCK": 4096}
 
 
-OPS = {"asym_lora": (asym_lora_kernels, ("fp32", "bf16")), "lm_head_losses": (loss_kernels, ("fp32",))}
+def entropy_kernels(xdt: str):
+    """The Tsallis entropy row kernels (lm_head_entropy runs them on fp32 logit tiles), every q mode."""
+    from alter_kernels.kernels.triton import streaming
+    from alter_kernels.kernels.triton import tsallis_entropy as K
+    x, f32 = "*" + xdt, "*fp32"
+    for mode in (streaming.SHANNON, streaming.Q2, streaming.GENERAL):
+        yield K._tsallis_fwd_kernel, {"X": x, "ENT": f32, "LSE": f32, "ST": f32, "stride_row": "i64", "V": "i32",
+                                      "q": "fp32", "MODE": "constexpr", "BLOCK": "constexpr"}, \
+            {"MODE": mode, "BLOCK": 4096}
+        yield K._tsallis_bwd_kernel, {"X": x, "OUT": x, "G": f32, "GL": f32, "ST": f32, "stride_row": "i64",
+                                      "stride_out": "i64", "V": "i32", "q": "fp32", "HAS_GL": "constexpr",
+                                      "MODE": "constexpr", "BLOCK": "constexpr"}, \
+            {"HAS_GL": mode == streaming.SHANNON, "MODE": mode, "BLOCK": 4096}
+
+
+OPS = {"asym_lora": (asym_lora_kernels, ("fp32", "bf16")), "lm_head_losses": (loss_kernels, ("fp32",)),
+       "tsallis_entropy": (entropy_kernels, ("fp32", "bf16"))}
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""What the command lines share: argparse with one-line errors, and the typed-newline rule."""
+"""What the command lines share: argparse with one-line errors, the typed-newline rule, the
+--chat-template option."""
 from __future__ import annotations
 
 import argparse
@@ -38,3 +39,13 @@ def first_line(exc) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def add_chat_template_option(group) -> None:
+    """``--chat-template {auto,on,off}`` (a bare ``--chat-template`` is ``on``, as it used to be);
+    the rule is alter_kernels.common.text.uses_chat_template."""
+    from ..common.text import CHAT_TEMPLATE_MODES, DEFAULT_CHAT_TEMPLATE
+    group.add_argument("--chat-template", nargs="?", const="on", default=DEFAULT_CHAT_TEMPLATE,
+                       choices=CHAT_TEMPLATE_MODES,
+                       help="wrap questions in the tokenizer's chat template: auto = when the tokenizer has one, "
+                            "on, off (then --prompt-format)")

@@ -32,7 +32,7 @@ import time
 import warnings
 
 from ..common.fsio import ensure_dir, json_safe, write_json
-from ._common import OneLineParser, unescape_newlines
+from ._common import OneLineParser, add_chat_template_option, unescape_newlines
 from .eval_inputs import (REFERENCE_FORMAT, SPLITS, RunError, UsageError, read_json_file, read_reference,
                           resolve_data, rows_fingerprint)
 
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,
-                   help="model directory or Hugging Face name (default: the adapter's base model)")
+                   help="model directory, Hugging Face name, .gguf file or alias (smollm2-135m-instruct; "
+                        "ak.resolve_model) (default: the adapter's base model)")
     g.add_argument("--adapter", default=None, help="ALTER adapter directory (ak.save_adapter) or PEFT adapter directory")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory or name (default: the --model one)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model weights dtype")
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("forget quality reference (one of)")
     ref = g.add_mutually_exclusive_group()
     ref.add_argument("--retain-model", default=None,
-                     help="model directory or name of the retain model (trained without the forget set)")
+                     help="the retain model (trained without the forget set): the same kinds of name as --model")
     ref.add_argument("--reference", default=None,
                      help="reference JSON written by --save-reference (or an alter-eval output of the retain model)")
     g.add_argument("--save-reference", default=None,
@@ -83,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy generation length of the ROUGE answers (TOFU: 200)")
     g.add_argument("--batch-size", type=int, default=16, help="rows per forward / generate batch")
     g.add_argument("--seed", type=int, default=0, help="torch / numpy / random seed")
-    g.add_argument("--chat-template", action="store_true", help="prompt with the tokenizer's chat template")
-    g.add_argument("--system-prompt", default=None, help="system prompt of --chat-template")
+    add_chat_template_option(g)
+    g.add_argument("--system-prompt", default=None, help="system prompt when the chat template is used")
     g.add_argument("--prompt-format", default=DEFAULT_PROMPT_FORMAT, type=unescape_newlines,
-                   help="prompt without --chat-template ({question} is replaced; a typed \\n is a newline) "
+                   help="prompt when no chat template is used ({question} is replaced; a typed \\n is a newline) "
                         "(default: %(default)r)")
     g.add_argument("--keep-rows", action="store_true", help="also write per-row NLLs and probabilities")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------ models
 def _model_name(name: str) -> str:
-    return os.path.abspath(name) if os.path.isdir(name) else name
+    return os.path.abspath(name) if os.path.exists(name) else name
 
 
 def _adapter_kind(path: str) -> tuple[str, dict]:
@@ -114,11 +115,11 @@ def _adapter_kind(path: str) -> tuple[str, dict]:
 
 def load_model(name: str, args, device):
     import torch
-    from transformers import AutoModelForCausalLM
+    from ..model.load import load_model as load_named
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, args.dtype),
-                                                     trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as exc:
+        model = load_named(name, dtype=getattr(torch, args.dtype), trust_remote_code=args.trust_remote_code,
+                           progress=not args.no_progress)
+    except (OSError, ValueError) as exc:            # ModelNameError is a ValueError
         raise RunError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval()
 
@@ -160,7 +161,8 @@ def format_table(res: dict) -> str:
              f"  truth ratio: {res.get('truth_ratio_definition')}, max_new_tokens {res.get('max_new_tokens')}, "
              f"seed {meta.get('seed')}",
              f"forget quality  {_fq_text(fq, meta)}",
-             f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded)",
+             f"model utility   {res['model_utility']:.4f}  (harmonic mean of the 9 numbers below, forget excluded; "
+             f"retain part on the {res['retain']['n']} rows of {os.path.basename(meta.get('data', {}).get('retain', '?'))})",
              f"{'split':<14}{'rows':>6}{'probability':>13}{'ROUGE-L':>10}{'truth ratio':>13}"]
     for s in SPLITS:
         st = res[s]
@@ -216,7 +218,7 @@ def _seed_device_tokenizer(args, model_name: str):
 
     import numpy as np
     import torch
-    from transformers import AutoTokenizer
+    from ..model.load import load_tokenizer
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -226,7 +228,8 @@ def _seed_device_tokenizer(args, model_name: str):
     except (RuntimeError, AssertionError) as exc:
         raise UsageError(f"--device {device}: {str(exc).splitlines()[0]}") from None
     try:
-        tok = AutoTokenizer.from_pretrained(args.tokenizer or model_name, trust_remote_code=args.trust_remote_code)
+        tok = load_tokenizer(args.tokenizer or model_name, trust_remote_code=args.trust_remote_code,
+                             progress=not args.no_progress)
     except (OSError, ValueError) as exc:
         raise RunError(f"cannot load tokenizer {args.tokenizer or model_name!r}: {str(exc).splitlines()[0]}") from None
     return device, tok
@@ -254,7 +257,7 @@ def _reference(args, forget: list, tok, fmt, device, fingerprint: str, forget_fi
             "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
             "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(forget_file),
             "task_id": args.task_id, "forget_fingerprint": fingerprint, "prompt_format": args.prompt_format,
-            "chat_template": args.chat_template, "n": len(reference), "truth_ratios": reference}))
+            "chat_template": args.chat_template_used, "n": len(reference), "truth_ratios": reference}))
         _note(f"reference written to {args.save_reference}")
     return reference, {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
 
@@ -268,7 +271,7 @@ def _meta(args, model_name: str, adapter_kind, ref_meta: dict, files: dict, fing
             "forget_fingerprint": fingerprint, "truth_ratio": args.truth_ratio,
             "max_new_tokens": args.max_new_tokens, "seed": args.seed, "device": str(device),
             "dtype": args.dtype, "batch_size": args.batch_size, "prompt_format": args.prompt_format,
-            "chat_template": args.chat_template, "alter_kernels_version": __version__,
+            "chat_template": args.chat_template_used, "alter_kernels_version": __version__,
             "seconds": round(seconds, 2)}
 
 
@@ -292,7 +295,14 @@ def _run(args) -> int:
     for name in (model_name, args.retain_model):
         if name:
             checks.check_model_fit(args, tok, name)
-    fmt = QAFormat(template=args.prompt_format, chat=args.chat_template, system_prompt=args.system_prompt)
+    try:
+        chat = QAFormat(template=args.prompt_format, chat=args.chat_template).uses_chat(tok)
+    except ValueError as exc:
+        raise UsageError(f"--chat-template {args.chat_template}: {exc}") from None
+    _note(f"prompts: {'the tokenizer chat template' if chat else repr(args.prompt_format)} "
+          f"(--chat-template {args.chat_template})")
+    fmt = QAFormat(template=args.prompt_format, chat=chat, system_prompt=args.system_prompt)
+    args.chat_template_used = chat
     t0 = time.perf_counter()
     reference, ref_meta = _reference(args, rows["forget"], tok, fmt, device, fingerprint, files["forget"])
 

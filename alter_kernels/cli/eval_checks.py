@@ -31,7 +31,7 @@ def check_options(args) -> None:
         raise UsageError(f"--batch-size: expected an int in 1..{BATCH_SIZE_CAP}, got {args.batch_size}")
     try:
         check_run_args(seed=args.seed)                      # alter-unlearn's seed range (numpy's)
-        if not args.chat_template:
+        if args.chat_template != "on":                       # the plain format may be used
             check_prompt_format(args.prompt_format)
     except OptionError as exc:
         flag = "--seed" if exc.option == "seed" else "--prompt-format"
@@ -151,9 +151,9 @@ def _peft_tensors(path: str) -> tuple[dict, str]:
 def check_model_fit(args, tok, name: str) -> None:
     """What needs the tokenizer and the model's config, still before the weights are loaded:
     --chat-template needs a template, --max-new-tokens must fit the model's positions (exit 2)."""
-    if args.chat_template and not getattr(tok, "chat_template", None):
-        raise UsageError(f"--chat-template: the tokenizer of {args.tokenizer or name!r} has no chat template; "
-                         "leave --chat-template out (the plain --prompt-format is used) or pass a --tokenizer "
+    if args.chat_template == "on" and not getattr(tok, "chat_template", None):
+        raise UsageError(f"--chat-template on: the tokenizer of {args.tokenizer or name!r} has no chat template; "
+                         "use --chat-template auto or off (the plain --prompt-format) or pass a --tokenizer "
                          "that has one")
     from transformers import AutoConfig
 

@@ -1,6 +1,6 @@
 """``alter-unlearn``: run ALTER (or a baseline) on a causal LM from the command line.
 
-    alter-unlearn --model PATH_OR_HF_NAME --forget forget.json --retain retain.json \
+    alter-unlearn --model FOLDER_HF_NAME_GGUF_OR_ALIAS --forget forget.json --retain retain.json \
                   --method alter --out runs/alter
 
 Writes to --out: ``adapter/`` (adapter methods, via save_adapter) or ``model/`` (full-parameter
@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 
 from ._common import first_line as _first_line
 from .unlearn_options import build_parser
@@ -89,21 +90,35 @@ def _check_input(flag: str, path: str | None) -> None:
 
 def _check_model_dirs(args) -> None:
     """Local --model / --tokenizer directories must hold what from_pretrained reads (names that
-    are not local paths are left to the Hugging Face hub)."""
-    if os.path.exists(args.model):
+    are not local paths are left to the Hugging Face hub; a .gguf file and an alias are resolved by
+    ak.resolve_model when the model is loaded)."""
+    from ..model.load import ALIASES, ModelNameError, packaged_gguf
+    for flag, name in (("--model", args.model), ("--tokenizer", args.tokenizer)):
+        if name and name.lower().endswith(".gguf") and not os.path.isfile(name):
+            raise _Exit(USAGE, f"{flag}: GGUF file {name} not found")
+        if name and name.lower() in ALIASES and not os.path.exists(name):
+            try:
+                packaged_gguf(name)                 # the wheel is there: checked before --out is touched
+            except ModelNameError as exc:
+                raise _Exit(FAILED, f"{flag}: {exc}") from None
+    if os.path.exists(args.model) and not _is_gguf(args.model):
         if not os.path.isdir(args.model):
-            raise _Exit(USAGE, f"--model: {args.model} is a file; expected a model directory (save_pretrained) or a "
-                               "Hugging Face name")
+            raise _Exit(USAGE, f"--model: {args.model} is a file; expected a model directory (save_pretrained), a "
+                               ".gguf file, a Hugging Face name or an alias (alter_kernels.model.load.ALIASES)")
         if not os.path.isfile(os.path.join(args.model, "config.json")):
             raise _Exit(USAGE, f"--model: {args.model} has no config.json; expected a directory written by "
                                "save_pretrained")
     tok_flag, tok = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
-    if os.path.exists(tok):
+    if os.path.exists(tok) and not _is_gguf(tok):
         if not os.path.isdir(tok):
             raise _Exit(USAGE, f"{tok_flag}: {tok} is a file; expected a tokenizer directory or a Hugging Face name")
         if not any(os.path.isfile(os.path.join(tok, n)) for n in _TOKENIZER_FILES):
             raise _Exit(USAGE, f"{tok_flag}: {tok} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES[:3])}, "
                                "...); pass --tokenizer with the tokenizer's directory or Hugging Face name")
+
+
+def _is_gguf(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(".gguf")
 
 
 def _check_out(args, method: str) -> None:
@@ -139,12 +154,20 @@ def _say(msg: str) -> None:
     print(f"alter-unlearn: {msg}", file=sys.stderr)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The engine's warnings (rows, routing, a run that did not unlearn) as one line each."""
+    _say(f"warning: {message}")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)       # argparse: usage errors exit 2 with one line
     held: list = []
     try:
-        return _run(args, held)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return _run(args, held)
     except _Exit as exc:
         _say(f"error: {exc.msg}")
         return exc.code
@@ -246,17 +269,21 @@ def _check_paths(args, held: list):
 def _load_model(args, device: str):
     """(tokenizer, model on ``device``); exit 1 when either cannot be loaded."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..model.load import ModelNameError, load_model, load_tokenizer
     if args.no_progress:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
+    kw = dict(trust_remote_code=args.trust_remote_code, progress=not args.no_progress)
     try:
-        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
+        tok = load_tokenizer(args.tokenizer or args.model, **kw)
+    except ModelNameError as exc:
+        raise _Exit(FAILED, f"{'--tokenizer' if args.tokenizer else '--model'}: {exc}") from None
     except (OSError, ValueError, ImportError, KeyError) as exc:
         raise _Exit(FAILED, f"cannot load the tokenizer {args.tokenizer or args.model!r}: {_first_line(exc)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
-                                                     trust_remote_code=args.trust_remote_code)
+        model = load_model(args.model, dtype=getattr(torch, args.dtype), **kw)
+    except ModelNameError as exc:
+        raise _Exit(FAILED, f"--model: {exc}") from None
     except (OSError, ValueError, ImportError, KeyError) as exc:
         raise _Exit(FAILED, f"cannot load the model {args.model!r}: {_first_line(exc)}") from None
     model.to(device)
@@ -355,7 +382,9 @@ def _run(args, held: list) -> int:
     print(json.dumps({"method": res.method, "steps": res.steps, "seconds": round(res.seconds, 2),
                       "adapter": res.adapter_dir, "model": res.model_dir, "domains": {str(k): v for k, v in
                                                                                        res.domain_map.items()},
-                      "high_entropy_share": res.high_entropy_share, "last_epoch": last}, indent=1, default=str))
+                      "high_entropy_share": res.high_entropy_share,
+                      "forget_nll": dict(zip(("before", "after"), res.forget_nll)),
+                      "forget_unchanged": res.forget_unchanged, "last_epoch": last}, indent=1, default=str))
     return 0
 
 if __name__ == "__main__":

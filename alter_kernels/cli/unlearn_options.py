@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import inspect
 
-from ._common import DefaultsHelpFormatter, OneLineParser, unescape_newlines
+from ._common import DefaultsHelpFormatter, OneLineParser, add_chat_template_option, unescape_newlines
 
 
 class _Sources:
@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_options(g, src: _Sources, methods: str) -> None:
     from ..unlearn.methods import METHODS
     run = src.run
-    g.add_argument("--model", required=True, help="local directory or Hugging Face name of a causal LM (from_pretrained)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory or name (default: the --model one)")
+    g.add_argument("--model", required=True, help="causal LM: local directory, Hugging Face name, .gguf file (converted once into "
+                        "a cached folder) or alias (smollm2-135m-instruct); ak.resolve_model")
+    g.add_argument("--tokenizer", default=None, help="tokenizer: the same kinds of name (default: the --model one)")
     g.add_argument("--forget", required=True, help="forget set: .json / .jsonl / .txt file or hf:NAME[:CONFIG][@SPLIT]")
     g.add_argument("--retain", default=None, help="retain set (same formats); required except for ga and npo")
     g.add_argument("--method", default=run["method"], choices=list(METHODS), help=f"method. {methods}")
@@ -137,7 +138,7 @@ def _adapter_options(g, src: _Sources) -> None:
 
 def _data_options(g, src: _Sources) -> None:
     src.opt(g, "--max-length", "max_length", type=int)
-    g.add_argument("--chat-template", action="store_true", help=src.help("chat_template"))
+    add_chat_template_option(g)
     src.opt(g, "--prompt-format", "prompt_format", type=unescape_newlines,
             extra="; a typed \\n is a newline (default: %(default)r)")
     src.opt(g, "--eval-max-examples", "eval_max_examples", type=int)

@@ -12,7 +12,7 @@ docs/benchmark.md.
 Modules: :mod:`.methods` (the methods, their hyper-parameters, the call into ``ak.unlearn``),
 :mod:`.protocol` (DEV / TEST seeds, the retain evaluation subset, the DEV-selected
 hyper-parameters in ``selected_hparams.json``), :mod:`.run` (the steps of a run),
-:mod:`.report` (table, generations, results).
+:mod:`.report` (table, generations, results), :mod:`.docs_table` (the demo table of docs/benchmark.md).
 """
 from .methods import BASE_LR, LAST_RUN, LR_SCALE, METHODS, method_hparams, run_method
 from .protocol import retain_eval_subset

@@ -1,8 +1,8 @@
-"""The demo's table, generations and ``results.json`` content."""
+"""The demo's table, generations and ``results.json`` content, and the docs' demo table made from
+a ``results.json`` (:func:`markdown_table`; :mod:`.docs_table` writes it into docs/benchmark.md)."""
 from __future__ import annotations
 
 import os
-
 
 def summary(res: dict, seconds: float) -> dict:
     """The table row of one model's evaluate_tofu result."""
@@ -11,16 +11,30 @@ def summary(res: dict, seconds: float) -> dict:
             "retain_rouge": float(res["retain_rouge"]), "seconds": float(seconds)}
 
 
-def format_table(methods: dict) -> str:
-    head = f"{'method':<12} {'forget quality':>14} {'model utility':>13} {'forget ROUGE-L':>14} {'retain ROUGE-L':>14} {'seconds':>8}"
+BASELINE_MODELS = ("finetuned", "retain")      # rows without an HM score (the references)
+RETAIN_EVAL_FILE = "retain_eval.json"           # the retain rows utility is scored on, beside results.json
+
+
+def utility_split(bench_info: dict) -> str:
+    """The label of the retain split the demo scores utility on (one wording: table, docs, plot)."""
+    n, total = bench_info.get("retain_eval_rows"), bench_info.get("retain_rows")
+    return (f"Model utility: its retain part on {n} of the {total} retain rows (an author-balanced subset, "
+            f"written to {RETAIN_EVAL_FILE} beside results.json), plus real authors and world facts")
+
+
+def format_table(methods: dict, scores: dict | None = None) -> str:
+    """The printed table; HM = harmonic mean of (forget quality, utility / finetuned utility)."""
+    scores = scores or {}
+    head = (f"{'method':<12} {'forget quality':>14} {'model utility':>13} {'forget ROUGE-L':>14} "
+            f"{'retain ROUGE-L':>14} {'HM':>6} {'seconds':>8}")
     lines = [head, "-" * len(head)]
     for n, m in methods.items():
         if "error" in m:
             lines.append(f"{n:<12} failed: {m['error']}")
             continue
-        fq = m["forget_quality"]
-        lines.append(f"{n:<12} {fq:>14.3g} {m['model_utility']:>13.3f} {m['forget_rouge']:>14.3f} "
-                     f"{m['retain_rouge']:>14.3f} {m['seconds']:>8.1f}")
+        hm = f"{scores[n]:.3f}" if n in scores else ""
+        lines.append(f"{n:<12} {m['forget_quality']:>14.3g} {m['model_utility']:>13.3f} {m['forget_rouge']:>14.3f} "
+                     f"{m['retain_rouge']:>14.3f} {hm:>6} {m['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -32,15 +46,65 @@ def hm_scores(table: dict) -> dict:
     """Harmonic mean of (forget quality, utility / finetuned utility) of every unlearned model."""
     mu_ft = table["finetuned"]["model_utility"]
     return {n: _hm(m["forget_quality"], m["model_utility"] / mu_ft) for n, m in table.items()
-            if "error" not in m and n not in ("finetuned", "retain") and mu_ft > 0}
+            if "error" not in m and n not in BASELINE_MODELS and mu_ft > 0}
 
 
-def print_report(table: dict, scores: dict, gens: dict) -> None:
+def winner_line(table: dict, scores: dict) -> str:
+    """Which method has the best HM, by what margin over the runner-up, and on what it wins."""
+    if not scores:
+        return "no unlearning method finished: no winner"
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    (best, hm), rest = ranked[0], ranked[1:]
+    b = table[best]
+    why = f"forget quality {b['forget_quality']:.3g}, utility {b['model_utility']:.3f}"
+    if not rest:
+        return f"best HM: {best} {hm:.3f} ({why}; the only method run)"
+    second, hm2 = rest[0]
+    s = table[second]
+    margin = round(hm, 3) - round(hm2, 3)            # of the numbers as printed
+    return (f"best HM: {best} {hm:.3f}, ahead of {second} {hm2:.3f} by {margin:.3f} ({best}: {why}; {second}: "
+            f"forget quality {s['forget_quality']:.3g}, utility {s['model_utility']:.3f}); one corpus seed, "
+            "the spread over seeds is in bench/results/sweep/")
+
+
+def _fq(v: float) -> str:
+    return "1" if v == 1 else f"{v:.3g}"
+
+
+def markdown_table(results: dict) -> str:
+    """The docs' demo table, from a ``results.json`` (docs/benchmark.md holds this text between the
+    demo-table markers; ``python -m alter_kernels.demo.docs_table`` rewrites it, a test compares)."""
+    methods, scores = results["methods"], results["hm_fq_utility_ratio"]
+    lines = ["| method | forget quality | model utility | forget ROUGE-L | retain ROUGE-L | HM |",
+             "|---|---|---|---|---|---|"]
+    for n, m in methods.items():
+        if "error" in m:
+            lines.append(f"| {n} | failed: {m['error']} | | | | |")
+            continue
+        hm = f"{scores[n]:.3f}" if n in scores else ""
+        lines.append(f"| {n} | {_fq(m['forget_quality'])} | {m['model_utility']:.3f} | {m['forget_rouge']:.3f} | "
+                     f"{m['retain_rouge']:.3f} | {hm} |")
+    b = results.get("benchmark", {})
+    extra = []
+    for n, r in results.get("router", {}).items():
+        ra, th = r.get("router_accuracy") or {}, r.get("threshold")
+        extra.append(f"{n}: theta {'n/a' if th is None else format(th, '.3g')} ({r.get('threshold_source')}), "
+                     f"{r.get('router_keys')} router keys, held-out routing accuracy forget "
+                     f"{ra.get('forget', float('nan')):.2f} / retain {ra.get('retain', float('nan')):.2f}.")
+    return "\n".join(lines + ["", winner_line(methods, scores) + ".", *(["", " ".join(extra)] if extra else []), "",
+                              f"HM: harmonic mean of (forget quality, utility / finetuned utility). {utility_split(b)}. "
+                              f"Preset {'quick' if b.get('quick') else 'full'}, {b.get('epochs')} epochs, "
+                              f"{b.get('forget_rows')} forget rows; {results.get('total_seconds', 0):.0f} s in total "
+                              f"with {results.get('torch_threads')} torch thread(s) on the shared 2-core machine."])
+
+
+def print_report(table: dict, scores: dict, gens: dict, split: str = "") -> None:
     print()
-    print(format_table(table))
-    if scores:
-        print("\nharmonic mean of (forget quality, utility / finetuned utility): " +
-              ", ".join(f"{n} {v:.3f}" for n, v in sorted(scores.items(), key=lambda kv: -kv[1])))
+    print(format_table(table, scores))
+    if split:
+        print(split)
+    print("HM: harmonic mean of (forget quality, utility / finetuned utility)")
+    print(winner_line(table, scores))
     print("\n== generations (greedy)")
     for kind in ("forget", "retain"):
         for g in gens[kind]:
@@ -60,3 +124,4 @@ def protocol_info(args) -> dict:
            else "LR_SCALE in alter_kernels/demo/methods.py (no DEV selection found)")
     return {"hparams_source": src, "dev_seed": DEV_SEED, "test_seeds": list(TEST_SEEDS),
             "this_run_corpus_seed": 0, "multi_seed_table": f"bench/results/sweep/{preset}_table.md"}
+

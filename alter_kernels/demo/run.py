@@ -11,7 +11,7 @@ import time
 
 from .methods import LAST_RUN, METHODS, method_hparams, run_method
 from .protocol import retain_eval_subset
-from .report import hm_scores, print_report, protocol_info, summary
+from .report import RETAIN_EVAL_FILE, hm_scores, print_report, protocol_info, summary, utility_split
 
 # Greedy answers for ROUGE are generated up to TOFU's 200 new tokens, as alter-eval and
 # evaluate_tofu do (the models stop at eos long before on intact answers).
@@ -180,13 +180,18 @@ def _results(args, run: _Run, scores: dict, bench, data: dict, epochs: int, t_st
             "total_seconds": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}
 
 
-def _write(args, out: dict, table: dict) -> str:
+def _write(args, out: dict, table: dict, retain_eval: list) -> str:
     from ..common.fsio import json_safe, write_json
     from ..synthetic.plot import plot_results
+    # the retain rows utility was scored on, for alter-eval on the same split (docs/benchmark.md)
+    write_json(os.path.join(args.out, RETAIN_EVAL_FILE), retain_eval)
     path = os.path.join(args.out, "results.json")
     write_json(path, json_safe(out))
-    plot = plot_results({n: m for n, m in table.items() if "error" not in m}, os.path.join(args.out, "utility_vs_forget_quality"))
-    print(f"\nwrote {path} and {plot} in {out['total_seconds']:.0f}s total")
+    b = out["benchmark"]
+    plot = plot_results({n: m for n, m in table.items() if "error" not in m},
+                        os.path.join(args.out, "utility_vs_forget_quality"),
+                        ylabel=f"model utility (retain part: {b['retain_eval_rows']}-row subset)")
+    print(f"\nwrote {path}, {RETAIN_EVAL_FILE} and {plot} in {out['total_seconds']:.0f}s total")
     return path
 
 
@@ -217,8 +222,9 @@ def main(argv=None) -> int:
         _run_method(name, args, epochs, finetuned, data, tok, evaluate, ref, run)
 
     scores = hm_scores(run.table)
-    print_report(run.table, scores, run.gens)
-    _write(args, _results(args, run, scores, bench, data, epochs, t_start), run.table)
+    out = _results(args, run, scores, bench, data, epochs, t_start)
+    print_report(run.table, scores, run.gens, utility_split(out["benchmark"]))
+    _write(args, out, run.table, data["retain_eval"])
     if run.failures:
         print(f"FAILED methods: {run.failures}", file=sys.stderr)
         return 1

@@ -2,8 +2,8 @@
 
 Works on any ``AutoModelForCausalLM`` + tokenizer and TOFU-format rows (see
 :func:`alter_kernels.eval.data.load_rows`), batched. The prompt format is a
-:class:`~alter_kernels.eval.format.QAFormat` (plain template by default, ``QAFormat(chat=True)``
-for chat models).
+:class:`~alter_kernels.eval.format.QAFormat` (by default the tokenizer's chat template when it has
+one, else the plain template; ``QAFormat(chat="off")`` forces the plain one).
 
 Definitions (docs/benchmark.md, "Evaluation"):
 

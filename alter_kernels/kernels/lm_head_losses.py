@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from .native import native_has_kernel, native_op
-from .reference.lm_head_losses import TokenLosses
+from .types import TokenLosses
 
 
 @dataclasses.dataclass(frozen=True)

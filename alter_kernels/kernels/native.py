@@ -1,4 +1,4 @@
-"""The compiled extension ``alter_kernels._C``: loading it once, and looking up its ops.
+"""The compiled extension ``alter_kernels.kernels._C`` (beside this loader): loading it once, and looking up its ops.
 
 Importing ``_C`` registers ``torch.ops.alter_kernels.*``. If it cannot be imported (not built,
 or built against another torch), the package still works: ``warn_if_extension_missing`` warns
@@ -25,7 +25,7 @@ def load_extension():
     if not _ext_tried:
         _ext_tried = True
         try:
-            from .. import _C  # registers torch.ops.alter_kernels.*
+            from . import _C  # registers torch.ops.alter_kernels.*
             _ext_module = _C
         except Exception as exc:  # ImportError, or an ABI mismatch (OSError / undefined symbol)
             _ext_error = f"{type(exc).__name__}: {exc}"
@@ -96,7 +96,7 @@ def warn_if_extension_missing(backends_on_cpu) -> None:
     if os.environ.get("ALTER_KERNELS_QUIET"):
         return
     warnings.warn(
-        "alter_kernels: the compiled extension (alter_kernels._C) could not be loaded "
+        "alter_kernels: the compiled extension (alter_kernels.kernels._C) could not be loaded "
         f"({_ext_error}); CPU ops fall back to slower backends: {backends_on_cpu()}. "
         "Build it with `pip install -e . --no-build-isolation`.",
         RuntimeWarning, stacklevel=3)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..common.constants import TAU_HIGH, TAU_LOW, THRESHOLD, TOP_K
 from .native import native_op
-from .reference.routing import RoutingPlan, route_ref, router_ce
+from .reference.routing import route_ref, router_ce
+from .types import RoutingPlan
 
 
 def route_plan_native(logits, entropy, threshold, tau_high, tau_low, top_k, labels=None):
@@ -18,7 +20,7 @@ def route_plan_native(logits, entropy, threshold, tau_high, tau_low, top_k, labe
     return w, high, am, bm
 
 
-def route_native(hidden, router_weight, entropy, threshold=1.2, tau_high=0.8, tau_low=0.01, top_k=3, labels=None):
+def route_native(hidden, router_weight, entropy, threshold=THRESHOLD, tau_high=TAU_HIGH, tau_low=TAU_LOW, top_k=TOP_K, labels=None):
     """C++ plan kernel. The logits come from one GEMM here; when they carry autograd (training:
     W_g requires grad), the whole plan goes through the differentiable reference instead, so
     expert_weights keeps its gradient path to W_g (router_grad_from_task) exactly as before.

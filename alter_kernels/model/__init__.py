@@ -13,6 +13,7 @@
     io.py         save_adapter / load_adapter
     peft.py       init_from_peft
     experts.py    add_forget_experts (sequential unlearning)
+    load.py       models by name: resolve_model, load_pretrained (GGUF files and packaged aliases converted once)
 
 Imports only from the layers below (config, version, ops).
 """
@@ -21,6 +22,7 @@ from .experts import add_forget_experts, freeze_leading_experts, frozen_experts
 from .inject import patch, unpatch
 from .io import AdapterError, load_adapter, read_adapter_config, save_adapter
 from .layer import AlterLinear
+from .load import ALIASES, ModelNameError, load_pretrained, resolve_model
 from .params import adapter_parameters, adapter_state_dict
 from .peft import init_from_peft
 from .router import LayerRouter
@@ -37,4 +39,5 @@ __all__ = [
     "adapter_parameters", "adapter_state_dict", "token_entropy",
     "save_adapter", "load_adapter", "read_adapter_config", "init_from_peft",
     "add_forget_experts", "frozen_experts", "freeze_leading_experts",
+    "resolve_model", "load_pretrained", "ModelNameError", "ALIASES",
 ]

@@ -5,24 +5,14 @@ import math
 
 import torch
 
+from ..common.constants import SHANNON_NOTE, shannon_q
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-# |q - 1| below this is Shannon: (1 - sum p^q) / (q - 1) cancels catastrophically there in fp32
-# (q = 1 + 1e-9 gave NaN in C++ and 59.6 in the reference, where S_1 is about 3.4).
-SHANNON_TOL = 1e-6
-
-
-def shannon_q(q: float) -> float:
-    """q itself, or exactly 1.0 when q is within SHANNON_TOL of 1 (every backend then takes its
-    Shannon path)."""
-    q = float(q)
-    return 1.0 if abs(q - 1.0) < SHANNON_TOL else q
 
 
 def check_q(q, op: str) -> float:
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or q <= 0:
-        raise ValueError(f"{op}: q must be a finite number > 0 (within 1e-6 of 1 means Shannon), got {q!r}")
+        raise ValueError(f"{op}: q must be a finite number > 0 ({SHANNON_NOTE}), got {q!r}")
     return shannon_q(q)
 
 

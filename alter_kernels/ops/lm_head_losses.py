@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..kernels import registry
-from ..kernels.reference.lm_head_losses import IGNORE_INDEX, TokenLosses
+from ..common.text import IGNORE_INDEX
+from ..kernels.types import TokenLosses
 from ._checks import check_features, check_q, check_same_device, check_shape, check_tensor
 
 TOKEN_LOSSES, KL = "lm_head_token_losses", "lm_head_kl"

@@ -5,8 +5,9 @@ import math
 
 import torch
 
+from ..common.constants import TAU_HIGH, TAU_LOW, THRESHOLD, TOP_K
 from ..kernels import registry
-from ..kernels.reference.routing import RoutingPlan
+from ..kernels.types import RoutingPlan
 from ._checks import check_same_device, check_shape, check_tensor
 
 OP = "route"
@@ -32,7 +33,7 @@ def check_route_scalars(threshold, tau_high, tau_low, top_k, OP: str = OP) -> No
 
 
 def route(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tensor,
-          threshold: float = 1.2, tau_high: float = 0.8, tau_low: float = 0.01, top_k: int = 3,
+          threshold: float = THRESHOLD, tau_high: float = TAU_HIGH, tau_low: float = TAU_LOW, top_k: int = TOP_K,
           labels: torch.Tensor | None = None) -> RoutingPlan:
     """Routing plan for N tokens: hidden [N, d], router_weight [d, E], entropy [N],
     labels [N] (expert id per token, negative for none) or None. See RoutingPlan."""
@@ -64,8 +65,8 @@ def check_labels(labels: torch.Tensor, e: int, n: int, OP: str = OP) -> None:
         raise ValueError(f"{OP}: label {int(labels.max())} out of range for {e} experts (0..{e - 1})")
 
 
-def route_plan(logits: torch.Tensor, entropy: torch.Tensor, threshold: float = 1.2, tau_high: float = 0.8,
-               tau_low: float = 0.01, top_k: int = 3, labels: torch.Tensor | None = None):
+def route_plan(logits: torch.Tensor, entropy: torch.Tensor, threshold: float = THRESHOLD, tau_high: float = TAU_HIGH,
+               tau_low: float = TAU_LOW, top_k: int = TOP_K, labels: torch.Tensor | None = None):
     """The routing rule from router logits: logits [N, E] (h W_g, un-tempered), entropy [N],
     labels [N] or None -> (expert_weights [N, E] fp32, high [N] bool, a_grad_mask [N] bool | None,
     b_grad_mask [N, E] bool | None); the masks only with labels. Not differentiable (``route``

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ..kernels.reference.losses import sequence_logprob
+from ..ops.losses import sequence_logprob
 from . import _model_api as _m
 from .batches import map_batches
 from .data import Example, collate

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from ..common.rows import DataError, load_rows  # noqa: F401  (the one loader: alter_kernels.common.rows)
-from ..common.text import DEFAULT_PROMPT_FORMAT, IGNORE_INDEX
+from ..common.text import (DEFAULT_CHAT_TEMPLATE, DEFAULT_PROMPT_FORMAT, IGNORE_INDEX, answer_separator,
+                           chat_prompt_ids, uses_chat_template)
 
 
 @dataclasses.dataclass
@@ -120,16 +121,20 @@ def _ids(tok, text: str) -> list[int]:
 
 
 def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length: int = 512,
-                  chat_template: bool = False, prompt_format: str = DEFAULT_PROMPT_FORMAT,
+                  chat_template: bool | str = DEFAULT_CHAT_TEMPLATE, prompt_format: str = DEFAULT_PROMPT_FORMAT,
                   ) -> list[Example]:
-    """QA rows -> [BOS] prompt answer [EOS] with the prompt masked; text rows -> windows of
-    ``max_length`` tokens, every token a target."""
+    """QA rows -> the chat template's prompt (``chat_template``: "auto" = when the tokenizer has
+    one, "on", "off"; common.text.uses_chat_template) or [BOS] + ``prompt_format``, then the
+    answer and [EOS], with the prompt masked; text rows -> windows of ``max_length`` tokens,
+    every token a target."""
     if tokenizer is None:
         raise DataError(f"{name}: a tokenizer is needed (pass tokenizer=...)")
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if chat_template and not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"{name}: chat_template=True but the tokenizer has no chat template")
+    try:
+        chat = uses_chat_template(tokenizer, chat_template)
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}") from None
     out: list[Example] = []
     for i, r in enumerate(rows):
         dom = r.get("domain")
@@ -141,15 +146,12 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length
                 if len(win) >= 2:
                     out.append(Example(win, list(win), dom, i, where))
             continue
-        if chat_template:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                                   add_generation_prompt=True, tokenize=True)
-            if hasattr(prompt, "keys"):              # transformers 5 returns a BatchEncoding
-                prompt = prompt["input_ids"]
-            prompt = [int(x) for x in prompt]
+        if chat:
+            prompt, sep = chat_prompt_ids(tokenizer, r["question"])
         else:
-            prompt = bos + _ids(tokenizer, prompt_format.format(question=r["question"]))
-        answer = _ids(tokenizer, " " + r["answer"].strip()) + eos
+            text = prompt_format.format(question=r["question"])
+            prompt, sep = bos + _ids(tokenizer, text), answer_separator(text)
+        answer = _ids(tokenizer, sep + r["answer"].strip()) + eos
         ids = (prompt + answer)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
         ex = Example(ids, labels, dom, i, where)
@@ -160,7 +162,7 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length
     return out
 
 
-def prepare(src, tokenizer, name: str, max_length: int = 512, chat_template: bool = False,
+def prepare(src, tokenizer, name: str, max_length: int = 512, chat_template: bool | str = DEFAULT_CHAT_TEMPLATE,
             allow_empty: bool = False, task_id=None, **kw) -> tuple[list[dict], list[Example]]:
     rows, where = load_rows(src, name, task_id=task_id)
     rows = validate_rows(rows, where, name, allow_empty=allow_empty)

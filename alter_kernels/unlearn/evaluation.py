@@ -61,6 +61,18 @@ def _log_means(history: list, epoch: int) -> dict | None:
     return m
 
 
+def forget_nll_now(run) -> float:
+    """The held-out forget NLL of the model as it is now (eval mode for the measurement)."""
+    model, d = run.model, run.data
+    was = model.training
+    model.eval()
+    try:
+        return eval_nll(model, run.spec, d.forget, d.forget_cache, d.pad_id, run.batch_size, run.dev,
+                        run.opts.eval_max_examples, run.dist)
+    finally:
+        model.train(was)
+
+
 def epoch_metrics(run, metrics: list, history: list, epoch: int, evaluate: bool = True) -> None:
     """Append epoch ``epoch``'s metrics; evaluate: also the held-out measures (the model is
     evaluated as it is now: use it at the end of the epoch only)."""
@@ -72,8 +84,7 @@ def epoch_metrics(run, metrics: list, history: list, epoch: int, evaluate: bool 
         was = model.training
         model.eval()
         lim, bs = opts.eval_max_examples, run.batch_size
-        m["eval_forget_nll"] = eval_nll(model, run.spec, d.forget, d.forget_cache, d.pad_id, bs, run.dev, lim,
-                                        run.dist)
+        m["eval_forget_nll"] = forget_nll_now(run)
         if d.retain:
             m["eval_retain_nll"] = eval_nll(model, run.spec, d.retain, d.retain_cache, d.pad_id, bs, run.dev, lim,
                                             run.dist)
@@ -96,6 +107,45 @@ def warn_degenerate_routing(run, history: list) -> None:
                       f"(threshold {cfg.threshold} with q_route {cfg.q_route}); ALTER degrades into "
                       f"{'plain multi-expert LoRA' if min(share) == 1.0 else 'AsymLoRA'}. Pick a threshold "
                       "inside the range of the base model's entropies for this q (spec 3).")
+
+
+# The one home of "the run did not unlearn": the held-out forget NLL (mean answer-token NLL, routed
+# as in training) rose by less than ln 2 nats, i.e. the forget answers' per-token probability
+# exp(-NLL) did not even halve. A share of the start value would mean nothing for memorised
+# answers (NLL near 0); measured on the demo's quick benchmark: the engine's default learning
+# rates move it 0.0007 -> 0.0008 (ga, npo_retain), 0.014 (lora), 0.33 (alter; greedy answers
+# unchanged), the demo's selected rates to 5-19 nats.
+UNCHANGED_FORGET_NATS = math.log(2)
+# What the warning suggests: all learning rates times this (the demo's tiny models needed x10-x100,
+# alter_kernels/demo/selected_hparams.json)
+SUGGESTED_LR_SCALE = 30
+
+
+def forget_unchanged(start: float, end: float) -> bool:
+    """True when the forget NLL moved from ``start`` to ``end`` too little to count as unlearning."""
+    return end - start < UNCHANGED_FORGET_NATS
+
+
+def warn_unchanged_forget(run, start: float | None, metrics: list) -> bool | None:
+    """Warn when the run ends with the forget set's NLL essentially where it started (see
+    ``forget_unchanged``), naming the learning rates to scale. Returns whether it warned (None:
+    not measured: no eval_each_epoch, or a resumed run)."""
+    end = metrics[-1].get("eval_forget_nll") if metrics else None
+    if start is None or end is None or not (math.isfinite(start) and math.isfinite(end)):
+        return None
+    if not forget_unchanged(start, end):
+        return False
+    names = (("lr",) if not run.spec.adapter else ("lr_B",) if not run.spec.routed else ("lr_A", "lr_B", "lr_router"))
+    k = SUGGESTED_LR_SCALE
+    now = ", ".join(f"{n}={getattr(run.opts, n):g}" for n in names)
+    flags = " ".join(f"--{n.replace('_', '-')} {getattr(run.opts, n) * k:g}" for n in names)
+    warnings.warn(f"unlearn[{run.method}]: the forget set is essentially not unlearned: its held-out NLL went "
+                  f"{start:.3g} -> {end:.3g} nats per answer token (probability {math.exp(-start):.3f} -> "
+                  f"{math.exp(-end):.3f}; unlearning should at least halve it, a rise of "
+                  f"{UNCHANGED_FORGET_NATS:.2f} nats). The learning rates ({now}) are the paper's for 7B models; "
+                  f"smaller models need larger ones: scale them together, e.g. x{k} (alter-unlearn {flags}), "
+                  "or train more epochs.", stacklevel=2)
+    return True
 
 
 # ----------------------------------------------------------------------------------- routing accuracy

@@ -8,7 +8,7 @@ hinge loss, the Tsallis entropy of R_struct. ``step_terms`` gets them in one of 
   ``logits_to_keep`` = no position, the backbone's output caught by a forward hook, so DDP and
   every other wrapper still see their forward), then ``ops.lm_head_token_losses`` computes the
   terms from the hidden states and the LM head without ever holding the [N, V] logits;
-- **materialised**: the usual forward, logits [B, T, V], then the reference loss functions.
+- **materialised**: the usual forward, logits [B, T, V], then the public loss functions (ops/losses.py).
 
 Both give the same numbers (tests/unlearn/test_fused_losses.py trains every method 20 steps both ways).
 The fused path is skipped, with one log line per model, for heads it cannot fuse (logit
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..common.text import IGNORE_INDEX
-from ..kernels.reference.losses import inverted_hinge_loss, token_nll
+from ..ops.losses import inverted_hinge_loss, token_nll
 from ..model.hf import backbone_of, head_problem
 from ..ops import tsallis_entropy
 from ..ops.lm_head_losses import lm_head_kl, lm_head_token_losses
@@ -144,7 +144,7 @@ def head_terms(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, q: 
 
 
 def logit_terms(logits: torch.Tensor, labels: torch.Tensor, q: float | None = None) -> Terms:
-    """The same terms from materialised (already-shifted) logits, with the reference losses."""
+    """The same terms from materialised (already-shifted) logits, with the public losses (ops/losses.py)."""
     nll = token_nll(logits, labels, shift=False, reduction="none")
     ihl = inverted_hinge_loss(logits, labels, shift=False, reduction="none")
     ent = tsallis_entropy(logits, q=q) if q is not None else None

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.entropy import tsallis_entropy
+from ..common.constants import is_shannon
 from ..common.text import IGNORE_INDEX
-from ..kernels.reference.losses import inverted_hinge_loss, npo_loss, token_nll
+from ..ops.losses import inverted_hinge_loss, npo_loss, token_nll
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor, *per_token: torch.Tensor):
@@ -24,8 +25,8 @@ def shift(logits: torch.Tensor, labels: torch.Tensor, *per_token: torch.Tensor):
 
 
 def tsallis_max(q: float, vocab: int) -> float:
-    """Largest S_q over V outcomes (the uniform distribution); log V for q within 1e-6 of 1."""
-    if abs(q - 1.0) < 1e-6:
+    """Largest S_q over V outcomes (the uniform distribution); log V for q within SHANNON_TOL of 1."""
+    if is_shannon(q):
         return math.log(vocab)
     return (1.0 - vocab ** (1.0 - q)) / (q - 1.0)
 

@@ -8,7 +8,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | lr, lr_A, lr_B, lr_router | finite, > 0 |
 | weight_decay, grad_clip | finite, >= 0 (grad_clip 0: off) |
 | beta, gamma, lam, rho | finite, >= 0 |
-| npo_beta, struct_q | finite, > 0 (struct_q within 1e-6 of 1: Shannon) |
+| npo_beta, struct_q | finite, > 0 (struct_q within common.constants.SHANNON_TOL of 1: Shannon) |
 | warmup_steps, checkpoint_every, eval_max_examples | int >= 0 |
 | epochs, batch_size | int >= 1; max_steps: None or int >= 1; seed: int in [0, 2**32) |
 | max_length | int >= 2 |
@@ -22,6 +22,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | router_eval | bool |
 | retain_expert | "train" or "frozen" |
 | prompt_format | a format string whose only field is {question} |
+| chat_template | "auto" (template when the tokenizer has one), "on", "off", or a bool (True: on) |
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import string
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..common.text import DEFAULT_PROMPT_FORMAT
+from ..common.text import DEFAULT_CHAT_TEMPLATE, DEFAULT_PROMPT_FORMAT, chat_mode
 from ..config import MAX_FORGET_EXPERTS, ROUTER_INPUTS, AlterConfig
 from .result import UnlearnError
 
@@ -74,7 +75,8 @@ class UnlearnOptions:
                                    "[N, V] logits) where the LM head allows; off: from materialised logits "
                                    "(docs/losses.md)")
     max_length: int = _opt(512, "truncate rows (and split passages) to this many tokens")
-    chat_template: bool = _opt(False, "wrap questions with the tokenizer's chat template")
+    chat_template: Any = _opt(DEFAULT_CHAT_TEMPLATE, "wrap questions with the tokenizer's chat template: auto (when "
+                                                     "it has one), on, off (a bool: on / off)")
     prompt_format: str = _opt(DEFAULT_PROMPT_FORMAT, "prompt of a question without a chat template ({question} is "
                                                      "replaced)")
     num_forget_experts: Any = _opt(None, "forget experts N: an int, or 'auto' (k-means + silhouette); None: one per "
@@ -241,6 +243,10 @@ def _validate(o: UnlearnOptions) -> None:
     _one_of("struct_mode", o.struct_mode, STRUCT_MODES)
     _one_of("fused_loss", o.fused_loss, FUSED_LOSS)
     check_prompt_format(o.prompt_format)
+    try:
+        chat_mode(o.chat_template)
+    except ValueError:
+        raise OptionError("chat_template", "'auto', 'on', 'off' or a bool", o.chat_template) from None
     if o.base_config is not None and not isinstance(o.base_config, AlterConfig):
         raise OptionError("base_config", "None or an AlterConfig", type(o.base_config).__name__)
 

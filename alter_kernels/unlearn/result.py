@@ -45,6 +45,8 @@ class UnlearnResult:
     trained_experts: list = dataclasses.field(default_factory=list)
     threshold: float | None = None          # ALTER's theta after set-up (also in config / the adapter)
     threshold_source: str | None = None     # "config", "quantile" (threshold_quantile) or "auto" (threshold_auto)
+    forget_nll_start: float | None = None   # held-out forget NLL before training (None: not measured)
+    forget_unchanged: bool | None = None    # the run ended with that NLL essentially unchanged (and warned)
 
     @property
     def router_accuracy(self) -> dict | None:
@@ -53,6 +55,12 @@ class UnlearnResult:
             if "router_accuracy" in m:
                 return m["router_accuracy"]
         return None
+
+    @property
+    def forget_nll(self) -> tuple[float | None, float | None]:
+        """(before training, after the last epoch) held-out forget NLL."""
+        end = self.metrics[-1].get("eval_forget_nll") if self.metrics else None
+        return self.forget_nll_start, end
 
     @property
     def high_entropy_share(self) -> float:

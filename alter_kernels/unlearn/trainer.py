@@ -31,7 +31,7 @@ from ..config import AlterConfig
 from . import distributed as D
 from .checkpoint import trainable_state
 from .context import RunContext
-from .evaluation import heldout_routing_set, warn_degenerate_routing
+from .evaluation import forget_nll_now, heldout_routing_set, warn_degenerate_routing, warn_unchanged_forget
 from .loop import start_training, train
 from .methods import METHODS
 from .options import UnlearnOptions, check_known, check_run_args, method_name, refuse_grad_norm_data_parallel
@@ -72,12 +72,17 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
         run.held = heldout_routing_set(f_rows, run.data.forget_domain, r_rows, tokenizer, run.data_kwargs(),
                                        run.opts.eval_max_examples, seed)
     st = start_training(run, epochs, max_steps)
+    # the forget NLL before any update (a resumed run has no "before": the check is skipped)
+    nll_start = forget_nll_now(run) if run.opts.eval_each_epoch and st.start == 0 else None
     train(run, st, callback)
     if run.dist is not None:
         with run.dist.full_params(model):
             run.dist.check_agreement(list(trainable_state(run).values()), "trainable weights")
-    if run.spec.entropy and run.main:
-        warn_degenerate_routing(run, st.history)
+    unchanged = None
+    if run.main:
+        if run.spec.entropy:
+            warn_degenerate_routing(run, st.history)
+        unchanged = warn_unchanged_forget(run, nll_start, st.metrics)
     adapter_dir, model_dir = save_outputs(run, st)
     cfg = run.cfg
     return UnlearnResult(model=model, method=run.method, history=st.history, metrics=st.metrics,
@@ -85,7 +90,8 @@ def unlearn(model, forget, retain, method: str = "alter", tokenizer=None, alter_
                          domain_map=run.data.domain_map, out_dir=out_dir, adapter_dir=adapter_dir,
                          model_dir=model_dir, trained_experts=run.trained_experts,
                          threshold=cfg.threshold if cfg is not None else None,
-                         threshold_source=run.threshold_source)
+                         threshold_source=run.threshold_source, forget_nll_start=nll_start,
+                         forget_unchanged=unchanged)
 
 
 def _new_run(model, method, tokenizer, hparams, *, epochs, max_steps, batch_size, seed, device, progress, out_dir,

@@ -30,6 +30,8 @@
 #include <cstring>
 #include <limits>
 
+#include "alter_constants.h"
+
 namespace alter_kernels {
 namespace entropy_cpu {
 
@@ -42,7 +44,7 @@ enum QMode : int { kShannon = 0, kQ2 = 1, kQ3 = 2, kQHalf = 3, kQ15 = 4, kGenera
 constexpr int kNoEnt = 100;
 
 inline int q_mode(double q) {
-  if (std::fabs(q - 1.0) < 1e-6) return kShannon;  // Shannon within 1e-6 of q = 1 (no 0/0), as the Python ops
+  if (is_shannon(q)) return kShannon;  // alter_constants.h: the Python ops' tolerance
   if (q == 2.0) return kQ2;
   if (q == 3.0) return kQ3;
   if (q == 0.5) return kQHalf;

@@ -17,6 +17,7 @@
 #include <cfloat>
 #include <climits>
 
+#include "alter_constants.h"
 #include "lm_head_cuda.h"
 
 namespace alter_kernels {
@@ -273,7 +274,7 @@ void check_cuda(const at::Tensor& hidden, const at::Tensor& weight, const std::o
 
 int loss_mode(bool with_entropy, double q) {
   if (!with_entropy) return kNone;
-  return std::fabs(q - 1.0) < 1e-6 ? kShannon : kTsallis;
+  return alter_kernels::is_shannon(q) ? kShannon : kTsallis;  // alter_constants.h
 }
 
 const float* opt_ptr(const std::optional<at::Tensor>& t, int64_t s, at::Tensor& keep) {

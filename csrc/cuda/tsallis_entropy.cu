@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "alter_constants.h"
 #include "entropy_cuda.h"
 
 namespace alter_kernels {
@@ -216,7 +217,7 @@ int pick_threads(int64_t V, int64_t per_thread) {
 
 template <typename F>
 void dispatch_mode(double q, F&& f) {
-  if (std::fabs(q - 1.0) < 1e-6) f(std::integral_constant<int, kShannon>{});  // Shannon within 1e-6 of 1
+  if (alter_kernels::is_shannon(q)) f(std::integral_constant<int, kShannon>{});  // alter_constants.h
   else if (q == 2.0) f(std::integral_constant<int, kQ2>{});
   else f(std::integral_constant<int, kGeneral>{});
 }

@@ -121,7 +121,7 @@ CASES = [
      "--prompt-format: has field(s) {topic}"),
     ("prompt-format-no-question", lambda d, t: ["--prompt-format", "Answer:"], 2, "has no {question} field"),
     ("prompt-format-stray-brace", lambda d, t: ["--prompt-format", "Q: {question"], 2, "is not a valid format string"),
-    ("chat-template-missing", lambda d, t: ["--chat-template"], 2, "--chat-template: the tokenizer of"),
+    ("chat-template-missing", lambda d, t: ["--chat-template"], 2, "--chat-template on: the tokenizer of"),
     ("reference-missing", lambda d, t: ["--reference", str(t / "nowhere.json")], 2, "--reference: "),
     ("task-id-empty", lambda d, t: ["--task-id", ","], 2, "--task-id: expected a task_id"),
     ("device-cuda", lambda d, t: ["--device", "cuda:7"], 2, "--device cuda:7: "),

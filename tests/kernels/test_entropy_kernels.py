@@ -1,7 +1,9 @@
 """ak.tsallis_entropy on every backend this machine can run, against a float64 ground truth.
 
 Criterion (ALTER_SPEC section 10): |kernel - truth| <= |torch_same_dtype - truth| + tol, forward
-and backward, where torch_same_dtype is the plain-PyTorch reference run on the same input.
+and backward, where torch_same_dtype is the plain-PyTorch reference run on the same input. The
+truth is float64 and independent of the reference (tests/kernels/truth.py); the reference backend
+itself is held to |reference - truth| <= tol (never to a bound made from its own output).
 """
 import math
 
@@ -10,7 +12,7 @@ import torch
 
 import alter_kernels as ak
 from alter_kernels import kernels
-from alter_kernels.kernels.reference.entropy import tsallis_entropy_ref
+import truth as T
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
@@ -18,6 +20,15 @@ QS = [0.5, 1.0, 1.5, 2.0, 3.0]
 VS = [1, 7, 1000, 32000, 50257]
 BACKENDS = kernels.available("tsallis_entropy", "cpu")  # reference, cpp, triton (interpreted) if present
 TRITON_MAX_V = 1000  # the interpreter is slow: Triton only at small shapes
+# The reference under test is held to this (times the row's scale, by the dtype of what it
+# returns) against the float64 truth, with no bound made from its own output: it is the
+# yardstick of every kernel. Measured worst: fp32 1.2e-3 (the q = 3 gradient of a V = 50257 row,
+# whose values are ~1e-4: fp32 log-probabilities); bf16 / fp16 (gradients rounded to the input
+# dtype, LM-head GEMMs in it) below 1e-2 for the entropy and the token losses. The KL's
+# low-precision gradients (GEMM terms cancelling ~50x) are not held to it: REF_LOW_PRECISION_KL.
+REF_RTOL = {torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+REF_LOW_PRECISION_KL = ("the reference's bf16 / fp16 KL gradients are off the fp64 truth by up to ~40% of a "
+                        "row's scale (terms cancelling ~50x): the yardstick there, not tested against the truth")
 
 
 def _skip_big(backend, v):
@@ -48,17 +59,26 @@ def run(backend, x, q, grad_out=None):
 
 
 def truth(x, q, grad_out=None):
+    """Float64 S_q and its gradient from tests/kernels/truth.py (not the reference)."""
     xd = x.detach().double().requires_grad_(grad_out is not None)
-    e = tsallis_entropy_ref(xd, q)
+    e = T.tsallis(xd, q)
     if grad_out is None:
         return e.detach(), None
     e.backward(grad_out.double())
-    return e.detach(), xd.grad
+    return e.detach(), T.nan_grad_rows(xd.grad, T.bad_rows(xd.detach()))
+
+
+def same_dtype(backend, x, q, g):
+    """The reference on the same input (the bound's |same - truth| term), or (None, None) when
+    the reference is the backend under test (never a bound made from its own output)."""
+    return (None, None) if backend == "reference" else run("reference", x, q, g)
 
 
 def assert_criterion(out, same, tru, rtol, what, extra=None):
-    """|out - truth| <= |same - truth| + rtol * scale (+ extra), elementwise; NaN exactly where truth is NaN."""
-    out, same, tru = out.double(), same.double(), tru.double()
+    """|out - truth| <= |same - truth| + rtol * scale (+ extra), elementwise; NaN exactly where truth is NaN.
+    same None (the reference is what is tested): |out - truth| <= max(rtol, REF_RTOL[dtype]) * scale (+ extra)."""
+    ref_rtol = REF_RTOL.get(out.dtype, REF_RTOL[torch.float32])
+    out, tru = out.double(), tru.double()
     assert torch.equal(out.isnan(), tru.isnan()), f"{what}: NaN pattern differs"
     ok = ~tru.isnan()
     if not ok.any():
@@ -70,7 +90,10 @@ def assert_criterion(out, same, tru, rtol, what, extra=None):
     else:
         scale = scale.expand_as(tru)
     err = (out - tru).abs()[ok]
-    bound = (same - tru).abs() + rtol * scale
+    if same is None:
+        bound = max(rtol, ref_rtol) * scale
+    else:
+        bound = (same.double() - tru).abs() + rtol * scale
     if extra is not None:
         bound = bound + extra
     bound = bound[ok]
@@ -97,8 +120,8 @@ def cancellation_floor(x, q, g):
 def check(backend, x, q, rtol=3e-5, grad_rtol=3e-5):
     g = torch.randn(x.shape[:-1], dtype=torch.float32)
     e, gx = run(backend, x, q, g)
-    e_same, gx_same = run("reference", x, q, g)
     e_true, gx_true = truth(x, q, g)
+    e_same, gx_same = same_dtype(backend, x, q, g)
     assert_criterion(e, e_same, e_true, rtol, f"{backend} forward q={q}")
     assert gx.dtype == x.dtype and gx.shape == x.shape
     assert_criterion(gx, gx_same, gx_true, grad_rtol, f"{backend} backward q={q}",
@@ -109,8 +132,6 @@ def check(backend, x, q, rtol=3e-5, grad_rtol=3e-5):
 @pytest.mark.parametrize("v", VS)
 @pytest.mark.parametrize("q", QS)
 def test_forward_backward(backend, q, v):
-    if backend == "reference" and v > 1000:
-        pytest.skip("the reference against itself: only worth it at small V")
     _skip_big(backend, v)
     n = 5 if v <= 1000 else 3
     check(backend, make_logits(n, v), q)

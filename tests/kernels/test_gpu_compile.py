@@ -19,6 +19,7 @@ def _run(args, timeout):
     return res.stdout
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_cuda_sources_compile_for_sm80_and_sm90a():
     out = _run(["tools/cuda_compile_check.py", "--archs", "80,90a"], timeout=1800)
@@ -27,6 +28,7 @@ def test_cuda_sources_compile_for_sm80_and_sm90a():
     assert len(lines) == n_sources and all(line.startswith("ok") for line in lines), out
 
 
+@pytest.mark.heavy
 def test_triton_kernels_lower_to_cubin():
     pytest.importorskip("triton")
     out = _run(["tools/triton_compile_check.py"], timeout=900)

@@ -11,6 +11,8 @@ import os
 import subprocess
 import tarfile
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 STEPS = ["env", "build", "tests", "tsallis", "lm_head", "asym_lora", "train_step", "decode", "losses"]
@@ -29,6 +31,7 @@ def _summary(out):
         return json.load(f)
 
 
+@pytest.mark.heavy
 def test_dry_run_every_step_passes(tmp_path):
     out = str(tmp_path / "out")
     # a generous budget: a loaded CI machine must not turn slowness into skipped steps

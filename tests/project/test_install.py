@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-pytestmark = [pytest.mark.network,
+pytestmark = [pytest.mark.network, pytest.mark.heavy,
               pytest.mark.skipif(os.environ.get("ALTER_OFFLINE", "") not in ("", "0"), reason="ALTER_OFFLINE=1")]
 
 

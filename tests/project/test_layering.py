@@ -22,8 +22,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PKG = ROOT / "alter_kernels"
 
+NATIVE = "alter_kernels.kernels._C"     # the compiled extension, beside its loader kernels/native.py
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("native", ("alter_kernels._C",)),
+    ("native", (NATIVE,)),
     ("common", ("alter_kernels.version", "alter_kernels.config", "alter_kernels.common")),
     ("kernels", ("alter_kernels.kernels",)),
     ("ops", ("alter_kernels.ops",)),
@@ -73,7 +74,7 @@ def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom, modules: dict) -> lis
     out = []
     for alias in node.names:                    # `from pkg import sub` imports the submodule
         sub = f"{target}.{alias.name}"
-        out.append(sub if sub in modules or sub == "alter_kernels._C" else target)
+        out.append(sub if sub in modules or sub == NATIVE else target)
     return out
 
 
@@ -189,7 +190,32 @@ def missing_modules() -> list[str]:
     fails only when its function runs)."""
     mods = package_modules()
     return [f"{m}:{line} imports {d}, which does not exist" for m, deps in graph().items()
-            for d, line in deps.items() if d not in mods and d != "alter_kernels._C"]
+            for d, line in deps.items() if d not in mods and d != NATIVE]
+
+
+REFERENCE = "alter_kernels.kernels.reference"
+# Beside the package, scripts that must use the public API too (tests/ may import the reference).
+SCRIPT_DIRS = ("bench", "python", "tools")
+
+
+def reference_imports() -> list[str]:
+    """Imports of kernels/reference (the ground truth) from outside kernels/: the public API
+    (losses, RoutingPlan, TokenLosses) lives in ops/ and kernels/types.py, never in reference/."""
+    out = [f"{m}:{line} imports {d}" for m, deps in graph().items() if not m.startswith("alter_kernels.kernels")
+           for d, line in deps.items() if d == REFERENCE or d.startswith(REFERENCE + ".")]
+    for folder in SCRIPT_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                out += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                        if n == REFERENCE or n.startswith(REFERENCE + ".")]
+    return out
+
+
+def test_reference_is_imported_only_by_kernels_and_tests():
+    bad = reference_imports()
+    assert not bad, "kernels.reference is ground truth only (kernels/ and tests/ may import it):\n" + "\n".join(bad)
 
 
 def test_every_import_resolves():
@@ -238,11 +264,15 @@ def test_checker_sees_violations(tmp_path, monkeypatch):
     assert ["alter_kernels.kernels.a", "alter_kernels.ops.b"] in import_cycles()
     (pkg / "ops" / "c.py").write_text("def g():\n    from ..adapter_io import X\n")
     assert any("alter_kernels.adapter_io, which does not exist" in b for b in missing_modules())
+    (pkg / "ops" / "d.py").write_text("from ..kernels.reference.losses import token_nll\n")
+    (pkg / "kernels" / "e.py").write_text("from .reference import losses\n")      # kernels/ may
+    assert [b for b in reference_imports() if "alter_kernels.ops.d:1" in b] and \
+        not [b for b in reference_imports() if "kernels.e" in b]
 
 
 if __name__ == "__main__":
     pre = tuple(sys.argv[1:])
-    problems = upward_imports(pre) + long_modules(pre) + long_functions(pre) + missing_modules()
+    problems = upward_imports(pre) + long_modules(pre) + long_functions(pre) + missing_modules() + reference_imports()
     problems += [" <-> ".join(c) for c in import_cycles() if not pre or any(m.startswith(pre) for m in c)]
     if not pre:
         problems += import_module_uses()

@@ -9,7 +9,7 @@ from alter_kernels.integrations.hf_trainer import AlterTrainer, build
 from alter_kernels.unlearn import DEFAULTS, alter_loss
 from alter_kernels.unlearn.data import collate
 from alter_kernels.unlearn.toy import toy_model, toy_rows, toy_tokenizer
-from alter_kernels.kernels.reference.losses import token_nll
+from alter_kernels.ops.losses import token_nll
 
 FORGET, RETAIN = toy_rows(4, seed=1), toy_rows(4, seed=2, offset=6)
 TOK = toy_tokenizer(FORGET + RETAIN)

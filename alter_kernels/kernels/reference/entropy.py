@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ...common.constants import is_shannon
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 stays float64, everything else accumulates in float32."""
@@ -21,7 +23,7 @@ def tsallis_from_logits(logits: torch.Tensor, q: float) -> torch.Tensor:
     """
     z = logits.to(acc_dtype(logits.dtype))
     logp = F.log_softmax(z, dim=-1)
-    if abs(float(q) - 1.0) < 1e-6:                # Shannon (ops._checks.SHANNON_TOL): no 0/0 near q = 1
+    if is_shannon(q):                             # Shannon: no 0/0 near q = 1
         p = logp.exp()
         # p * log p is 0 where p == 0; the `where` on logp keeps the backward free of 0 * inf.
         safe_logp = torch.where(p > 0, logp, torch.zeros_like(logp))

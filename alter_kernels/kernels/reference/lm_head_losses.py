@@ -19,26 +19,19 @@ slices (log-sum-exp of slice log-sum-exps, max of slice maxima), so the largest 
 
 Ties: when several v != y share the largest logit, max_{v != y} p(v) is their mean, so its
 gradient is split evenly among them, as ``torch.amax`` does (and as
-``reference.losses.inverted_hinge_loss`` does through it). With V = 1 there is no v != y; that
-maximum is taken as 0 (ihl = 2), where ``reference.losses.inverted_hinge_loss`` gives inf.
+``ops.losses.inverted_hinge_loss`` does through it). With V = 1 there is no v != y; that
+maximum is taken as 0 (ihl = 2), where ``ops.losses.inverted_hinge_loss`` gives inf.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ...common.constants import is_shannon
 from ...common.text import IGNORE_INDEX
-
-
-class TokenLosses(NamedTuple):
-    """Per-token losses of ``lm_head_token_losses``: fp32 [N] tensors (float64 for float64 input).
-    ``entropy`` is None unless q was given."""
-    nll: torch.Tensor
-    ihl: torch.Tensor
-    entropy: Optional[torch.Tensor]
-    lse: torch.Tensor
+from ..types import TokenLosses
 
 
 def _acc(*tensors) -> torch.dtype:
@@ -61,7 +54,7 @@ def _lse(h, weight, bias, acc, step):
 
 
 def _entropy(h, weight, bias, lse, q, acc, step):
-    shannon = abs(float(q) - 1.0) < 1e-6
+    shannon = is_shannon(q)
     total = 0.0
     for s, e in _slices(weight.shape[0], step):
         logp = _logits(h, weight, bias, s, e, acc) - lse.unsqueeze(-1)

@@ -6,47 +6,15 @@ spec 1 consumes directly ((N, E*r) scaled copies of A x times [B_0 | ... | B_N])
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclasses.dataclass
-class RoutingPlan:
-    """One decoder layer's routing decisions, shared by all of its patched linears.
-
-    expert_weights  [N, E] fp32  forward mixing weights w_{t,e}
-    high            [N] bool     e_t > threshold (the shared-A, multi-expert path)
-    a_grad_mask     [N] bool     rows whose gradient may reach A (None: every row)
-    b_grad_mask     [N, E] bool  rows whose gradient may reach B_e (None: every row)
-    router_logits   [N, E] fp32  h_t W_g (un-tempered), for the router loss and for analysis
-    router_loss     scalar       cross-entropy of the router against the labels (None without labels)
-    """
-
-    expert_weights: torch.Tensor
-    high: torch.Tensor
-    a_grad_mask: torch.Tensor | None = None
-    b_grad_mask: torch.Tensor | None = None
-    router_logits: torch.Tensor | None = None
-    router_loss: torch.Tensor | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return self.expert_weights.shape[0]
-
-    @property
-    def num_experts(self) -> int:
-        return self.expert_weights.shape[1]
-
-    def high_fraction(self) -> float:
-        """Share of high-entropy tokens (spec 3: watch it, 0 or 1 means theta is off for q)."""
-        n = self.high.numel()
-        return float(self.high.float().mean()) if n else float("nan")
+from ...common.constants import TAU_HIGH, TAU_LOW, THRESHOLD, TOP_K
+from ..types import RoutingPlan
 
 
-def route_plan_ref(logits: torch.Tensor, entropy: torch.Tensor, threshold: float = 1.2, tau_high: float = 0.8,
-                   tau_low: float = 0.01, top_k: int = 3, labels: torch.Tensor | None = None):
+def route_plan_ref(logits: torch.Tensor, entropy: torch.Tensor, threshold: float = THRESHOLD, tau_high: float = TAU_HIGH,
+                   tau_low: float = TAU_LOW, top_k: int = TOP_K, labels: torch.Tensor | None = None):
     """The routing rule from router logits: the one Python statement of ALTER_SPEC section 3.
 
     logits [N, E] (un-tempered h W_g), entropy [N] (NaN or +inf count as high), labels [N] long or
@@ -79,8 +47,8 @@ def route_plan_ref(logits: torch.Tensor, entropy: torch.Tensor, threshold: float
 
 
 def route_ref(hidden: torch.Tensor, router_weight: torch.Tensor, entropy: torch.Tensor,
-              threshold: float = 1.2, tau_high: float = 0.8, tau_low: float = 0.01,
-              top_k: int = 3, labels: torch.Tensor | None = None) -> RoutingPlan:
+              threshold: float = THRESHOLD, tau_high: float = TAU_HIGH, tau_low: float = TAU_LOW,
+              top_k: int = TOP_K, labels: torch.Tensor | None = None) -> RoutingPlan:
     """Routing plan for N tokens.
 
     hidden [N, d], router_weight W_g [d, E], entropy [N] (NaN or +inf count as high),

@@ -18,14 +18,7 @@ import triton.language as tl
 
 from ..entropy_autograd import logits_fp32, low_precision_gpu
 from .lm_head_entropy import chunk_rows
-
-NONE, SHANNON, Q2, GENERAL = 0, 1, 2, 3
-
-
-def _mode(q: float, with_ent: bool) -> int:
-    if not with_ent:
-        return NONE
-    return SHANNON if abs(q - 1.0) < 1e-6 else (Q2 if q == 2.0 else GENERAL)   # ops._checks.SHANNON_TOL
+from .streaming import mode, softmax_block
 
 
 @triton.jit
@@ -55,28 +48,7 @@ def _losses_fwd_kernel(X, LAB, NLL, IHL, ENT, LSE, ST, stride_row, V, q, ignore,
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        isnan = x != x
-        nan_cnt += tl.sum(isnan.to(tl.int32), axis=0)
-        x = tl.where(isnan, float("-inf"), x)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        d = m - m_safe
-        sc = tl.exp(d)
-        if MODE == 1:
-            zq = tl.where(z > 0.0, sc * (zq + d * z), 0.0)
-        elif MODE > 1:
-            zq = zq * tl.exp(q * d)
-        z = z * sc
-        t = x - m_safe
-        e = tl.exp(t)
-        z += tl.sum(e, axis=0)
-        if MODE == 1:
-            zq += tl.sum(tl.where(x > float("-inf"), e * t, 0.0), axis=0)
-        elif MODE == 2:
-            zq += tl.sum(e * e, axis=0)
-        elif MODE == 3:
-            zq += tl.sum(tl.exp(q * t), axis=0)
-        m = m_new
+        x, e, sc, m, z, zq, nan_cnt = softmax_block(x, m, z, zq, nan_cnt, q, MODE)
         # the largest logit over v != y: value, how many reach it, the first of them
         xo = tl.where(offs == ys, float("-inf"), x)
         bm = tl.max(xo, axis=0)
@@ -191,23 +163,9 @@ def _kl_fwd_kernel(XB, X, MASK, KL, ST, stride_b, stride_m, V, HAS_MASK: tl.cons
         offs = start + tl.arange(0, BLOCK)
         xb = tl.load(XB + row * stride_b + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
         x = tl.load(X + row * stride_m + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        nan_cnt += tl.sum(((xb != xb) | (x != x)).to(tl.int32), axis=0)
-        xb = tl.where(xb != xb, float("-inf"), xb)
-        x = tl.where(x != x, float("-inf"), x)
-        mb_new = tl.maximum(mb, tl.max(xb, axis=0))
-        mm_new = tl.maximum(mm, tl.max(x, axis=0))
-        mbs = tl.where(mb_new == float("-inf"), 0.0, mb_new)
-        mms = tl.where(mm_new == float("-inf"), 0.0, mm_new)
-        sb = tl.exp(mb - mbs)
-        zb = zb * sb
-        a = a * sb
-        zm = zm * tl.exp(mm - mms)
-        eb = tl.exp(xb - mbs)
-        zb += tl.sum(eb, axis=0)
-        zm += tl.sum(tl.exp(x - mms), axis=0)
-        a += tl.sum(tl.where(eb > 0.0, eb * (xb - x), 0.0), axis=0)
-        mb = mb_new
-        mm = mm_new
+        xb, eb, sb, mb, zb, _, nan_cnt = softmax_block(xb, mb, zb, 0.0, nan_cnt, 0.0, 0)   # MODE NONE
+        x, _, _, mm, zm, _, nan_cnt = softmax_block(x, mm, zm, 0.0, nan_cnt, 0.0, 0)
+        a = a * sb + tl.sum(tl.where(eb > 0.0, eb * (xb - x), 0.0), axis=0)
     lzb = tl.log(zb)
     lzm = tl.log(zm)
     kl = a / zb - (mb - mm) - lzb + lzm
@@ -295,11 +253,11 @@ def losses_fwd(h, w, bias, labels, q, with_ent, ignore_index):
     f32 = dict(dtype=torch.float32, device=h.device)
     outs = [torch.empty(n, **f32) for _ in range(4)]
     stats = torch.empty((n, 7), **f32)
-    step, block, mode = chunk_rows(n, v, h.device), _block(v, h.device), _mode(q, with_ent)
+    step, block, md = chunk_rows(n, v, h.device), _block(v, h.device), mode(q, with_ent)
     for s in range(0, n, step):
         z = logits_fp32(h[s:s + step], w, bias)
         _losses_fwd_kernel[(z.shape[0],)](z, labels[s:s + step], *(o[s:s + step] for o in outs), stats[s:s + step],
-                                          z.stride(0), v, float(q), int(ignore_index), MODE=mode, BLOCK=block,
+                                          z.stride(0), v, float(q), int(ignore_index), MODE=md, BLOCK=block,
                                           num_warps=_warps(block))
     return (*outs, stats)
 
@@ -308,7 +266,7 @@ def losses_bwd(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_
     n, v = h.shape[0], w.shape[0]
     acc = _acc(h, w, bias, need_h, need_w, need_b)
     step, block = chunk_rows(n, v, h.device), _block(v, h.device)
-    mode = _mode(q, g_ent is not None and q > 0)
+    md = mode(q, g_ent is not None and q > 0)
     dummy = stats
     for s in range(0, n, step):
         hs = h[s:s + step]
@@ -317,7 +275,7 @@ def losses_bwd(g_nll, g_ihl, g_ent, g_lse, h, w, bias, labels, stats, q, ignore_
         _losses_bwd_kernel[(z.shape[0],)](z, z, labels[s:s + step], stats[s:s + step], sl(g_nll), sl(g_ihl),
                                           sl(g_ent), sl(g_lse), z.stride(0), z.stride(0), v, float(q),
                                           int(ignore_index), HAS_GN=g_nll is not None, HAS_GI=g_ihl is not None,
-                                          HAS_GL=g_lse is not None, MODE=mode, BLOCK=block, num_warps=_warps(block))
+                                          HAS_GL=g_lse is not None, MODE=md, BLOCK=block, num_warps=_warps(block))
         _grads_from(z, hs, w, acc, s, step, low_precision_gpu(h, w))
     return _cast(acc[0], h), _cast(acc[1], w), (None if acc[2] is None else acc[2].to(bias.dtype))
 

@@ -1,7 +1,7 @@
 """Triton kernels of the Tsallis entropy (ALTER_SPEC section 2): one program per row.
 
-Forward: one sweep over the row in BLOCK-wide chunks with an online max, Z = sum exp(z - m) and
-Q = sum exp(q (z - m)) (Shannon: sum exp(z - m) (z - m)), rescaled when the max grows; writes the
+Forward: one sweep over the row in BLOCK-wide chunks (streaming.softmax_block: an online max,
+Z = sum exp(z - m) and Q = sum exp(q (z - m)), Shannon: sum exp(z - m) (z - m)); writes the
 entropy, the log-sum-exp and stats [m, log Z, aux] (aux = sum p^q, or S_1). Backward: one sweep
 recomputing log p = (z - m) - log Z from the saved statistics. Loads any float dtype and accumulates in fp32. On the CPU these kernels only
 run under TRITON_INTERPRET=1 (tests); on CUDA they are the default backend.
@@ -12,11 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-SHANNON, Q2, GENERAL = 0, 1, 2
-
-
-def _mode(q: float) -> int:
-    return SHANNON if abs(q - 1.0) < 1e-6 else (Q2 if q == 2.0 else GENERAL)   # ops._checks.SHANNON_TOL
+from .streaming import mode, softmax_block
 
 
 @triton.jit
@@ -30,31 +26,10 @@ def _tsallis_fwd_kernel(X, ENT, LSE, ST, stride_row, V, q, MODE: tl.constexpr, B
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        isnan = x != x
-        nan_cnt += tl.sum(isnan.to(tl.int32), axis=0)
-        x = tl.where(isnan, float("-inf"), x)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        d = m - m_safe  # <= 0; -inf while nothing finite was seen
-        sc = tl.exp(d)
-        if MODE == 0:
-            zq = tl.where(z > 0.0, sc * (zq + d * z), 0.0)
-        else:
-            zq = zq * tl.exp(q * d)
-        z = z * sc
-        t = x - m_safe
-        e = tl.exp(t)
-        z += tl.sum(e, axis=0)
-        if MODE == 0:
-            zq += tl.sum(tl.where(x > float("-inf"), e * t, 0.0), axis=0)
-        elif MODE == 1:
-            zq += tl.sum(e * e, axis=0)
-        else:
-            zq += tl.sum(tl.exp(q * t), axis=0)
-        m = m_new
+        x, e, sc, m, z, zq, nan_cnt = softmax_block(x, m, z, zq, nan_cnt, q, MODE)
     logz = tl.log(z)
     lse = m + logz
-    if MODE == 0:
+    if MODE == 1:     # streaming.SHANNON
         ent = logz - zq / z
         aux = ent
     else:
@@ -94,9 +69,9 @@ def _tsallis_bwd_kernel(X, OUT, G, GL, ST, stride_row, stride_out, V, q, HAS_GL:
         x = tl.load(x_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
         t = (x - m) - logz
         p = tl.exp(t)
-        if MODE == 0:
+        if MODE == 1:     # streaming.SHANNON
             d = -g * tl.where(x > float("-inf"), p * (t + aux), 0.0)
-        elif MODE == 1:
+        elif MODE == 2:   # streaming.Q2
             d = (-g * q / (q - 1.0)) * (p * p - p * aux)
         else:
             d = (-g * q / (q - 1.0)) * (tl.exp(q * t) - p * aux)
@@ -117,7 +92,7 @@ def tsallis_fwd(x: torch.Tensor, q: float):
     st = torch.empty((n, 3), dtype=torch.float32, device=x.device)
     if n:
         block = _block(v, x.device)
-        _tsallis_fwd_kernel[(n,)](x, ent, lse, st, x.stride(0), v, float(q), MODE=_mode(q), BLOCK=block,
+        _tsallis_fwd_kernel[(n,)](x, ent, lse, st, x.stride(0), v, float(q), MODE=mode(q), BLOCK=block,
                                   num_warps=8 if block >= 2048 else 4)
     return ent, lse, st
 
@@ -132,5 +107,5 @@ def tsallis_bwd(grad: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, q: flo
         block = _block(v, x.device)
         _tsallis_bwd_kernel[(n,)](x, out, grad, grad_lse if grad_lse is not None else grad, stats,
                                   x.stride(0), out.stride(0), v, float(q), HAS_GL=grad_lse is not None,
-                                  MODE=_mode(q), BLOCK=block, num_warps=8 if block >= 2048 else 4)
+                                  MODE=mode(q), BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return out

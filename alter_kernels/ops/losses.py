@@ -1,10 +1,11 @@
-"""Plain-PyTorch reference of the unlearning losses (ALTER_SPEC sections 5 and 7)."""
+"""The public unlearning losses (ALTER_SPEC sections 5 and 7), in plain PyTorch over materialised
+logits (the fused, chunked forms over the LM head are ``lm_head_losses``)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ...common.text import IGNORE_INDEX
+from ..common.text import IGNORE_INDEX
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor):
