@@ -4,8 +4,8 @@ second run reuses every cached cell. Skips with a reason when ``../shared/tofu``
 repository; ``ALTER_TOFU_DATA`` overrides) is absent.
 
 The CI test runs on a tiny random Llama with a word-level tokenizer trained on the TOFU rows
-(seconds); the packaged SmolLM2-135M-Instruct variant is heavy (minutes on 2 cores) and runs with
-ALTER_HEAVY=1 (TODO(lead): mark it ``heavy`` once the marker from the newcomer branch is in main).
+(seconds); the packaged SmolLM2-135M-Instruct variant is marked ``heavy`` (minutes on 2 cores;
+``scripts/test.sh --full`` runs it).
 """
 from __future__ import annotations
 
@@ -23,16 +23,16 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not os.path.isdir(TOFU), reason=f"the TOFU files are not at {TOFU} (../shared/tofu)")]
 
 
-def _rows(name):
+def _rows(name, task_id=None):
     from alter_kernels.common.rows import load_rows
-    return load_rows(os.path.join(TOFU, name), name)[0]
+    return load_rows(os.path.join(TOFU, name), name, task_id=task_id)[0]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random Llama + a word-level tokenizer covering the TOFU rows the smoke size reads."""
     from alter_kernels.unlearn.toy import toy_model, toy_tokenizer
-    rows = [r for r in _rows("forget01_perturbed.json") if r["task_id"] in ("1", "2")]
+    rows = _rows("forget01_perturbed.json", task_id="1,2")
     for name in ("retain_perturbed.json", "real_authors_perturbed.json",
                  "world_facts_perturbed.json"):
         rows += _rows(name)
@@ -116,9 +116,9 @@ def test_skips_with_a_reason_without_the_files(tmp_path, capsys):
     assert "SKIPPED: the TOFU files are not in" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not os.environ.get("ALTER_HEAVY"), reason="heavy (SmolLM2-135M on the CPU, minutes): "
-                                                                "set ALTER_HEAVY=1")
+@pytest.mark.heavy          # SmolLM2-135M on the CPU: minutes (scripts/test.sh --full runs it)
 def test_smoke_pipeline_on_the_packaged_model(tmp_path):
+    pytest.importorskip("gguf", reason="the packaged model needs gguf (pip install gguf)")
     assert _run("smollm2-135m-instruct", tmp_path / "work", methods="alter") == 0
     res = json.loads((tmp_path / "work" / "tofu_real_smoke.json").read_text())
     assert [r["model"] for r in res["rows"]] == ["finetuned", "retain", "alter"]
