@@ -24,9 +24,9 @@ Steps, each cached under --work and skipped when done, so the same command conti
 5. ``bench/results/tofu_real_<size>.{json,md}``: the table (finetuned and retain models as rows).
 
 Data: the TOFU files (JSON lines, task_id groups) read in place and checked (bench/tofu_data.py);
-skipped with a reason when absent. With the hub dataset instead (online):
-``python -c "from datasets import load_dataset; ..."`` is not needed: docs/benchmark.md gives the
-export of ``locuslab/TOFU`` into the same file names.
+skipped with a reason (exit 3) when absent. With the hub dataset ``locuslab/TOFU`` instead (online):
+``python bench/tofu_hub_export.py --out tofu_hub/`` writes it under the same names, then
+``--data tofu_hub/`` (docs/benchmark.md, "TOFU on a real model").
 """
 from __future__ import annotations
 
