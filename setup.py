@@ -111,6 +111,7 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     entry_points={"console_scripts": ["alter-unlearn=alter_kernels.cli.unlearn:main",
-                                      "alter-eval=alter_kernels.cli.eval:main"]},
+                                      "alter-eval=alter_kernels.cli.eval:main",
+                                      "alter-finetune=alter_kernels.cli.finetune:main"]},
     zip_safe=False,
 )

@@ -13,7 +13,7 @@ from .ops import asym_lora, lm_head_entropy, route, tsallis_entropy
 from .ops.lm_head_losses import TokenLosses, lm_head_kl, lm_head_token_losses
 from .ops.losses import inverted_hinge_loss, npo_loss, sequence_logprob, token_nll
 from .ops.routing import RoutingPlan
-from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, unlearn
+from .unlearn import DataError, UnlearnDivergedError, UnlearnError, UnlearnResult, add_forget_experts, finetune, unlearn
 from .version import __version__
 
 from .model import (AdapterError, AlterLinear, LayerRouter, ModelNameError, PatchError, add_plan_hook,
@@ -33,7 +33,7 @@ __all__ = [
     "set_routing_inputs", "routing_inputs", "set_inference_entropy", "clear_routing_inputs", "disable_adapters", "token_entropy",
     "last_plans", "add_plan_hook", "router_loss", "high_entropy_fraction", "adapter_parameters", "adapter_state_dict",
     "get_state", "is_patched", "backends", "use_backend", "init_from_peft",
-    "unlearn", "UnlearnResult", "add_forget_experts", "UnlearnError", "UnlearnDivergedError", "DataError",
+    "unlearn", "finetune", "UnlearnResult", "add_forget_experts", "UnlearnError", "UnlearnDivergedError", "DataError",
     "generate", "gated_decoding", "GatedDecoding", "GenerationOutput", "prompt_entropy",
     "load_pretrained", "resolve_model", "ModelNameError",
 ]

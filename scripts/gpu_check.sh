@@ -38,6 +38,12 @@
 #               ak.generate (CUDA graphs) vs the base model in the same loop and HF generate   50 [90]
 #   losses      bench/loss_step.py: one unlearning step, fused vs materialised LM-head losses,
 #               ALTER and NPO, V 128256, d 4096, batch 4 x 2048, bf16 (issue 16)              40 [60]
+#   tofu        NOT in the default run (only with --steps ...,tofu): bench/tofu_real.py --size gpu, TOFU's
+#               protocol on SmolLM2-135M-Instruct (forget10 task 1, retain90, 5 epochs; 3 finetunes,
+#               8 methods x 4 DEV k + TEST, 37 evaluations at 200 new tokens): ~25 min estimated, past
+#               the 330 s budget; run it alone, e.g. --steps env,tofu --budget 1500. Needs the TOFU
+#               files (TOFU_DATA, default ../shared/tofu) and the model (TOFU_MODEL, default the
+#               packaged alias); without the files it exits 3 and is recorded as skipped     1500 [1500]
 #   summary     bench/gpu_summary.py: steps + targets -> summary.md / summary.json          5  [20]
 #   total       ~330 s expected. The guard stops the steps at 330 s, then the summary (<= 20 s) and
 #               the packing run: under 6 min whatever happens, so a run with timeout_s 400 returns.
@@ -107,6 +113,11 @@ FAILED=0
 
 say() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 
+want_explicit() {  # want_explicit STEP: is STEP named in --steps (steps left out of the default run)?
+  case ",$STEPS," in *",$1,"*) return 0 ;; esac
+  return 1
+}
+
 want() {  # want STEP: is STEP selected by --steps (default: all)?
   [ -z "$STEPS" ] && return 0
   case ",$STEPS," in *",$1,"*) return 0 ;; esac
@@ -143,6 +154,8 @@ step() {
   local dt=$(($(date +%s) - t0)) status=pass
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     status=timeout
+  elif [ "$rc" = 3 ]; then
+    status=skipped                             # the step's inputs are absent (it printed why)
   elif [ "$rc" != 0 ]; then
     status=fail
   fi
@@ -269,6 +282,15 @@ step train_step 70 "$PY" -u bench/train_step.py --device "$DEVICE" --no-decode "
   --out "$DETAIL/train_step"
 step decode 90 "$PY" -u bench/decode.py --device "$DEVICE" "${DECODE[@]}" --out "$DETAIL/decode"
 step losses 60 "$PY" -u bench/loss_step.py --device "$DEVICE" "${LOSSES[@]}" --out "$DETAIL/losses"
+
+# TOFU at GPU size (issue 22): only when named in --steps (see the step table above)
+if want_explicit tofu; then
+  # the cache (models, cells) stays out of DIR (bench/out/tofu_real/<size>): only the table comes back;
+  # a dry run runs the few-row size on the CPU
+  step tofu 1500 "$PY" -u bench/tofu_real.py --size "$([ "$DRY" = 1 ] && echo smoke || echo gpu)" \
+    --device "$DEVICE" --quiet --data "${TOFU_DATA:-$(dirname "$ROOT")/shared/tofu}" \
+    --model "${TOFU_MODEL:-smollm2-135m-instruct}" --results "$DETAIL/tofu"
+fi
 
 # the summary always runs (its own 20 s on top of the budget; more in a dry run, where a loaded CI
 # machine may need it), also after failed steps

@@ -1,4 +1,5 @@
-"""Unlearning engine: ALTER, the spec-7 baselines, data loading, sub-domains, checkpoints."""
+"""Unlearning engine: ALTER, the spec-7 baselines, data loading, sub-domains, checkpoints; finetuning
+(:func:`finetune`) on the same loop."""
 from .data import DataError, load_rows
 from ..model.experts import add_forget_experts, frozen_experts
 from .checkpoint import CheckpointError
@@ -10,7 +11,8 @@ from .options import DEFAULTS, UnlearnOptions
 from .result import UnlearnDivergedError, UnlearnError, UnlearnInterrupted, UnlearnResult
 from .setup import prepare_alter
 from .trainer import unlearn
+from .finetuning import finetune
 
-__all__ = ["unlearn", "UnlearnResult", "UnlearnError", "UnlearnDivergedError", "DataError", "METHODS",
+__all__ = ["unlearn", "finetune", "UnlearnResult", "UnlearnError", "UnlearnDivergedError", "DataError", "METHODS",
            "DEFAULTS", "UnlearnOptions", "add_forget_experts", "frozen_experts", "load_rows", "kmeans",
            "prepare_alter", "UnlearnData", "AlterData", "alter_loss", "OptionError", "CheckpointError", "UnlearnInterrupted"]

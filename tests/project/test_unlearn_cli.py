@@ -204,7 +204,8 @@ def test_console_scripts_and_module_run():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "setup.py")) as f:
         scripts = dict(re.findall(r'"(alter-\w+)=([\w.]+:\w+)"', f.read()))
-    assert scripts == {"alter-unlearn": "alter_kernels.cli.unlearn:main", "alter-eval": "alter_kernels.cli.eval:main"}
+    assert scripts == {"alter-unlearn": "alter_kernels.cli.unlearn:main", "alter-eval": "alter_kernels.cli.eval:main",
+                       "alter-finetune": "alter_kernels.cli.finetune:main"}
     assert callable(cli.main) and callable(eval_cli.main)
     res = subprocess.run([sys.executable, "-m", "alter_kernels.cli", "--help"], capture_output=True, text=True,
                          cwd=root, env={**os.environ, "PYTHONPATH": root})
