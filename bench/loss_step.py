@@ -29,7 +29,7 @@ from bench.common import machine, md_table, peak_memory, timed_call, write_resul
 import alter_kernels as ak  # noqa: E402
 from alter_kernels.unlearn import heads  # noqa: E402
 from alter_kernels.unlearn import methods as M  # noqa: E402
-from alter_kernels.unlearn.options import DEFAULTS  # noqa: E402
+from alter_kernels.unlearn.options import UnlearnOptions  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -61,12 +61,11 @@ def make_batch(vocab, batch, seq, g, device="cpu"):
 
 def steps(method, model, batch):
     """(name -> step function) for the three variants of one method."""
-    hp = dict(DEFAULTS)
-
     def loss_step(fused):
+        opts = UnlearnOptions(fused_loss="auto" if fused else "off")
+
         def run():
-            hp["fused_loss"] = "auto" if fused else "off"
-            loss, _ = M.METHODS[method].loss(model, batch, hp, ref_model=None, forward=None, reduce=None)
+            loss, _ = M.METHODS[method].loss(model, batch, opts, ref_model=None, forward=None, reduce=None)
             loss.backward()
             model.zero_grad(set_to_none=True)
             return None
