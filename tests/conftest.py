@@ -17,8 +17,9 @@ def pytest_configure(config):
                                        "tiny shapes on the CPU with ALTER_GPU_CHECK=tiny (scripts/gpu_check.sh)")
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup runs a group in one worker")
     config.addinivalue_line("markers", "network: needs PyPI (skipped with ALTER_OFFLINE=1)")
-    config.addinivalue_line("markers", "heavy: a build check of a minute or more (nvcc, CMake/libtorch, Triton to cubin, "
-                                       "fresh-venv install, gpu_check --dry-run); `bash scripts/test.sh` skips them, "
+    config.addinivalue_line("markers", "heavy: a check of a minute or more: the build checks (nvcc, CMake/libtorch, Triton "
+                                       "to cubin, fresh-venv install, gpu_check --dry-run) and the real-model TOFU pipeline; "
+                                       "`bash scripts/test.sh` skips them, "
                                        "`bash scripts/test.sh --full` and CI (.ci/run) run them")
 
 

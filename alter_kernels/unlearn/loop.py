@@ -149,7 +149,7 @@ def _train_step(run, st: TrainState, step: int, epoch: int, k: int) -> dict:
         where = (f"the last good checkpoint is {st.last_ckpt}" if st.last_ckpt else
                  "no checkpoint was written yet (set out_dir and checkpoint_every)")
         write_run_json(run, HISTORY_NAME, st.history)
-        raise UnlearnDivergedError(f"unlearn[{run.method}]: {bad} at step {step + 1}; stopping. The model keeps "
+        raise UnlearnDivergedError(f"{label(run.method)}: {bad} at step {step + 1}; stopping. The model keeps "
                                    f"the weights of step {step}; {where}.", step, st.last_ckpt, st.history)
     st.optimizer.step()
     st.optimizer.zero_grad(set_to_none=True)
@@ -174,9 +174,15 @@ def _interrupted(run, st: TrainState, step: int):
     """Ctrl-C during the previous step: checkpoint and stop."""
     ckpt.save_run_checkpoint(run, st, step)
     write_run_json(run, HISTORY_NAME, st.history)
-    return UnlearnInterrupted(f"unlearn[{run.method}]: interrupted after step {step} of {st.total}; the "
+    return UnlearnInterrupted(f"{label(run.method)}: interrupted after step {step} of {st.total}; the "
                               f"checkpoint {st.last_ckpt} holds that state (resume=True continues)",
                               step, st.last_ckpt)
+
+
+def label(method: str) -> str:
+    """How progress bars and messages name a run: ``finetune`` / ``finetune_lora`` as they are,
+    every unlearning method as ``unlearn[<method>]``."""
+    return method if method.startswith("finetune") else f"unlearn[{method}]"
 
 
 def train(run, st: TrainState, callback: Callable | None = None) -> None:
@@ -185,7 +191,7 @@ def train(run, st: TrainState, callback: Callable | None = None) -> None:
     bar = None
     if run.show:
         from tqdm.auto import tqdm
-        bar = tqdm(total=st.total, initial=st.start, desc=f"unlearn[{run.method}]", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=st.total, initial=st.start, desc=label(run.method), unit="step", dynamic_ncols=True)
     run.model.train()
     sigint = _DeferredSigint().__enter__() if run.out_dir is not None and run.dist is None else None
     try:

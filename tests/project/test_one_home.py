@@ -7,7 +7,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-
 from alter_kernels.common import constants
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
