@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from alter_kernels.common.fsio import atomic_write, ensure_dir, write_json  # noqa: E402
 from alter_kernels.model.load import load_tokenizer  # noqa: E402
-from alter_kernels.realknow.data import FORGET_WORDINGS  # noqa: E402
+from alter_kernels.realknow.data import FORGET_WORDINGS, NEIGHBOUR_KINDS  # noqa: E402
 from alter_kernels.realknow.score import prompt_ids  # noqa: E402
 from router_scorers import GRID, SCORERS, choose_dev, evaluate, fit_scorer, prefix_match_routes  # noqa: E402
 
@@ -89,6 +89,8 @@ def split_sets(fam: dict, augments=()) -> dict:
     groups = {k: v for k, v in groups.items() if v}
     groups.update(retain_train=rows["retain_train"], neighbour=rows["neighbour"], mention=rows["mention"],
                   homonym=rows["homonym"], general_eval=general[1::2])
+    for k in NEIGHBOUR_KINDS:              # the held-out neighbours by kind (reported, not used to choose)
+        groups[k] = [r for r in rows["neighbour"] if r["kind"] == k]
     return {"pos": pos, "neg": list(rows["retain_train"]) + general[0::2], "groups": groups}
 
 
@@ -215,7 +217,7 @@ def family_table(ev: dict, title: str) -> list[str]:
     lines.append("| recall, all rows | " + " | ".join(_fmt(ev["recall"][k]["all"]) for k in fams) + " |")
     lines.append("| recall, base-known rows | " + " | ".join(
         f"{_fmt(ev['recall'][k]['known'])} (n={ev['recall'][k]['n_known']})" for k in fams) + " |")
-    negs = ("retain_train",) + NEG_FAMILIES
+    negs = ("retain_train",) + NEG_FAMILIES[:1] + NEIGHBOUR_KINDS + NEG_FAMILIES[1:]
     lines += ["", "| routed (false positive) | " + " | ".join(negs) + " |", "|---" * (len(negs) + 1) + "|",
               "| rate | " + " | ".join(f"{_fmt(ev['fp'][k]['rate'])} ({ev['fp'][k]['routed']}/{ev['fp'][k]['n']})"
                                        for k in negs) + " |", ""]
