@@ -9,7 +9,9 @@ TOFU-format files, from the command line.
 the embedded benchmark's ``forget10.json``, ``retain90.json``, ``real_authors.json``,
 ``world_facts.json``), or the four files. Forget quality needs the retain model's forget-set
 truth ratios: ``--retain-model`` computes them (``--save-reference`` keeps them for later runs),
-``--reference`` reads them back (or the ``eval.json`` of an earlier run of the retain model).
+``--reference`` reads them back (or the ``eval.json`` of an earlier run of the retain model). The
+retain model's greedy forget / retain answers, generated with it and kept in the reference, are
+what the answers' degenerate shares are judged against (one fluency line per split; n/a without).
 
 An ALTER adapter directory (``adapter_config.json`` written by ``ak.save_adapter``) is loaded by
 patching the model with the adapter's config and ``ak.load_adapter``; a PEFT adapter directory
