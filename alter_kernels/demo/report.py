@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..eval.fluency import DEGENERATE_QUANTILE, REPETITION_N
+
 def summary(res: dict, seconds: float) -> dict:
     """The table row of one model's evaluate_tofu result (with its forget / retain answers' fluency:
     repetition and degenerate share, None when not judged against the retain model)."""
@@ -50,8 +52,9 @@ def _num(v) -> str:
     return "n/a" if v is None else v if isinstance(v, str) else f"{v:.3f}"
 
 
-FLUENCY_NOTE = ("forget rep.: mean bigram repetition of the greedy forget answers; degenerate: share of them "
-                "above the retain model's 95th-percentile repetition on the same questions (docs/benchmark.md)")
+FLUENCY_NOTE = (f"forget rep.: mean {REPETITION_N}-gram repetition of the greedy forget answers; degenerate: share "
+                f"of them above the {DEGENERATE_QUANTILE:.0%} quantile of the retain model's repetition on the same "
+                "questions (docs/benchmark.md)")
 
 
 def _hm(a, b):

@@ -1,6 +1,6 @@
 """Fluency of a model's open-ended answers and of its language modelling (issues 21 and 24).
 
-Two kinds of measure, for any Hugging Face causal LM (patched or not):
+Measures of generations and of language modelling, for any Hugging Face causal LM (patched or not):
 
 - **text statistics** of generations (no model needed): :func:`fluency_stats` gives the
   repetition rate (share of a generation's n-grams that repeat an earlier n-gram of the same
@@ -9,10 +9,10 @@ Two kinds of measure, for any Hugging Face causal LM (patched or not):
   generations whose repetition exceeds a threshold taken from a reference model's own
   generations (:func:`repetition_threshold`, e.g. its 95th percentile), so "degenerate" is
   judged against what the reference does, not an absolute number;
-- **model measures**: :func:`open_generations` (greedy answers to open prompts such as
-  "Tell me about ...", through a :class:`~alter_kernels.eval.format.QAFormat`) and
-  :func:`text_nll` (mean token NLL of plain text passages, the first token excepted);
-  :func:`nll_ratio` divides a model's passage NLL by the base model's;
+- **model measures** live in :mod:`.fluency_model` (``open_generations``, greedy answers to open
+  prompts, and ``text_nll``, mean token NLL of plain passages; they call the model through
+  :mod:`.tofu`, which imports this module); :func:`nll_ratio` divides a model's passage NLL by
+  the base model's;
 - **results per split** (issue 24): :func:`split_fluency` gives one split's statistics with the
   degenerate share judged against a reference model's generations on the same questions (the
   retain model in TOFU terms; ``None`` without one), :func:`split_results` the ``fluency_forget``
@@ -28,10 +28,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .format import QAFormat
 from .metrics import distinct_n, repetition_rate, rouge_tokens
 
-OPEN_MAX_NEW_TOKENS = 56       # open-ended answers: long enough for a loop to show, short for CPU
 REPETITION_N = 2               # n of the repetition rate reported as "repetition"
 DEGENERATE_QUANTILE = 0.95     # a generation is degenerate above this quantile of the reference's
 
@@ -76,33 +74,6 @@ def fluency_stats(texts: Sequence[str], n: int = REPETITION_N, threshold: float 
     if threshold is not None:
         out["degenerate_share"] = degenerate_share(texts, threshold, n)
     return out
-
-
-def open_generations(model, tokenizer, prompts: Sequence[str], fmt: QAFormat | None = None,
-                     max_new_tokens: int = OPEN_MAX_NEW_TOKENS, batch_size: int = 16) -> list[str]:
-    """Greedy answers (decoded, special tokens skipped) to open-ended prompts."""
-    from .tofu import greedy_generate
-    fmt = fmt or QAFormat()
-    ids = [fmt.prompt_ids(tokenizer, p) for p in prompts]
-    outs = greedy_generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
-
-
-def text_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> float:
-    """Mean token NLL of plain passages (with the tokenizer's special tokens; every token after
-    the first is scored), averaged over the tokens of all passages."""
-    from .tofu import sequence_nll
-    pairs = []
-    for t in texts:
-        ids = list(tokenizer(t, add_special_tokens=True).input_ids)
-        if len(ids) < 2:
-            raise ValueError(f"text_nll: passage too short to score: {t!r}")
-        pairs.append((ids, ids))
-    if not pairs:
-        raise ValueError("text_nll: no passages")
-    per = sequence_nll(model, tokenizer, pairs, batch_size=batch_size, reduction="sum")
-    tokens = sum(len(ids) - 1 for ids, _ in pairs)
-    return float(per.sum()) / tokens
 
 
 def nll_ratio(nll: float, base_nll: float) -> float:

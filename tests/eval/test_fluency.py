@@ -1,4 +1,4 @@
-"""alter_kernels.eval.fluency on hand-made strings (no model) and on the tiny test Llama."""
+"""alter_kernels.eval.fluency on hand-made strings (no model), eval.fluency_model on the tiny test Llama."""
 import math
 
 import pytest
@@ -60,7 +60,8 @@ def test_text_nll_matches_hand_computation():
 
     model, tok = tiny_llama(), CharTok()
     texts = ["the cat sat on the mat", "a b c"]
-    got = fl.text_nll(model, tok, texts)
+    from alter_kernels.eval.fluency_model import text_nll
+    got = text_nll(model, tok, texts)
     tot, n = 0.0, 0
     with torch.no_grad():
         for t in texts:

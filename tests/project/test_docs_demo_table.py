@@ -107,7 +107,7 @@ def test_demo_table_shows_forget_repetition_and_degenerate_share():
     md = markdown_table(res).splitlines()
     assert md[0].endswith("| retain ROUGE-L | forget repetition | degenerate | HM |")
     assert md[4] == f"| loop | 0.9 | 0.800 | 0.100 | 0.900 | 0.910 | 0.750 | {scores['loop']:.3f} |"
-    assert "above the retain model's 95th-percentile repetition" in markdown_table(res)
+    assert "above the 95% quantile of the retain model's repetition" in markdown_table(res)
     old = {"methods": {n: _row(m["forget_quality"], m["model_utility"]) for n, m in table.items()},
            "hm_fq_utility_ratio": scores, "benchmark": {}}
     assert markdown_table(old).splitlines()[0].endswith("| retain ROUGE-L | HM |")   # older results: same table
