@@ -31,8 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from alter_kernels.demo.protocol import (DEV_SEED, SELECTED_PATH, TEST_SEEDS, bench_for,  # noqa: E402
-                                         evaluate, hm_score, load_split)
+from alter_kernels.demo.protocol import (DEV_SEED, SCORES, SELECTED_PATH, SELECTION_SCORE,  # noqa: E402
+                                         TEST_SEEDS, bench_for, evaluate, hm_score, load_split, selection_score)
 from alter_kernels.common.fsio import atomic_write, json_safe, write_json  # noqa: E402
 from alter_kernels.demo import METHODS, method_hparams, run_method  # noqa: E402
 
@@ -69,16 +69,23 @@ class Seed:
         self.split = load_split(self.bench)
         self.finetuned = self.bench.load_model("finetuned").eval()
         key = f"{seed}|reference"
-        if key not in cells:
+        cell = cells.get(key, {})
+        if "ref_gens" not in cell:          # also cells cached before issue 24: add the retain model's answers
             rt = self.bench.load_model("retain").eval()
             r_rt = evaluate(rt, self.tok, self.split)
-            r_ft = evaluate(self.finetuned, self.tok, self.split, r_rt["forget"]["truth_ratios"])
-            cells[key] = {"ref": r_rt["forget"]["truth_ratios"], "mu_ft": r_ft["model_utility"],
-                          "fq_ft": r_ft["forget_quality"], "mu_retain": r_rt["model_utility"],
-                          "forget_rouge_ft": r_ft["forget_rouge"]}
+            gens = {s: r_rt[s]["generations"] for s in ("forget", "retain")}
+            new = {"ref": r_rt["forget"]["truth_ratios"], "mu_retain": r_rt["model_utility"], "ref_gens": gens,
+                   "forget_repetition_retain": r_rt["fluency_forget"]["repetition"]}
+            if "mu_ft" not in cell:
+                r_ft = evaluate(self.finetuned, self.tok, self.split, new["ref"], ref_gens=gens)
+                new.update(mu_ft=r_ft["model_utility"], fq_ft=r_ft["forget_quality"],
+                           forget_rouge_ft=r_ft["forget_rouge"], forget_repetition_ft=r_ft["fluency_forget"]["repetition"])
+            cells[key] = {**new, **cell}       # what was cached stays as it was
             save_cells(preset, cells)
         self.ref = cells[key]["ref"]
+        self.ref_gens = cells[key]["ref_gens"]
         self.mu_ft = cells[key]["mu_ft"]
+        self.rep_retain = cells[key]["forget_repetition_retain"]
 
 
 def run_cell(s: Seed, method: str, hp: dict) -> dict:
@@ -99,12 +106,17 @@ def run_cell(s: Seed, method: str, hp: dict) -> dict:
     finally:
         ak.unlearn = orig
     model.eval()
-    r = evaluate(model, s.tok, s.split, s.ref)
+    r = evaluate(model, s.tok, s.split, s.ref, ref_gens=s.ref_gens)
+    ff = r["fluency_forget"]
     out = {"fq": r["forget_quality"], "mu": r["model_utility"], "hm": hm_score(r["forget_quality"],
                                                                               r["model_utility"], s.mu_ft),
+           "hm_fluency": selection_score(r["forget_quality"], r["model_utility"], s.mu_ft, ff["repetition"],
+                                         s.rep_retain, "hm_fluency"),
            "forget_rouge": r["forget_rouge"], "retain_rouge": r["retain_rouge"], "train_s": secs,
            "total_s": time.perf_counter() - t0, "hparams": hp,
-           "repetition": r["fluency"]["repetition_rate_2"]}
+           "repetition": r["fluency"]["repetition_rate_2"], "forget_repetition": ff["repetition"],
+           "forget_degenerate": ff["degenerate_share"],
+           "retain_degenerate": r["fluency_retain"]["degenerate_share"]}
     ur = res_holder.get("r")
     if ur is not None and method in ("alter", "asymlora"):
         out["threshold"] = getattr(ur.config, "threshold", None)
@@ -135,24 +147,35 @@ def stage_dev(preset, methods, cells):
             _run_and_save(preset, s, m, k, cells, "dev")
 
 
-def select(preset, cells) -> dict:
+def cell_score(cells, seed, c: dict, score: str) -> float:
+    """A cell's selection score (alter_kernels.demo.protocol.selection_score) from its cached numbers."""
+    ref = cells[f"{seed}|reference"]
+    if score == "hm_fluency" and ("forget_repetition" not in c or "forget_repetition_retain" not in ref):
+        raise SystemExit(f"bench/sweep.py: a seed-{seed} cell ({c.get('k')}) was cached before issue 24 and holds no "
+                         "forget-answer repetition: rerun it (remove it from the cells file) or use --score hm")
+    return selection_score(c["fq"], c["mu"], ref["mu_ft"], c.get("forget_repetition"),
+                           ref.get("forget_repetition_retain"), score)
+
+
+def select(preset, cells, score: str = SELECTION_SCORE) -> dict:
     chosen = {}
     for m in METHODS:
         rows = [(k, cells.get(f"{DEV_SEED}|{m}|{k}")) for k in GRID]
-        rows = [(k, c) for k, c in rows if c]
+        rows = [(k, c, cell_score(cells, DEV_SEED, c, score)) for k, c in rows if c]
         if not rows:
             continue
-        k, c = max(rows, key=lambda kc: (kc[1]["hm"] or 0.0, kc[1]["fq"] or 0.0))
-        chosen[m] = {"k": k, "hparams": method_hparams(m, k), "dev_hm": c["hm"], "dev_fq": c["fq"], "dev_mu": c["mu"]}
+        k, c, sc = max(rows, key=lambda r: (r[2] or 0.0, r[1]["fq"] or 0.0))
+        chosen[m] = {"k": k, "hparams": method_hparams(m, k), "score": score, "dev_score": sc, "dev_hm": c["hm"],
+                     "dev_fq": c["fq"], "dev_mu": c["mu"], "dev_forget_repetition": c.get("forget_repetition")}
     return chosen
 
 
-def stage_select(preset, cells):
-    chosen = select(preset, cells)
+def stage_select(preset, cells, score=SELECTION_SCORE):
+    chosen = select(preset, cells, score)
     data = json.load(open(SELECTED_PATH)) if os.path.exists(SELECTED_PATH) else {}
     data["protocol"] = (f"bench/sweep.py: grid k in {list(GRID)} (one multiplier of all of a method's learning rates), "
-                        f"selected on the DEV benchmark (corpus seed {DEV_SEED}) by the harmonic mean of (forget "
-                        "quality, utility / finetuned utility), ties by forget quality; reported on TEST seeds "
+                        f"selected on the DEV benchmark (corpus seed {DEV_SEED}) by the score {score!r} "
+                        "(alter_kernels.demo.protocol.selection_score), ties by forget quality; reported on TEST seeds "
                         f"{list(TEST_SEEDS)}")
     data[preset] = {m: v["hparams"] for m, v in chosen.items()}
     data[f"{preset}_dev"] = chosen
@@ -160,8 +183,8 @@ def stage_select(preset, cells):
     print(json.dumps(chosen, indent=1))
 
 
-def stage_test(preset, methods, cells, seeds):
-    chosen = select(preset, cells)
+def stage_test(preset, methods, cells, seeds, score=SELECTION_SCORE):
+    chosen = select(preset, cells, score)
     for seed in seeds:
         s = Seed(preset, seed, cells)
         for m in methods:
@@ -179,9 +202,9 @@ def _ms(vals):
     return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
 
 
-def stage_table(preset, cells):
-    chosen = select(preset, cells)
-    lines = [f"### {preset} preset: DEV grid (corpus seed {DEV_SEED}; cells FQ / MU / HM)", "",
+def stage_table(preset, cells, score=SELECTION_SCORE):
+    chosen = select(preset, cells, score)
+    lines = [f"### {preset} preset: DEV grid (corpus seed {DEV_SEED}; cells FQ / MU / HM; selected by {score})", "",
              "| method | " + " | ".join(f"x{k}" for k in GRID) + " | selected |",
              "|---|" + "---|" * (len(GRID) + 1)]
     for m in METHODS:
@@ -192,8 +215,8 @@ def stage_table(preset, cells):
         lines.append(f"| {m} | " + " | ".join(row) + f" | x{chosen[m]['k'] if m in chosen else '-'} |")
     seeds_done = sorted({int(k.split('|')[0]) for k in cells if k.split('|')[0] != str(DEV_SEED)})
     lines += ["", f"### {preset} preset: TEST (corpus seeds {list(TEST_SEEDS)}, DEV-selected values; mean ± std)", "",
-              "| method | k | seeds | forget quality | model utility | MU / finetuned | HM | router acc (F / R) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | k | seeds | forget quality | model utility | MU / finetuned | HM | forget repetition | "
+              "router acc (F / R) |", "|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     for m in METHODS:
         if m not in chosen:
@@ -212,12 +235,18 @@ def stage_table(preset, cells):
         if ra:
             ra_s = (f"{statistics.mean(r['forget'] for r in ra):.2f} / "
                     f"{statistics.mean(r['retain'] for r in ra):.2f}")
-        lines.append(f"| {m} | x{k} | {len(cs)} | {_ms(fq)} | {_ms(mu)} | {_ms(ratio)} | {_ms(hm)} | {ra_s} |")
+        rep = [c.get("forget_repetition") for _, c in cs]
+        lines.append(f"| {m} | x{k} | {len(cs)} | {_ms(fq)} | {_ms(mu)} | {_ms(ratio)} | {_ms(hm)} | {_ms(rep)} | "
+                     f"{ra_s} |")
         summary[m] = {"k": k, "seeds": [sd for sd, _ in cs], "fq": fq, "mu": mu, "mu_ratio": ratio, "hm": hm,
-                      "hm_mean": statistics.mean(hm)}
+                      "hm_mean": statistics.mean(hm), "forget_repetition": rep}
     refs = [(sd, cells.get(f"{sd}|reference")) for sd in TEST_SEEDS]
     lines += ["", "finetuned model per TEST seed (FQ / MU): " +
               ", ".join(f"seed {sd}: {c['fq_ft']:.2g} / {c['mu_ft']:.3f}" for sd, c in refs if c)]
+    rr = [(sd, c["forget_repetition_retain"]) for sd, c in refs if c and "forget_repetition_retain" in c]
+    if rr:
+        lines += ["", "retain model's forget-answer repetition per TEST seed: " +
+                  ", ".join(f"seed {sd}: {r:.3f}" for sd, r in rr)]
     text = "\n".join(lines) + "\n"
     os.makedirs(OUT_DIR, exist_ok=True)
     atomic_write(os.path.join(OUT_DIR, f"{preset}_table.md"), text)
@@ -234,6 +263,8 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default=",".join(map(str, TEST_SEEDS)))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--score", choices=SCORES, default=SELECTION_SCORE,
+                    help="DEV selection score (alter_kernels.demo.protocol.selection_score)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
@@ -241,11 +272,11 @@ def main(argv=None):
     if args.stage in ("dev", "all"):
         stage_dev(args.preset, methods, cells)
     if args.stage in ("select", "all"):
-        stage_select(args.preset, cells)
+        stage_select(args.preset, cells, args.score)
     if args.stage in ("test", "all"):
-        stage_test(args.preset, methods, cells, [int(x) for x in args.seeds.split(",")])
+        stage_test(args.preset, methods, cells, [int(x) for x in args.seeds.split(",")], args.score)
     if args.stage in ("table", "all"):
-        stage_table(args.preset, cells)
+        stage_table(args.preset, cells, args.score)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ TOFU-format files, from the command line.
 the embedded benchmark's ``forget10.json``, ``retain90.json``, ``real_authors.json``,
 ``world_facts.json``), or the four files. Forget quality needs the retain model's forget-set
 truth ratios: ``--retain-model`` computes them (``--save-reference`` keeps them for later runs),
-``--reference`` reads them back (or the ``eval.json`` of an earlier run of the retain model).
+``--reference`` reads them back (or the ``eval.json`` of an earlier run of the retain model). The
+retain model's greedy forget / retain answers, generated with it and kept in the reference, are
+what the answers' degenerate shares are judged against (one fluency line per split; n/a without).
 
 An ALTER adapter directory (``adapter_config.json`` written by ``ak.save_adapter``) is loaded by
 patching the model with the adapter's config and ``ak.load_adapter``; a PEFT adapter directory
@@ -34,7 +36,7 @@ import warnings
 from ..common.fsio import ensure_dir, json_safe, write_json
 from ._common import OneLineParser, add_chat_template_option, unescape_newlines
 from .eval_inputs import (REFERENCE_FORMAT, SPLITS, RunError, UsageError, read_json_file, read_reference,
-                          resolve_data, rows_fingerprint)
+                          reference_generations, resolve_data, rows_fingerprint)
 
 PROG = "alter-eval"
 
@@ -171,11 +173,22 @@ def format_table(res: dict) -> str:
                      f"{'-' if tr is None else format(tr, '.4f'):>13}")
     lines.append("  truth ratio column: forget mean(min(R, 1/R)); others mean(max(0, 1 - R)); "
                  "real authors / world facts probability P_true / (P_true + sum P_false)")
-    fl = res.get("fluency", {})
-    if fl:
-        lines.append(f"fluency (forget + retain answers): distinct-2 {fl['distinct_2']:.3f}, "
-                     f"repetition rate {fl['repetition_rate_2']:.3f}")
+    for s in ("forget", "retain"):
+        if res.get(f"fluency_{s}"):
+            lines.append(fluency_line(s, res[f"fluency_{s}"]))
     return "\n".join(lines)
+
+
+def fluency_line(split: str, fl: dict) -> str:
+    """One split's fluency line: repetition, distinct-1/2, mean length, degenerate share (or why not)."""
+    deg = ("n/a (no retain-model answers to judge against: --retain-model, or a --reference that holds them)"
+           if fl.get("degenerate_share") is None else
+           f"{fl['degenerate_share']:.3f} (repetition above the retain model's {fl['degenerate_quantile']:.0%} "
+           f"quantile {fl['degenerate_threshold']:.3f}; its own share {fl['reference_degenerate_share']:.3f}, "
+           f"its repetition {fl['reference_repetition']:.3f})")
+    return (f"fluency, {split} answers: repetition ({fl['repetition_n']}-grams) {fl['repetition']:.3f}, distinct-1 "
+            f"{fl['distinct_1']:.3f}, distinct-2 {fl['distinct_2']:.3f}, mean length {fl['mean_words']:.1f} words, "
+            f"degenerate {deg}")
 
 
 # --------------------------------------------------------------------------------------- main
@@ -235,21 +248,30 @@ def _seed_device_tokenizer(args, model_name: str):
     return device, tok
 
 
-def _reference(args, forget: list, tok, fmt, device, fingerprint: str, forget_file: str):
-    """The retain model's forget-set truth ratios (--reference, or computed from --retain-model and
-    saved with --save-reference), or None; and what the output's meta records about them."""
-    from ..eval.tofu import truth_ratios
+def _reference(args, rows: dict, tok, fmt, device, fingerprint: str, forget_file: str):
+    """The retain model's forget-set truth ratios and its greedy forget / retain answers (the
+    fluency reference) from --reference, or computed from --retain-model and saved with
+    --save-reference; (None, {}) without either; and what the output's meta records about them."""
+    from ..eval.tofu import generate_answers, truth_ratios
+    retain_fp = rows_fingerprint(rows["retain"])
     if args.reference:
-        reference, _ = read_reference(args.reference, args.truth_ratio, fingerprint)
-        return reference, {"reference": os.path.abspath(args.reference), "reference_n": len(reference)}
+        reference, ref = read_reference(args.reference, args.truth_ratio, fingerprint)
+        gens, notes = reference_generations(ref, retain_fp, {s: len(rows[s]) for s in ("forget", "retain")},
+                                            args.max_new_tokens)
+        for note in notes:
+            _note(f"--reference {args.reference}: {note}: no degenerate share for that split")
+        return reference, gens, {"reference": os.path.abspath(args.reference), "reference_n": len(reference)}
     if not args.retain_model:
-        _note("no --retain-model / --reference: forget quality is not computed")
-        return None, {}
-    _note(f"retain model {args.retain_model}: forget-set truth ratios")
+        _note("no --retain-model / --reference: forget quality and degenerate shares are not computed")
+        return None, {}, {}
+    _note(f"retain model {args.retain_model}: forget-set truth ratios and forget / retain answers")
     retain_model = load_model(args.retain_model, args, device)
-    tr = truth_ratios(retain_model, tok, forget, fmt, args.batch_size, mode=args.truth_ratio,
+    tr = truth_ratios(retain_model, tok, rows["forget"], fmt, args.batch_size, mode=args.truth_ratio,
                       progress="retain model: forget" if not args.no_progress else False)
     reference = tr["ratio"].tolist()
+    gens = {s: generate_answers(retain_model, tok, [r["question"] for r in rows[s]], fmt, args.max_new_tokens,
+                                args.batch_size, progress=f"retain model: {s} answers" if not args.no_progress else False)
+            for s in ("forget", "retain")}
     del retain_model, tr
     if args.save_reference:
         ensure_dir(os.path.dirname(os.path.abspath(args.save_reference)))
@@ -257,9 +279,10 @@ def _reference(args, forget: list, tok, fmt, device, fingerprint: str, forget_fi
             "format": REFERENCE_FORMAT, "format_version": 1, "truth_ratio": args.truth_ratio,
             "retain_model": _model_name(args.retain_model), "forget_file": os.path.abspath(forget_file),
             "task_id": args.task_id, "forget_fingerprint": fingerprint, "prompt_format": args.prompt_format,
-            "chat_template": args.chat_template_used, "n": len(reference), "truth_ratios": reference}))
+            "chat_template": args.chat_template_used, "n": len(reference), "truth_ratios": reference,
+            "retain_fingerprint": retain_fp, "max_new_tokens": args.max_new_tokens, "generations": gens}))
         _note(f"reference written to {args.save_reference}")
-    return reference, {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
+    return reference, gens, {"retain_model": _model_name(args.retain_model), "reference_n": len(reference)}
 
 
 def _meta(args, model_name: str, adapter_kind, ref_meta: dict, files: dict, fingerprint: str, device,
@@ -304,7 +327,7 @@ def _run(args) -> int:
     fmt = QAFormat(template=args.prompt_format, chat=chat, system_prompt=args.system_prompt)
     args.chat_template_used = chat
     t0 = time.perf_counter()
-    reference, ref_meta = _reference(args, rows["forget"], tok, fmt, device, fingerprint, files["forget"])
+    reference, ref_gens, ref_meta = _reference(args, rows, tok, fmt, device, fingerprint, files["forget"])
 
     model = load_model(model_name, args, device)
     if args.adapter:
@@ -313,8 +336,9 @@ def _run(args) -> int:
     res = evaluate_tofu(model, tok, rows["forget"], rows["retain"], rows["real_authors"], rows["world_facts"],
                         reference_truth_ratios=reference, fmt=fmt, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, keep_rows=args.keep_rows,
-                        truth_ratio=args.truth_ratio, progress=not args.no_progress)
+                        truth_ratio=args.truth_ratio, progress=not args.no_progress, reference_generations=ref_gens)
     res["meta"] = _meta(args, model_name, adapter_kind, ref_meta, files, fingerprint, device, time.perf_counter() - t0)
+    res["meta"]["retain_fingerprint"] = rows_fingerprint(rows["retain"])
     first = ("forget_quality", "model_utility")
     res = {**{k: res[k] for k in first if k in res}, **{k: v for k, v in res.items() if k not in first}}
     ensure_dir(os.path.dirname(os.path.abspath(args.out)))

@@ -110,3 +110,28 @@ def read_reference(path: str, truth_ratio: str, fingerprint: str) -> tuple[list[
         raise UsageError(f"--reference {path} was computed on other forget questions than --data's "
                          f"(fingerprint {fp} vs {fingerprint}); check --data / --task-id")
     return ratios, ref
+
+
+def reference_generations(ref: dict, retain_fingerprint: str, n: dict, max_new_tokens: int) -> tuple[dict, list]:
+    """The retain model's greedy answers {"forget": [...], "retain": [...]} held by a reference file
+    (``generations`` of a --save-reference file, or ``forget`` / ``retain`` ``generations`` of an
+    alter-eval output), keeping a split only when it answers the same questions (row count, the retain
+    fingerprint when recorded) with the same max_new_tokens; and one note per split left out."""
+    if ref.get("format") == REFERENCE_FORMAT:
+        gens, fp, mnt = ref.get("generations") or {}, ref.get("retain_fingerprint"), ref.get("max_new_tokens")
+    else:
+        gens = {s: (ref.get(s) or {}).get("generations") for s in ("forget", "retain")}
+        fp, mnt = (ref.get("meta") or {}).get("retain_fingerprint"), ref.get("max_new_tokens")
+    out, notes = {}, []
+    for s in ("forget", "retain"):
+        g = gens.get(s) if isinstance(gens, dict) else None
+        why = ("it holds no generations" if not isinstance(g, list) or not all(isinstance(t, str) for t in g) else
+               f"{len(g)} generations for {n[s]} questions" if len(g) != n[s] else
+               "other retain questions (fingerprint)" if s == "retain" and fp is not None and fp != retain_fingerprint
+               else f"generated with max_new_tokens {mnt}, not {max_new_tokens}" if mnt is not None
+               and mnt != max_new_tokens else None)
+        if why:
+            notes.append(f"{s} answers: {why}")
+        else:
+            out[s] = g
+    return out, notes

@@ -61,13 +61,48 @@ def hm_score(fq: float, mu: float, mu_ft: float) -> float:
     return 0.0 if a <= 0 or b <= 0 or not math.isfinite(a) or not math.isfinite(b) else 2 * a * b / (a + b)
 
 
-def evaluate(model, tok, split: dict, ref=None, batch_size: int = 16, max_new_tokens: int = 32) -> dict:
+SCORES = ("hm", "hm_fluency")
+SELECTION_SCORE = "hm_fluency"      # the DEV selection default (bench/sweep.py --score)
+
+
+def selection_score(fq: float, mu: float, mu_ft: float, forget_repetition: float | None = None,
+                    retain_forget_repetition: float | None = None, score: str = SELECTION_SCORE) -> float:
+    """The score hyper-parameters are selected by on DEV (issue 24).
+
+    - ``"hm"``: :func:`hm_score`, the harmonic mean of (forget quality, utility / finetuned utility);
+    - ``"hm_fluency"`` (default): that HM times the fluency ratio
+      :func:`~alter_kernels.eval.fluency.fluency_ratio` = (1 - r) / (1 - r_retain), capped at 1,
+      where r is the mean bigram repetition of the method's greedy forget answers and r_retain the
+      retain model's on the same questions.
+
+    Why a product and not a three-way harmonic mean: forget quality (a KS p-value) rewards a looping
+    forget answer as much as a fluent wrong one, so fluency needs its own term. With the ratio capped
+    at 1, a method that repeats no more than the retain model keeps exactly its HM (fluent settings
+    are ranked as before, on the same scale as the published HM tables), while a loop (r -> 1) pulls
+    the score to 0 in proportion to its excess repetition. A three-way harmonic mean would lift
+    every fluent score above its HM (HM(a, b, 1) > HM(a, b)) and change the scale of the tables.
+    """
+    if score not in SCORES:
+        raise ValueError(f"selection_score: score must be one of {SCORES}, got {score!r}")
+    hm = hm_score(fq, mu, mu_ft)
+    if score == "hm":
+        return hm
+    if forget_repetition is None or retain_forget_repetition is None:
+        raise ValueError("selection_score('hm_fluency') needs the forget-answer repetition of the method and of "
+                         "the retain model")
+    from ..eval.fluency import fluency_ratio
+    return hm * fluency_ratio(forget_repetition, retain_forget_repetition)
+
+
+def evaluate(model, tok, split: dict, ref=None, batch_size: int = 16, max_new_tokens: int = 32,
+             ref_gens: dict | None = None) -> dict:
     """TOFU suite (evaluate_tofu) through the default inference rule (a patched model routes by the
-    base model's entropies, ``AlterConfig.inference_entropy="base"``); returns the full result dict."""
+    base model's entropies, ``AlterConfig.inference_entropy="base"``); returns the full result dict.
+    ``ref_gens``: the retain model's forget / retain answers (degenerate shares, issue 24)."""
     from ..eval import QAFormat, evaluate_tofu
     return evaluate_tofu(model, tok, split["forget"], split["retain_eval"], split["real"], split["world"],
                          reference_truth_ratios=ref, fmt=QAFormat(), batch_size=batch_size,
-                         max_new_tokens=max_new_tokens)
+                         max_new_tokens=max_new_tokens, reference_generations=ref_gens)
 
 
 def load_selected(preset: str) -> dict | None:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 
+from ..eval.fluency import DEGENERATE_QUANTILE, REPETITION_N
+
 def summary(res: dict, seconds: float) -> dict:
-    """The table row of one model's evaluate_tofu result."""
-    return {"forget_quality": float(res.get("forget_quality", float("nan"))),
-            "model_utility": float(res["model_utility"]), "forget_rouge": float(res["forget_rouge"]),
-            "retain_rouge": float(res["retain_rouge"]), "seconds": float(seconds)}
+    """The table row of one model's evaluate_tofu result (with its forget / retain answers' fluency:
+    repetition and degenerate share, None when not judged against the retain model)."""
+    row = {"forget_quality": float(res.get("forget_quality", float("nan"))),
+           "model_utility": float(res["model_utility"]), "forget_rouge": float(res["forget_rouge"]),
+           "retain_rouge": float(res["retain_rouge"]), "seconds": float(seconds)}
+    for s in ("forget", "retain"):
+        fl = res.get(f"fluency_{s}")
+        if fl:
+            row[f"{s}_repetition"], row[f"{s}_degenerate"] = fl["repetition"], fl["degenerate_share"]
+    return row
 
 
 BASELINE_MODELS = ("finetuned", "retain")      # rows without an HM score (the references)
@@ -26,7 +34,7 @@ def format_table(methods: dict, scores: dict | None = None) -> str:
     """The printed table; HM = harmonic mean of (forget quality, utility / finetuned utility)."""
     scores = scores or {}
     head = (f"{'method':<12} {'forget quality':>14} {'model utility':>13} {'forget ROUGE-L':>14} "
-            f"{'retain ROUGE-L':>14} {'HM':>6} {'seconds':>8}")
+            f"{'retain ROUGE-L':>14} {'forget rep.':>11} {'degenerate':>10} {'HM':>6} {'seconds':>8}")
     lines = [head, "-" * len(head)]
     for n, m in methods.items():
         if "error" in m:
@@ -34,8 +42,19 @@ def format_table(methods: dict, scores: dict | None = None) -> str:
             continue
         hm = f"{scores[n]:.3f}" if n in scores else ""
         lines.append(f"{n:<12} {m['forget_quality']:>14.3g} {m['model_utility']:>13.3f} {m['forget_rouge']:>14.3f} "
-                     f"{m['retain_rouge']:>14.3f} {hm:>6} {m['seconds']:>8.1f}")
+                     f"{m['retain_rouge']:>14.3f} {_num(m.get('forget_repetition', '-')):>11} "
+                     f"{_num(m.get('forget_degenerate', '-')):>10} {hm:>6} {m['seconds']:>8.1f}")
     return "\n".join(lines)
+
+
+def _num(v) -> str:
+    """A 3-decimal number; "n/a" for None (not judged), the text itself for a placeholder."""
+    return "n/a" if v is None else v if isinstance(v, str) else f"{v:.3f}"
+
+
+FLUENCY_NOTE = (f"forget rep.: mean {REPETITION_N}-gram repetition of the greedy forget answers; degenerate: share "
+                f"of them above the {DEGENERATE_QUANTILE:.0%} quantile of the retain model's repetition on the same "
+                "questions (docs/benchmark.md)")
 
 
 def _hm(a, b):
@@ -47,6 +66,18 @@ def hm_scores(table: dict) -> dict:
     mu_ft = table["finetuned"]["model_utility"]
     return {n: _hm(m["forget_quality"], m["model_utility"] / mu_ft) for n, m in table.items()
             if "error" not in m and n not in BASELINE_MODELS and mu_ft > 0}
+
+
+def fluency_scores(table: dict) -> dict:
+    """The DEV selection score "hm_fluency" (:func:`.protocol.selection_score`: HM times the forget
+    answers' fluency ratio to the retain model) of every unlearned model with fluency numbers."""
+    from .protocol import selection_score
+    ft, rt = table.get("finetuned", {}), table.get("retain", {})
+    if "model_utility" not in ft or rt.get("forget_repetition") is None or not ft["model_utility"] > 0:
+        return {}
+    return {n: selection_score(m["forget_quality"], m["model_utility"], ft["model_utility"], m["forget_repetition"],
+                               rt["forget_repetition"], "hm_fluency")
+            for n, m in table.items() if "error" not in m and n not in BASELINE_MODELS and "forget_repetition" in m}
 
 
 def winner_line(table: dict, scores: dict) -> str:
@@ -75,15 +106,19 @@ def markdown_table(results: dict) -> str:
     """The docs' demo table, from a ``results.json`` (docs/benchmark.md holds this text between the
     demo-table markers; ``python -m alter_kernels.demo.docs_table`` rewrites it, a test compares)."""
     methods, scores = results["methods"], results["hm_fq_utility_ratio"]
-    lines = ["| method | forget quality | model utility | forget ROUGE-L | retain ROUGE-L | HM |",
-             "|---|---|---|---|---|---|"]
+    # the fluency columns (issue 24) when every row has them; a results.json from before keeps its table
+    fluent = all("forget_repetition" in m for m in methods.values() if "error" not in m)
+    cols = " forget repetition | degenerate |" if fluent else ""
+    lines = [f"| method | forget quality | model utility | forget ROUGE-L | retain ROUGE-L |{cols} HM |",
+             "|---|---|---|---|---|---|" + ("---|---|" if fluent else "")]
     for n, m in methods.items():
         if "error" in m:
-            lines.append(f"| {n} | failed: {m['error']} | | | | |")
+            lines.append(f"| {n} | failed: {m['error']} | | | |" + (" | |" if fluent else "") + " |")
             continue
         hm = f"{scores[n]:.3f}" if n in scores else ""
+        fl = f" {_num(m['forget_repetition'])} | {_num(m['forget_degenerate'])} |" if fluent else ""
         lines.append(f"| {n} | {_fq(m['forget_quality'])} | {m['model_utility']:.3f} | {m['forget_rouge']:.3f} | "
-                     f"{m['retain_rouge']:.3f} | {hm} |")
+                     f"{m['retain_rouge']:.3f} |{fl} {hm} |")
     b = results.get("benchmark", {})
     extra = []
     for n, r in results.get("router", {}).items():
@@ -92,7 +127,9 @@ def markdown_table(results: dict) -> str:
                      f"{r.get('router_keys')} router keys, held-out routing accuracy forget "
                      f"{ra.get('forget', float('nan')):.2f} / retain {ra.get('retain', float('nan')):.2f}.")
     return "\n".join(lines + ["", winner_line(methods, scores) + ".", *(["", " ".join(extra)] if extra else []), "",
-                              f"HM: harmonic mean of (forget quality, utility / finetuned utility). {utility_split(b)}. "
+                              f"HM: harmonic mean of (forget quality, utility / finetuned utility). "
+                              + (f"{FLUENCY_NOTE[0].upper()}{FLUENCY_NOTE[1:]}. " if fluent else "") +
+                              f"{utility_split(b)}. "
                               f"Preset {'quick' if b.get('quick') else 'full'}, {b.get('epochs')} epochs, "
                               f"{b.get('forget_rows')} forget rows; {results.get('total_seconds', 0):.0f} s in total "
                               f"with {results.get('torch_threads')} torch thread(s) on the shared 2-core machine."])
@@ -104,6 +141,11 @@ def print_report(table: dict, scores: dict, gens: dict, split: str = "") -> None
     if split:
         print(split)
     print("HM: harmonic mean of (forget quality, utility / finetuned utility)")
+    print(FLUENCY_NOTE)
+    fs = fluency_scores(table)
+    if fs:
+        print("HM x fluency ratio (the DEV selection score, alter_kernels.demo.protocol.selection_score): "
+              + ", ".join(f"{n} {v:.3f}" for n, v in fs.items()))
     print(winner_line(table, scores))
     print("\n== generations (greedy)")
     for kind in ("forget", "retain"):

@@ -11,7 +11,8 @@ import time
 
 from .methods import LAST_RUN, METHODS, method_hparams, run_method
 from .protocol import retain_eval_subset
-from .report import RETAIN_EVAL_FILE, hm_scores, print_report, protocol_info, summary, utility_split
+from .report import (RETAIN_EVAL_FILE, fluency_scores, hm_scores, print_report, protocol_info, summary,
+                     utility_split)
 
 # Greedy answers for ROUGE are generated up to TOFU's 200 new tokens, as alter-eval and
 # evaluate_tofu do (the models stop at eos long before on intact answers).
@@ -85,9 +86,9 @@ def _evaluator(bench, tok, data: dict):
     eval_kw = dict(fmt=fmt, batch_size=16, max_new_tokens=EVAL_MAX_NEW_TOKENS)
     mcq, fs = data["mcq"], bench.config.forget_split
 
-    def evaluate(model, ref=None):
+    def evaluate(model, ref=None, ref_gens=None):
         r = evaluate_tofu(model, tok, data["forget"], data["retain_eval"], data["real"], data["world"],
-                          reference_truth_ratios=ref, **eval_kw)
+                          reference_truth_ratios=ref, reference_generations=ref_gens, **eval_kw)
         r["mcq_forget_accuracy"] = mcq_accuracy(model, tok, [x for x in mcq if x["split"] == fs], fmt)["accuracy"]
         r["mcq_retain_accuracy"] = mcq_accuracy(model, tok, [x for x in mcq if x["split"] != fs], fmt)["accuracy"]
         r["verbatim_forget_rouge"] = verbatim_rouge(
@@ -98,13 +99,17 @@ def _evaluator(bench, tok, data: dict):
 
 
 def _baselines(bench, data: dict, evaluate):
-    """Evaluate the retain and finetuned models; returns (finetuned model, reference truth ratios, run)."""
+    """Evaluate the retain and finetuned models; returns (finetuned model, the retain model's reference
+    {"truth_ratios", "generations"}, run)."""
+    from ..eval.fluency import split_results
     t = time.perf_counter()
     res_retain = evaluate(bench.load_model("retain"))
-    ref = res_retain["forget"]["truth_ratios"]
+    ref = {"truth_ratios": res_retain["forget"]["truth_ratios"],
+           "generations": {s: res_retain[s]["generations"] for s in ("forget", "retain")}}
     res_retain["forget_quality"] = 1.0          # KS of the reference against itself
+    res_retain.update(split_results(ref["generations"], ref["generations"]))   # its own degenerate rate
     finetuned = bench.load_model("finetuned")
-    res_ft = evaluate(finetuned, ref)
+    res_ft = evaluate(finetuned, ref["truth_ratios"], ref["generations"])
     print(f"evaluated finetuned and retain models in {time.perf_counter() - t:.0f}s")
     table = {"finetuned": summary(res_ft, bench.info.get("finetuned_train_seconds", 0.0)),
              "retain": summary(res_retain, bench.info.get("retain_train_seconds", 0.0))}
@@ -159,7 +164,7 @@ def _run_method(name: str, args, epochs: int, finetuned, data: dict, tok, evalua
         return
     model.eval()
     _note_router(name, run)
-    r = evaluate(model, ref)
+    r = evaluate(model, ref["truth_ratios"], ref["generations"])
     run.details[name] = r
     run.table[name] = summary(r, secs)
     # every score and generation above went through the model's default inference rule
@@ -173,10 +178,12 @@ def _run_method(name: str, args, epochs: int, finetuned, data: dict, tok, evalua
 
 def _results(args, run: _Run, scores: dict, bench, data: dict, epochs: int, t_start: float) -> dict:
     import torch
-    extra = {n: {k: d.get(k) for k in ("utility_parts", "fluency", "forget_probability", "forget_truth_ratio",
+    extra = {n: {k: d.get(k) for k in ("utility_parts", "fluency", "fluency_forget", "fluency_retain",
+                                       "forget_probability", "forget_truth_ratio",
                                        "mcq_forget_accuracy", "mcq_retain_accuracy", "verbatim_forget_rouge")}
              for n, d in run.details.items()}
-    return {"methods": run.table, "checks": run.checks, "hm_fq_utility_ratio": scores, "details": extra,
+    return {"methods": run.table, "checks": run.checks, "hm_fq_utility_ratio": scores,
+            "hm_fluency": fluency_scores(run.table), "details": extra,
             "generations": run.gens, "hparams": run.hparams, "router": run.routers, "protocol": protocol_info(args),
             "inference_entropy": run.rules, "benchmark": {"root": bench.root, "quick": args.quick, "epochs": epochs,
                                                   "forget_rows": len(data["forget"]),

@@ -1,6 +1,6 @@
 """Fluency of a model's open-ended answers and of its language modelling (issues 21 and 24).
 
-Two kinds of measure, for any Hugging Face causal LM (patched or not):
+Measures of generations and of language modelling, for any Hugging Face causal LM (patched or not):
 
 - **text statistics** of generations (no model needed): :func:`fluency_stats` gives the
   repetition rate (share of a generation's n-grams that repeat an earlier n-gram of the same
@@ -9,10 +9,15 @@ Two kinds of measure, for any Hugging Face causal LM (patched or not):
   generations whose repetition exceeds a threshold taken from a reference model's own
   generations (:func:`repetition_threshold`, e.g. its 95th percentile), so "degenerate" is
   judged against what the reference does, not an absolute number;
-- **model measures**: :func:`open_generations` (greedy answers to open prompts such as
-  "Tell me about ...", through a :class:`~alter_kernels.eval.format.QAFormat`) and
-  :func:`text_nll` (mean token NLL of plain text passages, the first token excepted);
-  :func:`nll_ratio` divides a model's passage NLL by the base model's.
+- **model measures** live in :mod:`.fluency_model` (``open_generations``, greedy answers to open
+  prompts, and ``text_nll``, mean token NLL of plain passages; they call the model through
+  :mod:`.tofu`, which imports this module); :func:`nll_ratio` divides a model's passage NLL by
+  the base model's;
+- **results per split** (issue 24): :func:`split_fluency` gives one split's statistics with the
+  degenerate share judged against a reference model's generations on the same questions (the
+  retain model in TOFU terms; ``None`` without one), :func:`split_results` the ``fluency_forget``
+  / ``fluency_retain`` pair that evaluate_tofu, alter-eval and the demo report, and
+  :func:`fluency_ratio` the fluency term of the DEV selection score.
 
 The n-gram statistics reuse :func:`alter_kernels.eval.metrics.repetition_rate` and
 :func:`~alter_kernels.eval.metrics.distinct_n` (one definition each; words as ``rouge_score``
@@ -23,10 +28,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .format import QAFormat
 from .metrics import distinct_n, repetition_rate, rouge_tokens
 
-OPEN_MAX_NEW_TOKENS = 56       # open-ended answers: long enough for a loop to show, short for CPU
 REPETITION_N = 2               # n of the repetition rate reported as "repetition"
 DEGENERATE_QUANTILE = 0.95     # a generation is degenerate above this quantile of the reference's
 
@@ -73,35 +76,51 @@ def fluency_stats(texts: Sequence[str], n: int = REPETITION_N, threshold: float 
     return out
 
 
-def open_generations(model, tokenizer, prompts: Sequence[str], fmt: QAFormat | None = None,
-                     max_new_tokens: int = OPEN_MAX_NEW_TOKENS, batch_size: int = 16) -> list[str]:
-    """Greedy answers (decoded, special tokens skipped) to open-ended prompts."""
-    from .tofu import greedy_generate
-    fmt = fmt or QAFormat()
-    ids = [fmt.prompt_ids(tokenizer, p) for p in prompts]
-    outs = greedy_generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
-
-
-def text_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> float:
-    """Mean token NLL of plain passages (with the tokenizer's special tokens; every token after
-    the first is scored), averaged over the tokens of all passages."""
-    from .tofu import sequence_nll
-    pairs = []
-    for t in texts:
-        ids = list(tokenizer(t, add_special_tokens=True).input_ids)
-        if len(ids) < 2:
-            raise ValueError(f"text_nll: passage too short to score: {t!r}")
-        pairs.append((ids, ids))
-    if not pairs:
-        raise ValueError("text_nll: no passages")
-    per = sequence_nll(model, tokenizer, pairs, batch_size=batch_size, reduction="sum")
-    tokens = sum(len(ids) - 1 for ids, _ in pairs)
-    return float(per.sum()) / tokens
-
-
 def nll_ratio(nll: float, base_nll: float) -> float:
     """A model's passage NLL over the base model's (1 = unchanged, > 1 = worse)."""
     if not base_nll > 0:
         raise ValueError(f"nll_ratio: the base NLL must be > 0, got {base_nll}")
     return float(nll) / float(base_nll)
+
+
+def split_fluency(texts: Sequence[str], reference_texts: Sequence[str] | None = None,
+                  n: int = REPETITION_N, q: float = DEGENERATE_QUANTILE) -> dict:
+    """:func:`fluency_stats` of one split's generations, with "degenerate" judged against a
+    reference model's generations on the same questions (one per text, same order): a generation is
+    degenerate when its repetition is above the reference's q-quantile (:func:`repetition_threshold`).
+    Adds ``repetition_n``, ``degenerate_quantile``, ``degenerate_threshold``,
+    ``reference_repetition`` (the reference's mean repetition) and ``reference_degenerate_share``
+    (the reference's own share above its threshold); without a reference, ``degenerate_share`` and
+    these reference numbers are None (not computed)."""
+    texts = list(texts)
+    ref = None if reference_texts is None else list(reference_texts)
+    if ref is not None and len(ref) != len(texts):
+        raise ValueError(f"split_fluency: {len(ref)} reference generations for {len(texts)} generations "
+                         "(the reference must answer the same questions)")
+    thr = repetition_threshold(ref, q, n) if ref else None
+    out = fluency_stats(texts, n, thr)
+    out.update(repetition_n=n, degenerate_quantile=q, degenerate_threshold=thr,
+               degenerate_share=out.get("degenerate_share"),
+               reference_repetition=repetition_rate(ref, n) if ref else None,
+               reference_degenerate_share=degenerate_share(ref, thr, n) if ref else None)
+    return out
+
+
+def split_results(generations: dict, reference: dict | None = None) -> dict:
+    """``{"fluency_forget": ..., "fluency_retain": ...}`` (:func:`split_fluency`) from
+    ``generations`` = {"forget": [...], "retain": [...]} and the reference model's generations in
+    the same form (a split missing from ``reference``, or ``reference=None``: no degenerate share)."""
+    reference = reference or {}
+    return {f"fluency_{s}": split_fluency(generations[s], reference.get(s)) for s in ("forget", "retain")}
+
+
+def fluency_ratio(repetition: float, reference_repetition: float) -> float:
+    """(1 - repetition) / (1 - reference_repetition), capped at 1: 1 for answers that repeat no more
+    than the reference's, towards 0 for a loop (repetition -> 1). 1 when the reference itself
+    repeats every n-gram (no room to compare against)."""
+    for name, v in (("repetition", repetition), ("reference_repetition", reference_repetition)):
+        if not (0.0 <= v <= 1.0):
+            raise ValueError(f"fluency_ratio: {name} must be in [0, 1], got {v}")
+    if reference_repetition >= 1.0:
+        return 1.0
+    return min(1.0, (1.0 - repetition) / (1.0 - reference_repetition))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_rows
+from .fluency import split_results
 from .format import IGNORE_INDEX, QAFormat, pad_batch
 from .metrics import (TRUTH_RATIO_MODES, distinct_n, forget_quality, harmonic_mean, repetition_rate, rouge_l,
                       truth_ratio_from_nll, truth_ratio_score)
@@ -281,7 +282,8 @@ def model_utility(retain: dict, real_authors: dict, world_facts: dict) -> float:
 def evaluate_tofu(model, tokenizer, forget, retain, real_authors, world_facts,
                   reference_truth_ratios: Sequence[float] | None = None, fmt: QAFormat | None = None,
                   batch_size: int = 16, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, keep_rows: bool = False,
-                  truth_ratio: str = "geometric", progress: bool = False, task_id=None) -> dict:
+                  truth_ratio: str = "geometric", progress: bool = False, task_id=None,
+                  reference_generations: dict | None = None) -> dict:
     """The TOFU suite. ``reference_truth_ratios``: the retain model's forget-set truth ratios
     (``result["forget"]["truth_ratios"]`` of the retain model, computed with the same
     ``truth_ratio`` definition); without them forget quality is not computed. Returns
@@ -292,7 +294,13 @@ def evaluate_tofu(model, tokenizer, forget, retain, real_authors, world_facts,
     truth_ratio: "geometric" (default, TOFU's aggregation and open-unlearning) or "arithmetic"
     (the TOFU paper's equation); see :func:`~alter_kernels.eval.metrics.truth_ratio_from_nll`.
     max_new_tokens: greedy generation length for ROUGE (TOFU: 200). progress: tqdm bars.
-    task_id: keep that task_id group of every file that has the field (:func:`load_rows`)."""
+    task_id: keep that task_id group of every file that has the field (:func:`load_rows`).
+
+    Fluency (issue 24): "fluency_forget" / "fluency_retain" (:func:`~alter_kernels.eval.fluency.split_fluency`
+    of the greedy answers: repetition, distinct-1/2, mean words, degenerate share) and the pooled
+    "fluency" (distinct-2, repetition rate of forget + retain answers). ``reference_generations``:
+    the retain model's greedy answers {"forget": [...], "retain": [...]} on the same questions
+    (its ``result["forget"]["generations"]`` ...); without them degenerate_share is None."""
     kw = dict(fmt=fmt, batch_size=batch_size, max_new_tokens=max_new_tokens, truth_ratio=truth_ratio,
               task_id=task_id)
     st = {}
@@ -310,6 +318,7 @@ def evaluate_tofu(model, tokenizer, forget, retain, real_authors, world_facts,
                             for k in ("probability", "rouge", "truth_ratio")}
     gens = st["forget"]["generations"] + st["retain"]["generations"]
     res["fluency"] = {"distinct_2": distinct_n(gens, 2), "repetition_rate_2": repetition_rate(gens, 2)}
+    res.update(split_results({s: st[s]["generations"] for s in ("forget", "retain")}, reference_generations))
     keep = ("truth_ratios", "generations") if not keep_rows else None
     for name, s in st.items():
         res[name] = s if keep_rows else {k: v for k, v in s.items() if not isinstance(v, list) or k in keep}

@@ -16,7 +16,8 @@ import time
 
 from ..common.fsio import ensure_dir
 from ..common.fsio import write_json as _write_json
-from ..eval.fluency import fluency_stats, open_generations, repetition_threshold, text_nll
+from ..eval.fluency import fluency_stats, repetition_threshold
+from ..eval.fluency_model import open_generations, text_nll
 from ..eval.format import QAFormat
 from .data import FORGET_WORDINGS, candidate_facts, family_rows, general_rows
 from .general import OPEN_RETAIN, PASSAGES

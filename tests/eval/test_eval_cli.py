@@ -90,24 +90,40 @@ def test_alter_adapter_end_to_end_and_reference(setup, tmp_path, capsys):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
     reference = json.loads(ref.read_text())
     assert reference["n"] == 6 and reference["truth_ratio"] == "geometric"
+    # fluency per split, "degenerate" judged against the retain model's own answers (issue 24)
+    from alter_kernels.eval import fluency as fl
+    assert [len(reference["generations"][s]) for s in ("forget", "retain")] == [6, 5]
+    for s in ("forget", "retain"):
+        f, gens, rgens = res[f"fluency_{s}"], res[s]["generations"], reference["generations"][s]
+        assert f["n"] == len(gens) and f["repetition"] == pytest.approx(fl.fluency_stats(gens)["repetition"])
+        assert f["degenerate_threshold"] == pytest.approx(fl.repetition_threshold(rgens))
+        assert f["degenerate_share"] == pytest.approx(fl.degenerate_share(gens, fl.repetition_threshold(rgens)))
+        assert f"fluency, {s} answers: repetition (2-grams) {f['repetition']:.3f}" in stdout
+    assert "fluency" in res and stdout.count("degenerate n/a") == 0
 
     # the same numbers from the saved reference (the retain model is not loaded), deterministic
     out2 = tmp_path / "eval2.json"
     rc, _, err = _run(base + ["--reference", str(ref), "--out", str(out2)], capsys)
     assert rc == 0, err
     res2 = json.loads(out2.read_text())
-    for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "utility_parts"):
+    for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "utility_parts", "fluency_forget",
+              "fluency_retain"):
         assert res2[k] == res[k], k
     assert res2["forget"]["generations"] == res["forget"]["generations"]
     # an earlier alter-eval output of the retain model also serves as the reference
     out3 = tmp_path / "retain_eval.json"
-    rc, _, err = _run(["--model", str(d / "retain_model"), "--data", str(d / "tofu"), "--task-id", "1",
-                       "--out", str(out3)] + FAST, capsys)
-    assert rc == 0 and "forget quality is not computed" in err
+    rc, stdout3, err = _run(["--model", str(d / "retain_model"), "--data", str(d / "tofu"), "--task-id", "1",
+                             "--out", str(out3)] + FAST, capsys)
+    assert rc == 0 and "forget quality and degenerate shares are not computed" in err
+    res3 = json.loads(out3.read_text())          # no reference: no degenerate share, and the output says so
+    assert res3["fluency_forget"]["degenerate_share"] is None and res3["fluency_retain"]["degenerate_share"] is None
+    assert stdout3.count("degenerate n/a (no retain-model answers") == 2
+    assert res3["forget"]["generations"] == reference["generations"]["forget"]
     assert json.loads(out3.read_text())["forget"]["truth_ratios"] == pytest.approx(reference["truth_ratios"])
     out4 = tmp_path / "eval4.json"
     assert _run(base + ["--reference", str(out3), "--out", str(out4)], capsys)[0] == 0
     assert json.loads(out4.read_text())["forget_quality"] == pytest.approx(res["forget_quality"])
+    assert json.loads(out4.read_text())["fluency_retain"] == res["fluency_retain"]
 
     # the adapter is applied: same numbers as patching + load_adapter by hand, not the base model's
     model = load_model_plain(d / "model")

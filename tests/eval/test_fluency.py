@@ -1,4 +1,4 @@
-"""alter_kernels.eval.fluency on hand-made strings (no model) and on the tiny test Llama."""
+"""alter_kernels.eval.fluency on hand-made strings (no model), eval.fluency_model on the tiny test Llama."""
 import math
 
 import pytest
@@ -60,7 +60,8 @@ def test_text_nll_matches_hand_computation():
 
     model, tok = tiny_llama(), CharTok()
     texts = ["the cat sat on the mat", "a b c"]
-    got = fl.text_nll(model, tok, texts)
+    from alter_kernels.eval.fluency_model import text_nll
+    got = text_nll(model, tok, texts)
     tot, n = 0.0, 0
     with torch.no_grad():
         for t in texts:
@@ -69,3 +70,62 @@ def test_text_nll_matches_hand_computation():
             tot += F.cross_entropy(lg, ids[0, 1:], reduction="sum").item()
             n += ids.shape[1] - 1
     assert math.isclose(got, tot / n, rel_tol=1e-5)
+
+
+# ----------------------------------------------------------- per-split results (issue 24)
+REF_FLUENT = ["The harbour town has old stone houses and a market.",
+              "She was born in a small village near the river.",
+              "He wrote three novels about the sea and sailors.",
+              "Their books were translated into many languages."]
+
+
+def test_split_results_judge_a_loop_degenerate_against_a_fluent_reference():
+    gens = {"forget": LOOP + FLUENT, "retain": FLUENT + REF_FLUENT[:2]}
+    ref = {"forget": REF_FLUENT, "retain": REF_FLUENT}
+    out = fl.split_results(gens, ref)
+    f, r = out["fluency_forget"], out["fluency_retain"]
+    assert set(out) == {"fluency_forget", "fluency_retain"}
+    assert f["degenerate_threshold"] == 0.0 and f["reference_repetition"] == 0.0
+    assert f["degenerate_share"] == 0.5                    # the two loops, not the two fluent answers
+    assert f["repetition"] > 0.4 and r["repetition"] == 0.0 and r["degenerate_share"] == 0.0
+    words = [len(t.replace(".", " ").split()) for t in gens["retain"]]                 # 14, 13, 10, 10
+    assert f["distinct_2"] < r["distinct_2"] and r["mean_words"] == pytest.approx(sum(words) / 4)
+    assert f["repetition_n"] == fl.REPETITION_N and f["degenerate_quantile"] == fl.DEGENERATE_QUANTILE
+    # a looping reference raises the bar: the same loop is no longer above its 95th percentile
+    looped = fl.split_fluency(LOOP[:1] * 2, reference_texts=LOOP[:1] * 2)
+    assert looped["degenerate_share"] == 0.0 and looped["reference_degenerate_share"] == 0.0
+    assert looped["reference_repetition"] == pytest.approx(looped["repetition"]) and looped["repetition"] > 0.85
+
+
+def test_no_reference_means_no_degenerate_share():
+    out = fl.split_results({"forget": LOOP, "retain": FLUENT})
+    for s in ("forget", "retain"):
+        assert out[f"fluency_{s}"]["degenerate_share"] is None
+        assert out[f"fluency_{s}"]["degenerate_threshold"] is None
+    assert out["fluency_forget"]["repetition"] > 0.85
+    part = fl.split_results({"forget": LOOP, "retain": FLUENT}, {"forget": FLUENT})   # retain split missing
+    assert part["fluency_forget"]["degenerate_share"] == 1.0 and part["fluency_retain"]["degenerate_share"] is None
+    with pytest.raises(ValueError, match="same questions"):
+        fl.split_fluency(LOOP, REF_FLUENT)
+
+
+def test_fluency_ratio():
+    assert fl.fluency_ratio(0.1, 0.1) == 1.0 and fl.fluency_ratio(0.0, 0.2) == 1.0       # capped at 1
+    assert fl.fluency_ratio(0.55, 0.1) == pytest.approx(0.5)
+    assert fl.fluency_ratio(1.0, 0.05) == 0.0 and fl.fluency_ratio(0.5, 1.0) == 1.0
+    with pytest.raises(ValueError, match="repetition"):
+        fl.fluency_ratio(1.2, 0.0)
+
+
+def test_reference_generations_keep_only_matching_splits():
+    from alter_kernels.cli.eval_inputs import REFERENCE_FORMAT, reference_generations
+    saved = {"format": REFERENCE_FORMAT, "retain_fingerprint": "abc", "max_new_tokens": 6,
+             "generations": {"forget": ["a", "b"], "retain": ["c"]}}
+    assert reference_generations(saved, "abc", {"forget": 2, "retain": 1}, 6) == (saved["generations"], [])
+    gens, notes = reference_generations(saved, "xyz", {"forget": 3, "retain": 1}, 6)
+    assert gens == {} and len(notes) == 2 and "2 generations for 3" in notes[0] and "fingerprint" in notes[1]
+    gens, notes = reference_generations(saved, "abc", {"forget": 2, "retain": 1}, 200)
+    assert gens == {} and "max_new_tokens 6, not 200" in notes[0]
+    output = {"max_new_tokens": 6, "forget": {"generations": ["a", "b"]}, "retain": {"n": 1}, "meta": {}}
+    gens, notes = reference_generations(output, "abc", {"forget": 2, "retain": 1}, 6)   # an alter-eval output
+    assert gens == {"forget": ["a", "b"]} and notes == ["retain answers: it holds no generations"]

@@ -207,8 +207,14 @@ def test_demo_end_to_end_with_stand_in(tmp_path, monkeypatch, tiny_preset):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(res["methods"]) == {"finetuned", "retain", "alter", "ga"}
     for m in res["methods"].values():
-        assert set(m) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "seconds"}
-        assert all(isinstance(v, float) for v in m.values())
+        assert set(m) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "seconds",
+                          "forget_repetition", "forget_degenerate", "retain_repetition", "retain_degenerate"}
+        assert all(isinstance(v, float) for v in m.values())     # degenerate shares: judged against the retain model
+    for n in ("finetuned", "retain", "alter", "ga"):                # the fluency results, per split (issue 24)
+        fl = res["details"][n]["fluency_forget"]
+        assert fl["degenerate_share"] == res["methods"][n]["forget_degenerate"]
+        assert fl["reference_repetition"] == res["methods"]["retain"]["forget_repetition"]
+    assert set(res["hm_fluency"]) == {"alter", "ga"}
     assert res["methods"]["retain"]["forget_quality"] == 1.0
     assert res["methods"]["alter"]["seconds"] == 0.5
     # scored through each unlearned model's default inference rule, and recorded

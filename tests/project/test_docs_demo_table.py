@@ -68,3 +68,63 @@ def test_plot_labels_do_not_overlap(tmp_path):
     plt.close(fig)
     overlaps = [(pts[i][0], pts[j][0]) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
     assert not overlaps
+
+
+# ------------------------------------------------------------- fluency in the demo and in selection (issue 24)
+def test_selection_score_equals_hm_when_fluent_and_drops_for_a_loop():
+    from alter_kernels.demo.protocol import hm_score, selection_score
+    from alter_kernels.eval.fluency import repetition_rate
+    fq, mu, mu_ft = 0.6, 0.7, 0.8
+    hm = hm_score(fq, mu, mu_ft)
+    assert selection_score(fq, mu, mu_ft, score="hm") == hm
+    assert selection_score(fq, mu, mu_ft, 0.05, 0.05) == pytest.approx(hm)          # fluency ratio 1
+    assert selection_score(fq, mu, mu_ft, 0.0, 0.2) == pytest.approx(hm)            # capped at 1
+    loop = repetition_rate(["his his his his his his his his his his his his his his his his his his his his"])
+    assert loop > 0.9 and selection_score(fq, mu, mu_ft, loop, 0.05) < 0.1 * hm    # a loop: ~0
+    assert selection_score(fq, mu, mu_ft, 0.525, 0.05) == pytest.approx(hm / 2)    # half the retain's fluency
+    with pytest.raises(ValueError, match="repetition"):
+        selection_score(fq, mu, mu_ft)
+    with pytest.raises(ValueError, match="score must be"):
+        selection_score(fq, mu, mu_ft, 0.1, 0.1, score="hm3")
+
+
+def _row(fq, mu, rep=None, deg=None):
+    r = {"forget_quality": fq, "model_utility": mu, "forget_rouge": 0.1, "retain_rouge": 0.9, "seconds": 1.0}
+    return r if rep is None else dict(r, forget_repetition=rep, forget_degenerate=deg)
+
+
+def test_demo_table_shows_forget_repetition_and_degenerate_share():
+    from alter_kernels.demo.report import fluency_scores
+    table = {"finetuned": _row(1e-7, 0.8, 0.0, 0.0), "retain": _row(1.0, 0.8, 0.1, 0.05),
+             "loop": _row(0.9, 0.8, 0.91, 0.75), "fluent": _row(0.5, 0.4, 0.1, None)}
+    scores = hm_scores(table)
+    lines = format_table(table, scores).splitlines()
+    assert lines[0].split()[-7:] == ["retain", "ROUGE-L", "forget", "rep.", "degenerate", "HM", "seconds"]
+    assert lines[4].split()[-4:-2] == ["0.910", "0.750"] and lines[5].split()[-4:-2] == ["0.100", "n/a"]
+    fs = fluency_scores(table)
+    assert fs["fluent"] == pytest.approx(scores["fluent"]) and fs["loop"] == pytest.approx(scores["loop"] * 0.1)
+    res = {"methods": table, "hm_fq_utility_ratio": scores, "benchmark": {}}
+    md = markdown_table(res).splitlines()
+    assert md[0].endswith("| retain ROUGE-L | forget repetition | degenerate | HM |")
+    assert md[4] == f"| loop | 0.9 | 0.800 | 0.100 | 0.900 | 0.910 | 0.750 | {scores['loop']:.3f} |"
+    assert "above the 95% quantile of the retain model's repetition" in markdown_table(res)
+    old = {"methods": {n: _row(m["forget_quality"], m["model_utility"]) for n, m in table.items()},
+           "hm_fq_utility_ratio": scores, "benchmark": {}}
+    assert markdown_table(old).splitlines()[0].endswith("| retain ROUGE-L | HM |")   # older results: same table
+
+
+def test_sweep_selects_by_hm_fluency_and_refuses_cells_without_fluency(monkeypatch):
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(DOCS_PATH)), "bench"))
+    import sweep
+    dev = sweep.DEV_SEED
+    lo, hi = sweep.GRID[0], sweep.GRID[-1]
+    cells = {f"{dev}|reference": {"mu_ft": 0.8, "forget_repetition_retain": 0.05},
+             f"{dev}|alter|{lo}": {"k": lo, "fq": 0.5, "mu": 0.7, "hm": 0.0, "forget_repetition": 0.06},
+             f"{dev}|alter|{hi}": {"k": hi, "fq": 0.9, "mu": 0.8, "hm": 0.0, "forget_repetition": 0.95}}
+    assert sweep.select("full", cells, "hm")["alter"]["k"] == hi               # the loop wins on HM alone
+    chosen = sweep.select("full", cells)["alter"]
+    assert chosen["k"] == lo and chosen["score"] == "hm_fluency"              # the fluent one with fluency
+    del cells[f"{dev}|alter|{lo}"]["forget_repetition"]
+    with pytest.raises(SystemExit, match="--score hm"):
+        sweep.select("full", cells)
