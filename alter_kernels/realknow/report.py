@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from ..eval.fluency import fluency_ratio
 from ..eval.metrics import harmonic_mean
 from .data import FORGET_WORDINGS
 
@@ -30,7 +31,7 @@ def selection_score(m: dict, base: dict) -> float:
     rep_b = (base["fluency_forget"]["repetition"] + base["fluency_retain"]["repetition"]) / 2
     parts = [1.0 - forget_acc, _ratio(m["neighbour"], base["neighbour"]) or 0.0,
              _ratio(m["acc"].get("general"), base["acc"].get("general")) or 0.0,
-             min(1.0, (1.0 - rep) / max(1e-9, 1.0 - rep_b)), min(1.0, 1.0 / m["nll_ratio"])]
+             fluency_ratio(rep, rep_b), min(1.0, 1.0 / m["nll_ratio"])]
     return harmonic_mean([max(0.0, p) for p in parts])
 
 
