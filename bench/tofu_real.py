@@ -257,15 +257,13 @@ def _median(xs):
 
 
 def fluency(res: dict) -> dict:
-    """Fluency of the forget + retain generations. HOOK (issue 21): alter_kernels/eval/fluency.py
-    (branch wip-realknow) adds ``fluency_stats`` (repetition, distinct-1/2, mean words); until it is
-    in main, evaluate_tofu's own distinct-2 and repetition rate are reported."""
-    gens = res["forget"]["generations"] + res["retain"]["generations"]
-    try:
-        from alter_kernels.eval.fluency import fluency_stats       # issue 21, once merged
-    except ImportError:
-        return dict(res.get("fluency", {}), source="evaluate_tofu")
-    return dict(fluency_stats(gens), source="eval.fluency")
+    """Fluency (:func:`alter_kernels.eval.fluency.fluency_stats`: repetition, distinct-1/2, mean
+    words) of the forget and retain answers pooled; evaluate_tofu's per-split ``fluency_forget`` /
+    ``fluency_retain`` are kept beside it when present."""
+    from alter_kernels.eval.fluency import fluency_stats
+    out = dict(fluency_stats(res["forget"]["generations"] + res["retain"]["generations"]), source="eval.fluency")
+    out.update({k: res[k] for k in ("fluency_forget", "fluency_retain") if k in res})
+    return out
 
 
 def hm(cell: dict, ft: dict) -> float:
