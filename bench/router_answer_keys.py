@@ -93,7 +93,8 @@ def _key(ids: list[int]) -> str:
 def position_records(rows: list[dict], answers: dict, tok, keys: list[int], need_model) -> dict:
     """{row id: {"probs": [P, K] base probabilities of ``keys`` at positions 0..n (0 = last prompt
     token), "tsallis": [P], "greedy": fraction of answer tokens that are the base argmax,
-    "alias_at": answer token where the alias starts or None, "seconds"}}, cached by token ids."""
+    "alias_at": answer token where the alias starts or None, "seen": key columns whose token occurs
+    in the prompt, "seconds"}}, cached by token ids."""
     from alter_kernels.ops import tsallis_entropy
     q = AlterConfig().q_route
     cache = torch.load(CACHE, weights_only=True) if os.path.isfile(CACHE) else {}
@@ -113,7 +114,9 @@ def position_records(rows: list[dict], answers: dict, tok, keys: list[int], need
             cache[k] = {"keys": kt, "probs": probs[:, kt].clone(), "tsallis": tsallis_entropy(logits, q).clone(),
                         "greedy": float(greedy), "seconds": time.perf_counter() - t0, "n": len(ids)}
             dirty = True
-        out[r["id"]] = dict(cache[k], alias_at=alias_start(tok, text, r["aliases"]))
+        seen = set(p_ids)
+        out[r["id"]] = dict(cache[k], alias_at=alias_start(tok, text, r["aliases"]),
+                            seen=[c for c, t in enumerate(keys) if t in seen])
     if dirty:
         ensure_dir(os.path.dirname(CACHE))
         atomic_write(CACHE, writer=lambda f: torch.save(cache, f))
@@ -125,6 +128,8 @@ def position_scores(probs: torch.Tensor, cols: list[int], tsallis: torch.Tensor 
                     theta: float = THRESHOLD) -> torch.Tensor:
     """[P] max over the key columns ``cols`` of ``probs`` [P, K]; with ``tsallis`` [P], positions
     above the entropy gate ``theta`` score 0."""
+    if not cols:
+        return torch.zeros(probs.shape[0], dtype=probs.dtype)
     s = probs[:, cols].max(-1).values
     if tsallis is not None:
         s = torch.where(tsallis <= theta, s, torch.zeros_like(s))
@@ -142,10 +147,13 @@ def choose_tau(held_known: list[float], target: float = TARGET_RECALL) -> float:
     return dev_threshold(held_known, target)
 
 
-def row_scores(recs: dict, groups: dict, cols: list[int], gate: str) -> dict:
-    """{group: [per-position score tensors]} for every row of every group."""
-    return {g: [position_scores(recs[r["id"]]["probs"], cols, recs[r["id"]]["tsallis"] if gate == "tsallis" else None)
-                for r in rows] for g, rows in groups.items()}
+def row_scores(recs: dict, groups: dict, cols: list[int], gate: str, unseen: bool = False) -> dict:
+    """{group: [per-position score tensors]} for every row of every group; ``unseen`` drops, per
+    row, the keys whose token already occurs in its prompt (restating the question's own entity)."""
+    def one(rec):
+        c = [x for x in cols if x not in rec["seen"]] if unseen else cols
+        return position_scores(rec["probs"], c, rec["tsallis"] if gate == "tsallis" else None)
+    return {g: [one(recs[r["id"]]) for r in rows] for g, rows in groups.items()}
 
 
 def fire_offsets(pos_scores: dict, groups: dict, recs: dict, base_correct: dict, tau: float) -> dict:
@@ -170,7 +178,7 @@ def fire_offsets(pos_scores: dict, groups: dict, recs: dict, base_correct: dict,
             "offsets": offs}
 
 
-def fp_examples(pos_scores: dict, groups: dict, tau: float, answers: dict, limit: int = 4) -> list:
+def fp_examples(pos_scores: dict, groups: dict, tau: float, answers: dict, limit: int = 3) -> list:
     """Routed rows of the must-not families: question, answer, the first firing position and its score."""
     ex = []
     for g in ("retain_train",) + NEG_FAMILIES:
@@ -182,16 +190,30 @@ def fp_examples(pos_scores: dict, groups: dict, tau: float, answers: dict, limit
     return ex
 
 
-def evaluate_family(fam: dict, recs: dict, cols: list[int], gate: str, tau=None) -> dict:
+def misses(pos_scores: dict, groups: dict, recs: dict, fam: dict, tau: float) -> list:
+    """Base-known positive rows that never fire or fire only after the alias token."""
+    out = []
+    for g in ("forget",) + FORGET_WORDINGS:
+        for r, s in zip(groups.get(g, []), pos_scores.get(g, [])):
+            j, a = first_fire(s, tau), recs[r["id"]]["alias_at"]
+            if fam["base_correct"].get(r["id"]) and (j is None or (a is not None and j > a)):
+                out.append({"group": g, "question": r.get("question") or str(r.get("messages")),
+                            "answer": fam["answers"][r["id"]]["answer"], "max_score": float(s.max()),
+                            "first_fire": j, "alias_at": a})
+    return out
+
+
+def evaluate_family(fam: dict, recs: dict, cols: list[int], gate: str, tau=None, unseen: bool = False) -> dict:
     sets = split_sets(fam)
     groups = dict(sets["groups"], general_all=fam["rows"]["general"])
-    ps = row_scores(recs, groups, cols, gate)
+    ps = row_scores(recs, groups, cols, gate, unseen)
     maxes = {g: [float(s.max()) for s in v] for g, v in ps.items()}
     bc = fam["base_correct"]
     held = [m for g in FORGET_WORDINGS if g in maxes for m, r in zip(maxes[g], groups[g]) if bc.get(r["id"])]
     tau = choose_tau(held) if tau is None else tau
     ev = evaluate(maxes, groups, bc, FORGET_WORDINGS, NEG_FAMILIES, tau)
-    ev.update(first_fire=fire_offsets(ps, groups, recs, bc, tau), fp_examples=fp_examples(ps, groups, tau, fam["answers"]))
+    ev.update(first_fire=fire_offsets(ps, groups, recs, bc, tau), fp_examples=fp_examples(ps, groups, tau, fam["answers"]),
+              misses=misses(ps, groups, recs, fam, tau))
     return ev
 
 
@@ -213,12 +235,19 @@ def study(fams: dict, recs: dict, keysets: dict, keys: list[int]) -> dict:
     """Per key set and gate: tau on DEV, the DEV and TEST evaluations at that tau."""
     out = {}
     for ks in KEY_SETS:
+        cols = {f: [keys.index(t) for t in sorted({t for v in keysets[f][ks].values() for t in v})] for f in fams}
         for gate in GATES:
-            cols = {f: [keys.index(t) for t in sorted({t for v in keysets[f][ks].values() for t in v})] for f in fams}
-            dev = evaluate_family(fams[DEV_FAMILY], recs, cols[DEV_FAMILY], gate)
-            test = evaluate_family(fams[TEST_FAMILY], recs, cols[TEST_FAMILY], gate, dev["tau"])
-            out[f"{ks}/{gate}"] = {"keys": ks, "gate": gate, "tau": dev["tau"], "dev": dev, "test": test}
+            for unseen in (False, True):
+                dev = evaluate_family(fams[DEV_FAMILY], recs, cols[DEV_FAMILY], gate, unseen=unseen)
+                test = evaluate_family(fams[TEST_FAMILY], recs, cols[TEST_FAMILY], gate, dev["tau"], unseen)
+                out[f"{ks}/{gate}/{'unseen' if unseen else 'all'}"] = {
+                    "keys": ks, "gate": gate, "unseen": unseen, "tau": dev["tau"], "dev": dev, "test": test}
     return out
+
+
+def choose(study_out: dict) -> str:
+    """The DEV choice, as the detector study ranks: lowest pooled false-positive rate, then worst family."""
+    return min(study_out, key=lambda k: (study_out[k]["dev"]["pooled_fp"], study_out[k]["dev"]["worst_fp"], k))
 
 
 def probe_answers(fams: dict, tok, need_model, keysets, keys) -> list[dict]:
@@ -264,15 +293,17 @@ def write_report(out_dir: str, res: dict) -> None:
              f"teacher-forced with the base model's stored greedy answer, mean {t['mean_tokens']:.0f} tokens, "
              f"{t['ms_per_row']:.0f} ms per row; answer tokens equal to the base argmax: {t['greedy_match']:.3f}. "
              f"tau: {res['threshold_rule']}. Gate 'tsallis': {res['gate_rule']}.", "",
-             "| key set / gate | tau (DEV) | TEST min recall, base-known | TEST pooled FP | TEST worst FP |",
-             "|---|---|---|---|---|"]
+             f"Variant chosen on DEV (lowest pooled FP, then worst-family FP): **{res['chosen']}**.", "",
+             "| keys / gate / prompt keys | tau (DEV) | DEV pooled FP | DEV worst FP | TEST min recall, base-known "
+             "(n >= 5) | TEST pooled FP | TEST worst FP |", "|---|---|---|---|---|---|---|"]
     for name, c in res["study"].items():
-        rk = [v["known"] for k, v in c["test"]["recall"].items() if k != "forget" and v["known"] is not None]
-        lines.append(f"| {name} | {c['tau']:.4f} | {_fmt(min(rk))} | {_fmt(c['test']['pooled_fp'])} | "
-                     f"{_fmt(c['test']['worst_fp'])} |")
+        rk = [v["known"] for k, v in c["test"]["recall"].items() if k != "forget" and v["n_known"] >= 5]
+        lines.append(f"| {name} | {c['tau']:.4f} | {_fmt(c['dev']['pooled_fp'])} | {_fmt(c['dev']['worst_fp'])} | "
+                     f"{_fmt(min(rk))} | {_fmt(c['test']['pooled_fp'])} | {_fmt(c['test']['worst_fp'])} |")
     lines.append("")
     for name, c in res["study"].items():
-        lines += [f"## Keys {c['keys']}, gate {c['gate']}: tau {c['tau']:.4f}", ""]
+        lines += [f"## {name}: keys {c['keys']}, gate {c['gate']}, keys in the prompt "
+                  f"{'dropped' if c['unseen'] else 'kept'}: tau {c['tau']:.4f}", ""]
         for side, fam in (("test", TEST_FAMILY), ("dev", DEV_FAMILY)):
             ev = c[side]
             lines += family_table(ev, f"{side.upper()} {fam}" + (" (tau chosen here)" if side == "dev" else ", DEV tau"))
@@ -281,6 +312,9 @@ def write_report(out_dir: str, res: dict) -> None:
             for e in ev["fp_examples"]:
                 lines.append(f"- routed {e['group']} ({e['kind']}): \"{e['question']}\" -> \"{e['answer']}\" "
                              f"(position {e['position']}, score {e['score']:.3f})")
+            for e in ev["misses"]:
+                lines.append(f"- MISS {e['group']}: \"{e['question']}\" -> \"{e['answer']}\" (max {e['max_score']:.3f}, "
+                             f"first fire {e['first_fire']}, alias at {e['alias_at']})")
             lines.append("")
     lines += ["## General questions whose answer is a forget answer (plain keys)", "",
               "| family | question | base answer | max score | at position |", "|---|---|---|---|---|"]
@@ -326,7 +360,9 @@ def main(argv=None) -> int:
            "keysets": {f: {ks: {fact: [tok.decode([t]) for t in v] for fact, v in d.items()} for ks, d in kd.items()}
                        for f, kd in keysets.items()},
            "study": study(fams, recs, keysets, keys),
+           "chosen": None,
            "probes": probe_answers(fams, tok, need_model, keysets, keys)}
+    res["chosen"] = choose(res["study"])
     res["cost"] = cost(keysets, len(tok), need_model().config.hidden_size)
     write_report(args.out, res)
     print(open(os.path.join(args.out, "table.md")).read())
