@@ -46,6 +46,7 @@ from router_scorers import TARGET_RECALL, dev_threshold, evaluate  # noqa: E402
 
 KEY_SETS = ("space", "plain", "case")
 GATES = ("none", "tsallis")
+SCORES = ("prob", "ratio")      # p(key), or p(key) / max_v p(v) (1 when a key is the base argmax)
 CACHE = os.path.join(ROOT, "bench", "out", "router_answer_keys", "positions.pt")
 # general questions whose answer is a forget answer of the test family (or the dev family)
 PROBES = {"capitals": ["Which city is the Eiffel Tower in?", "In which city is the Brandenburg Gate?",
@@ -106,12 +107,13 @@ def position_records(rows: list[dict], answers: dict, tok, keys: list[int], need
         a_ids = tok.encode(text, add_special_tokens=False)
         ids = p_ids + a_ids
         k = _key(ids)
-        if k not in cache or not torch.equal(cache[k]["keys"], kt):
+        if k not in cache or not torch.equal(cache[k]["keys"], kt) or "pmax" not in cache[k]:
             t0 = time.perf_counter()
             logits = need_model()(torch.tensor([ids]), use_cache=False).logits[0, len(p_ids) - 1:].float()
             probs = logits.softmax(-1)
             greedy = (logits[:-1].argmax(-1) == torch.tensor(a_ids)).double().mean() if a_ids else torch.tensor(1.0)
             cache[k] = {"keys": kt, "probs": probs[:, kt].clone(), "tsallis": tsallis_entropy(logits, q).clone(),
+                        "pmax": probs.max(-1).values.clone(),
                         "greedy": float(greedy), "seconds": time.perf_counter() - t0, "n": len(ids)}
             dirty = True
         seen = set(p_ids)
@@ -125,12 +127,15 @@ def position_records(rows: list[dict], answers: dict, tok, keys: list[int], need
 
 # ------------------------------------------------------------------------------------- scoring
 def position_scores(probs: torch.Tensor, cols: list[int], tsallis: torch.Tensor | None = None,
-                    theta: float = THRESHOLD) -> torch.Tensor:
-    """[P] max over the key columns ``cols`` of ``probs`` [P, K]; with ``tsallis`` [P], positions
-    above the entropy gate ``theta`` score 0."""
+                    theta: float = THRESHOLD, pmax: torch.Tensor | None = None) -> torch.Tensor:
+    """[P] max over the key columns ``cols`` of ``probs`` [P, K], divided by ``pmax`` [P] (the
+    largest probability at each position) when given; with ``tsallis`` [P], positions above the
+    entropy gate ``theta`` score 0."""
     if not cols:
         return torch.zeros(probs.shape[0], dtype=probs.dtype)
     s = probs[:, cols].max(-1).values
+    if pmax is not None:
+        s = s / pmax
     if tsallis is not None:
         s = torch.where(tsallis <= theta, s, torch.zeros_like(s))
     return s
@@ -147,12 +152,13 @@ def choose_tau(held_known: list[float], target: float = TARGET_RECALL) -> float:
     return dev_threshold(held_known, target)
 
 
-def row_scores(recs: dict, groups: dict, cols: list[int], gate: str, unseen: bool = False) -> dict:
+def row_scores(recs: dict, groups: dict, cols: list[int], gate: str, unseen: bool = False, score: str = "prob") -> dict:
     """{group: [per-position score tensors]} for every row of every group; ``unseen`` drops, per
     row, the keys whose token already occurs in its prompt (restating the question's own entity)."""
     def one(rec):
         c = [x for x in cols if x not in rec["seen"]] if unseen else cols
-        return position_scores(rec["probs"], c, rec["tsallis"] if gate == "tsallis" else None)
+        return position_scores(rec["probs"], c, rec["tsallis"] if gate == "tsallis" else None,
+                               pmax=rec["pmax"] if score == "ratio" else None)
     return {g: [one(recs[r["id"]]) for r in rows] for g, rows in groups.items()}
 
 
@@ -203,10 +209,11 @@ def misses(pos_scores: dict, groups: dict, recs: dict, fam: dict, tau: float) ->
     return out
 
 
-def evaluate_family(fam: dict, recs: dict, cols: list[int], gate: str, tau=None, unseen: bool = False) -> dict:
+def evaluate_family(fam: dict, recs: dict, cols: list[int], gate: str, tau=None, unseen: bool = False,
+                    score: str = "prob") -> dict:
     sets = split_sets(fam)
     groups = dict(sets["groups"], general_all=fam["rows"]["general"])
-    ps = row_scores(recs, groups, cols, gate, unseen)
+    ps = row_scores(recs, groups, cols, gate, unseen, score)
     maxes = {g: [float(s.max()) for s in v] for g, v in ps.items()}
     bc = fam["base_correct"]
     held = [m for g in FORGET_WORDINGS if g in maxes for m, r in zip(maxes[g], groups[g]) if bc.get(r["id"])]
@@ -236,18 +243,22 @@ def study(fams: dict, recs: dict, keysets: dict, keys: list[int]) -> dict:
     out = {}
     for ks in KEY_SETS:
         cols = {f: [keys.index(t) for t in sorted({t for v in keysets[f][ks].values() for t in v})] for f in fams}
-        for gate in GATES:
-            for unseen in (False, True):
-                dev = evaluate_family(fams[DEV_FAMILY], recs, cols[DEV_FAMILY], gate, unseen=unseen)
-                test = evaluate_family(fams[TEST_FAMILY], recs, cols[TEST_FAMILY], gate, dev["tau"], unseen)
-                out[f"{ks}/{gate}/{'unseen' if unseen else 'all'}"] = {
-                    "keys": ks, "gate": gate, "unseen": unseen, "tau": dev["tau"], "dev": dev, "test": test}
+        for score in SCORES:
+            for gate in GATES:
+                for unseen in (False, True):
+                    dev = evaluate_family(fams[DEV_FAMILY], recs, cols[DEV_FAMILY], gate, None, unseen, score)
+                    test = evaluate_family(fams[TEST_FAMILY], recs, cols[TEST_FAMILY], gate, dev["tau"], unseen, score)
+                    out[f"{ks}/{score}/{gate}/{'unseen' if unseen else 'all'}"] = {
+                        "keys": ks, "score": score, "gate": gate, "unseen": unseen, "tau": dev["tau"], "dev": dev,
+                        "test": test}
     return out
 
 
 def choose(study_out: dict) -> str:
-    """The DEV choice, as the detector study ranks: lowest pooled false-positive rate, then worst family."""
-    return min(study_out, key=lambda k: (study_out[k]["dev"]["pooled_fp"], study_out[k]["dev"]["worst_fp"], k))
+    """The DEV choice, as the detector study ranks: lowest pooled false-positive rate, then worst
+    family, then the highest minimum per-family recall (all rows), then the name."""
+    d = {k: v["dev"] for k, v in study_out.items()}
+    return min(d, key=lambda k: (d[k]["pooled_fp"], d[k]["worst_fp"], -d[k]["min_recall"], k))
 
 
 def probe_answers(fams: dict, tok, need_model, keysets, keys) -> list[dict]:
@@ -258,11 +269,13 @@ def probe_answers(fams: dict, tok, need_model, keysets, keys) -> list[dict]:
         rows = [{"id": f"probe/{f}/{i}", "question": q, "aliases": ["-"], "kind": "probe"} for i, q in enumerate(qs)]
         ans = {a["id"]: a for a in answer_rows(need_model(), tok, rows)}
         recs = position_records(rows, ans, tok, keys, need_model)
-        cols = [keys.index(t) for t in sorted({t for v in keysets[f]["plain"].values() for t in v})]
+        cols = [keys.index(t) for t in sorted({t for v in keysets[f]["space"].values() for t in v})]
         for r in rows:
-            s = position_scores(recs[r["id"]]["probs"], cols)
+            rec = recs[r["id"]]
+            c = [x for x in cols if x not in rec["seen"]]
+            s, ratio = position_scores(rec["probs"], c), position_scores(rec["probs"], c, pmax=rec["pmax"])
             out.append({"family": f, "question": r["question"], "answer": ans[r["id"]]["answer"],
-                        "max_score": float(s.max()), "argmax_position": int(s.argmax())})
+                        "max_prob": float(s.max()), "max_ratio": float(ratio.max()), "argmax_position": int(s.argmax())})
     return out
 
 
@@ -293,8 +306,8 @@ def write_report(out_dir: str, res: dict) -> None:
              f"teacher-forced with the base model's stored greedy answer, mean {t['mean_tokens']:.0f} tokens, "
              f"{t['ms_per_row']:.0f} ms per row; answer tokens equal to the base argmax: {t['greedy_match']:.3f}. "
              f"tau: {res['threshold_rule']}. Gate 'tsallis': {res['gate_rule']}.", "",
-             f"Variant chosen on DEV (lowest pooled FP, then worst-family FP): **{res['chosen']}**.", "",
-             "| keys / gate / prompt keys | tau (DEV) | DEV pooled FP | DEV worst FP | TEST min recall, base-known "
+             f"Variant chosen on DEV (lowest pooled FP, then worst-family FP, then min recall): **{res['chosen']}**.", "",
+             "| keys / score / gate / prompt keys | tau (DEV) | DEV pooled FP | DEV worst FP | TEST min recall, base-known "
              "(n >= 5) | TEST pooled FP | TEST worst FP |", "|---|---|---|---|---|---|---|"]
     for name, c in res["study"].items():
         rk = [v["known"] for k, v in c["test"]["recall"].items() if k != "forget" and v["n_known"] >= 5]
@@ -302,7 +315,9 @@ def write_report(out_dir: str, res: dict) -> None:
                      f"{_fmt(min(rk))} | {_fmt(c['test']['pooled_fp'])} | {_fmt(c['test']['worst_fp'])} |")
     lines.append("")
     for name, c in res["study"].items():
-        lines += [f"## {name}: keys {c['keys']}, gate {c['gate']}, keys in the prompt "
+        if c["keys"] != "space" and name != res["chosen"]:
+            continue           # the plain / case variants: summary row above, full tables in results.json
+        lines += [f"## {name}: keys {c['keys']}, score {c['score']}, gate {c['gate']}, keys in the prompt "
                   f"{'dropped' if c['unseen'] else 'kept'}: tau {c['tau']:.4f}", ""]
         for side, fam in (("test", TEST_FAMILY), ("dev", DEV_FAMILY)):
             ev = c[side]
@@ -316,10 +331,11 @@ def write_report(out_dir: str, res: dict) -> None:
                 lines.append(f"- MISS {e['group']}: \"{e['question']}\" -> \"{e['answer']}\" (max {e['max_score']:.3f}, "
                              f"first fire {e['first_fire']}, alias at {e['alias_at']})")
             lines.append("")
-    lines += ["## General questions whose answer is a forget answer (plain keys)", "",
-              "| family | question | base answer | max score | at position |", "|---|---|---|---|---|"]
-    lines += [f"| {p['family']} | {p['question']} | {p['answer']} | {p['max_score']:.3f} | {p['argmax_position']} |"
-              for p in res["probes"]]
+    lines += ["## General questions whose answer is a forget answer (space keys, keys in the prompt dropped)", "",
+              "| family | question | base answer | max p(key) | max p(key) / p(top) | at position |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {p['family']} | {p['question']} | {p['answer']} | {p['max_prob']:.3f} | {p['max_ratio']:.3f} | "
+              f"{p['argmax_position']} |" for p in res["probes"]]
     lines += ["", "## Cost", "", "| family/keys | facts | keys per fact (mean, max) | K | MACs per position | "
               "share of the LM head |", "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['facts']} | {v['keys_per_fact_mean']:.1f}, {v['keys_per_fact_max']} | {v['K']} | "

@@ -34,6 +34,14 @@ def test_score_is_the_max_over_the_chosen_key_columns_only():
     assert float(rak.position_scores(p, [1]).max()) == pytest.approx(0.3)
 
 
+def test_ratio_score_is_one_exactly_where_a_key_is_the_argmax():
+    p = _probs({(1, 0): 0.3, (3, 2): 0.2})
+    pmax = torch.tensor([0.5, 0.3, 0.6, 0.2, 0.5, 0.5])        # position 1 and 3: a key is the top token
+    s = rak.position_scores(p, [0, 2], pmax=pmax)
+    assert [j for j in range(6) if s[j] >= 1.0] == [1, 3]
+    assert s[0] == pytest.approx(0.01 / 0.5)
+
+
 def test_gate_zeroes_positions_above_the_entropy_threshold():
     p = _probs({(1, 0): 0.8, (3, 0): 0.6})
     ent = torch.tensor([0.1, 2.0, 0.1, 0.5, 0.1, 0.1])
