@@ -8,7 +8,8 @@ from typing import Any
 
 from .common import constants as C
 
-ROUTER_INPUTS = ("prefix_match", "token")
+ROUTER_INPUTS = ("prefix_match", "token", "answer_keys")
+KEYED_ROUTERS = ("prefix_match", "answer_keys")   # router forms whose keys the unlearning engine fits
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which entropies route the tokens of a forward that has no routing inputs (ALTER_SPEC section 2):
 # "base" the base model's (adapters off) next-token distributions, as in training (default);
@@ -57,7 +58,10 @@ class AlterConfig:
     # token t by which forget keys occur among tokens <= t (causal prefix key match on the first
     # patched layer's input, W_g [router_keys + 1, E]); its keys come from the data, so the
     # unlearning engine, which fits them (ak.unlearn's router_input option, "prefix_match" by
-    # default), is what chooses it. Adapter files written before this field existed load as "token".
+    # default), is what chooses it. "answer_keys" routes token t to a forget expert when the base
+    # model's greedy next token at t is a key token (fitted from the forget answers) not yet in the
+    # prefix (model/answer_keys.py; W_g [router_keys + 1, E]). Adapter files written before this
+    # field existed load as "token".
     router_input: str = "token"
     router_keys: int = 0          # number of key rows (set by the unlearning engine from the data)
     router_match: float = 0.95    # cosine at which a token matches a key
@@ -110,6 +114,9 @@ class AlterConfig:
             bad("router_match", self.router_match, "a number in (-1, 1)")
         if self.inference_entropy not in INFERENCE_ENTROPY:
             bad("inference_entropy", self.inference_entropy, "one of " + ", ".join(map(repr, INFERENCE_ENTROPY)))
+        if self.router_input == "answer_keys" and self.inference_entropy != "base":
+            bad("inference_entropy", self.inference_entropy, "'base' with router_input='answer_keys' (that router "
+                "reads the base model's next token at every position, which only the base pass gives)")
         if self.adapter_dtype not in ("float32", "float64", "bfloat16", "float16"):
             bad("adapter_dtype", self.adapter_dtype, "one of float32, float64, bfloat16, float16")
         if not isinstance(self.router_grad_from_task, bool):

@@ -280,6 +280,8 @@ def _zero_base_rows(run: _Run):
 def generate_with(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   opts: GenerateOptions):
     """:func:`generate` with its keyword arguments in a :class:`GenerateOptions`."""
+    if is_patched(model) and get_state(model).config.router_input == "answer_keys":
+        return _generate_hf(model, input_ids, attention_mask, opts)
     run = _start(model, input_ids, attention_mask, opts)
     o, state = run.opts, run.state
     input_ids = input_ids.long()
@@ -321,6 +323,26 @@ def generate_with(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return GenerationOutput(sequences=sequences, prompt_entropy=run.p_ent, entropy=ent_done, high_fraction=high,
                             prefill_s=t1 - t0, decode_s=t2 - t1, plans=run.plans_out, cuda_graph=run.used_graph,
                             inference_entropy=run.mode if run.patched else None)
+
+
+def _generate_hf(model: nn.Module, input_ids: torch.Tensor, attention_mask, opts: GenerateOptions) -> torch.Tensor:
+    """The answer-key router routes token t by the base model's next token at t, which the two-stream
+    loop (base rows beside the adapted ones, layer by layer) does not have before the adapted step;
+    HF ``generate`` through the inference rule does (a base step, then the adapted one)."""
+    unsupported = [name for name, bad in (("return_dict", opts.return_dict), ("record_plans", opts.record_plans),
+                                          ("prefill", opts.prefill not in (None, "base")),
+                                          ("entropy", opts.entropy not in (None, "base")),
+                                          ("generator", opts.generator is not None)) if bad]
+    if unsupported:
+        raise NotImplementedError(f"generate: {', '.join(unsupported)} not supported with router_input='answer_keys' "
+                                  "(it decodes through HF generate and the inference rule)")
+    check_generate_args(input_ids, attention_mask, dataclasses.replace(opts, prefill="base"))
+    kw = {"max_new_tokens": opts.max_new_tokens, "do_sample": opts.do_sample, "pad_token_id": opts.pad_token_id,
+          "eos_token_id": opts.eos_token_id}
+    if opts.do_sample:
+        kw.update(temperature=opts.temperature, top_k=opts.top_k or 0, top_p=opts.top_p or 1.0)
+    with torch.inference_mode():
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
 
 
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32,

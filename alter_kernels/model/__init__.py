@@ -8,7 +8,8 @@
     inject.py     patch / unpatch
     hf.py         the parts of an HF causal LM ALTER needs (backbone, LM head, positions)
     inference.py  the inference rule: routing entropies when a forward is given none
-    entropy.py    token_entropy (base-model routing entropies of a batch)
+    entropy.py    token_entropy (base-model routing entropies of a batch), token_top (its greedy tokens)
+    answer_keys.py the answer-key router's features (what the base model is about to state)
     params.py     adapter_parameters, adapter_state_dict
     io.py         save_adapter / load_adapter
     peft.py       init_from_peft
@@ -17,7 +18,7 @@
 
 Imports only from the layers below (config, version, ops).
 """
-from .entropy import token_entropy
+from .entropy import token_entropy, token_top
 from .experts import add_forget_experts, freeze_leading_experts, frozen_experts
 from .inject import patch, unpatch
 from .io import AdapterError, load_adapter, read_adapter_config, save_adapter
@@ -36,7 +37,7 @@ __all__ = [
     "patch", "unpatch", "get_state", "is_patched", "layer_routers", "adapted_linears",
     "set_routing_inputs", "routing_inputs", "clear_routing_inputs", "set_inference_entropy", "disable_adapters",
     "last_plans", "router_loss", "high_entropy_fraction", "add_plan_hook", "install_decode_hook",
-    "adapter_parameters", "adapter_state_dict", "token_entropy",
+    "adapter_parameters", "adapter_state_dict", "token_entropy", "token_top",
     "save_adapter", "load_adapter", "read_adapter_config", "init_from_peft",
     "add_forget_experts", "frozen_experts", "freeze_leading_experts",
     "resolve_model", "load_pretrained", "ModelNameError", "ALIASES",

@@ -16,6 +16,23 @@ from ..ops.entropy import lm_head_entropy
 from .hf import backbone_of, cache_kwarg, lm_head_of
 from .state import disable_adapters, get_state, is_patched
 
+_HEAD_ROWS = 64        # rows of hidden states per LM-head product in base_top
+
+
+def base_top(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The base model's greedy next token at every position: argmax of ``hidden @ weight.T (+ bias)``,
+    [...] long, computed in blocks of rows so no [B, T, V] logits are kept."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.long, device=hidden.device)
+    w = weight.to(flat.dtype)
+    for s in range(0, flat.shape[0], _HEAD_ROWS):
+        z = flat[s:s + _HEAD_ROWS] @ w.t()
+        if bias is not None:
+            z = z + bias.to(z.dtype)
+        out[s:s + _HEAD_ROWS] = z.argmax(-1)
+    return out.view(hidden.shape[:-1])
+
+
 # the entropy order of an unpatched model: AlterConfig's default q_route
 _DEFAULT_Q = {f.name: f.default for f in dataclasses.fields(AlterConfig)}["q_route"]
 
@@ -31,10 +48,12 @@ def route_q(model: nn.Module, q: float | None = None) -> float:
 def base_entropy(model: nn.Module, q: float, *, input_ids: torch.Tensor | None = None,
                  inputs_embeds: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None, cache=None, backbone: nn.Module | None = None,
-                 head: nn.Module | None = None, cache_kw: str | None = None) -> torch.Tensor:
+                 head: nn.Module | None = None, cache_kw: str | None = None, top: bool = False):
     """S_q [B, T] of the base model's (adapters off) distribution at every position of these tokens
     (``input_ids`` or ``inputs_embeds``). ``cache``: a KV cache the pass fills (and continues);
-    ``backbone`` / ``head`` / ``cache_kw``: the model's, when the caller holds them already."""
+    ``backbone`` / ``head`` / ``cache_kw``: the model's, when the caller holds them already.
+    ``top``: return (S_q, the greedy next token [B, T] long) from the same pass (the answer-key
+    router's input)."""
     backbone = backbone_of(model) if backbone is None else backbone
     head = lm_head_of(model) if head is None else head
     kw = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": cache is not None}
@@ -46,4 +65,5 @@ def base_entropy(model: nn.Module, q: float, *, input_ids: torch.Tensor | None =
         kw["inputs_embeds"] = inputs_embeds
     with disable_adapters(model) if is_patched(model) else contextlib.nullcontext():
         hidden = backbone(**kw).last_hidden_state
-    return lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))
+    ent = lm_head_entropy(hidden, head.weight, q=q, bias=getattr(head, "bias", None))
+    return (ent, base_top(hidden, head.weight, getattr(head, "bias", None))) if top else ent

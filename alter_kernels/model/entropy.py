@@ -25,3 +25,15 @@ def token_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     ent = base_entropy(model, route_q(model, q), input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids)                                      # [B, T]
     return routing_from_next(ent, attention_mask)
+
+
+@torch.no_grad()
+def token_top(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The base model's (adapters off) greedy next token at every position [B, T] long: the
+    answer-key router's input (``set_routing_inputs(..., base_top=...)``). Positions are counted
+    over real tokens, as in :func:`token_entropy`."""
+    if attention_mask is not None and position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
+    return base_entropy(model, route_q(model), input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids, top=True)[1]

@@ -181,18 +181,37 @@ class InferenceRule:
 
     # ---------------------------------------------------------------- the base pass
     def base_entropy(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
-        """S_q [B, T] of the base model's distribution at every position of these tokens."""
-        return base_entropy(self.model, self.state.config.q_route, input_ids=input_ids, inputs_embeds=inputs_embeds,
-                            attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                            backbone=self.backbone, head=self.head, cache_kw=self.cache_kw).float()
+        """S_q [B, T] of the base model's distribution at every position of these tokens; with the
+        answer-key router, also its greedy next tokens (``state.auto_top``, from the same pass)."""
+        top = self.state.config.router_input == "answer_keys"
+        out = base_entropy(self.model, self.state.config.q_route, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                           attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                           backbone=self.backbone, head=self.head, cache_kw=self.cache_kw, top=top)
+        if top:
+            self.state.auto_top = out[1]
+            return out[0].float()
+        return out.float()
+
+    def _top_only(self, ids, embeds, mask, pos, past: int) -> None:
+        """The answer-key router's base pass for a forward whose entropies are given (or not used):
+        only the greedy next tokens, of a forward that starts its sequence."""
+        if past:
+            raise RuntimeError(
+                f"ALTER answer_keys router: this forward continues a KV cache of {past} tokens with explicit routing "
+                "inputs (or inference_entropy='none'), so the base model's greedy next tokens are unknown; pass "
+                "set_routing_inputs(..., base_top=...) or let the inference rule route (inference_entropy='base')")
+        if mask is not None and pos is None and mask.dim() == 2:
+            pos = position_ids_from_mask(mask)
+        self.base_entropy(ids, embeds, mask, pos, None)
 
     # ---------------------------------------------------------------- hooks
     def _pre(self, module, args, kwargs):
         state = self.state
-        state.auto_entropy = None
+        state.auto_entropy = state.auto_top = None
         self._pending = None
         mode = state.config.inference_entropy
-        if not state.enabled or state.entropy is not None or state.labels is not None or mode == "none":
+        explicit = state.entropy is not None or state.labels is not None or mode == "none"
+        if not state.enabled or (explicit and (state.base_top is not None or state.config.router_input != "answer_keys")):
             return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
@@ -203,6 +222,10 @@ class InferenceRule:
         cache = kwargs.get(self.cache_kw)
         past = int(cache.get_seq_length()) if cache is not None else 0
         mask = kwargs.get("attention_mask")
+        if explicit:
+            with torch.no_grad():
+                self._top_only(ids, embeds, mask, kwargs.get("position_ids"), past)
+            return None
         mask2d = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == past + n else None
         pos = kwargs.get("position_ids")
         if pos is None and mask2d is not None:
@@ -252,7 +275,7 @@ class InferenceRule:
 
     def _post(self, module, args, kwargs, output):
         stream, self._pending = self._pending, None
-        self.state.auto_entropy = None
+        self.state.auto_entropy = self.state.auto_top = None
         self._served = stream
         if stream is not None:
             self.last_stream = stream

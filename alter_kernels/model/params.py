@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..config import KEYED_ROUTERS
 from .state import ROUTER_ATTR, get_state, layer_routers
 
 
@@ -27,6 +28,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[f"{path}.lora_B"] = alin.lora_B
     for layer_path, r in layer_routers(model).items():
         out[f"{layer_path}.{ROUTER_ATTR}.weight"] = r.weight
-        if r.router_input == "prefix_match":
+        if r.router_input in KEYED_ROUTERS:
             out[f"{layer_path}.{ROUTER_ATTR}.keys"] = r.keys
     return out

@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..ops.routing import RoutingPlan, route
+from .answer_keys import answer_key_features
 from .prefix import prefix_match_features
 from .router import LayerRouter
 from .state import AlterState
@@ -44,6 +45,8 @@ def router_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
     """What the router's W_g multiplies: [N, rows of W_g] (see :class:`LayerRouter`)."""
     if router.router_input == "prefix_match":
         return prefix_match_features(router, hidden)
+    if router.router_input == "answer_keys":
+        return answer_key_features(router, hidden)
     return hidden.reshape(-1, hidden.shape[-1]).detach()
 
 

@@ -15,6 +15,9 @@ class LayerRouter(nn.Module):
     router_input "prefix_match": W_g [K + 1, E] reads the features of :func:`prefix_match_features`
     (K key matches of the prefix, then a constant 1: the last row is a bias); ``keys`` [K, d_model]
     holds the unit-norm keys (a buffer: W_g is the only trained router tensor).
+    router_input "answer_keys": W_g [K + 1, E] reads the features of :func:`.answer_keys.answer_key_features`
+    (which of the K key tokens the base model is about to state, then a constant 1); ``keys`` [K]
+    holds the key token ids as float32 (a buffer, saved with the adapter).
     """
 
     def __init__(self, hidden_size: int, num_experts: int, dtype: torch.dtype, device=None,
@@ -27,6 +30,8 @@ class LayerRouter(nn.Module):
         self.weight = nn.Parameter(torch.zeros(rows, num_experts, dtype=dtype, device=device))
         if router_input == "prefix_match":
             self.register_buffer("keys", torch.zeros(num_keys, hidden_size, dtype=dtype, device=device))
+        elif router_input == "answer_keys":
+            self.register_buffer("keys", torch.zeros(num_keys, dtype=torch.float32, device=device))
         self.plan: RoutingPlan | None = None
         self.pending_hidden: torch.Tensor | None = None
         self.layer_name = ""
@@ -39,4 +44,4 @@ class LayerRouter(nn.Module):
     def extra_repr(self) -> str:
         if self.router_input == "token":
             return f"hidden_size={self.weight.shape[0]}, num_experts={self.weight.shape[1]}"
-        return f"prefix_match, keys={self.keys.shape[0]}, num_experts={self.weight.shape[1]}"
+        return f"{self.router_input}, keys={self.keys.shape[0]}, num_experts={self.weight.shape[1]}"

@@ -48,6 +48,12 @@ class AlterState:
         self.entropy: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
         self.auto_entropy: torch.Tensor | None = None         # set by the inference rule for one forward
+        # answer-key router (config.router_input == "answer_keys"): the base model's greedy next token
+        # at each position, given (base_top, a routing input) or from the inference rule (auto_top)
+        self.base_top: torch.Tensor | None = None
+        self.auto_top: torch.Tensor | None = None
+        self.route_ids: torch.Tensor | None = None           # this forward's input ids (backbone pre-hook)
+        self.route_feats: tuple | None = None                # (token shape, features) of this forward
         self.inference = None                                # the InferenceRule (model/inference.py)
         self.enabled = True
         self.plans: dict[str, RoutingPlan] = {}
@@ -139,7 +145,7 @@ def install_decode_hook(model: nn.Module, hook: DecodeHook) -> _DecodeHookHandle
     return handle
 # --------------------------------------------------------------------------- routing inputs
 def set_routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
-                       labels: torch.Tensor | None = None) -> None:
+                       labels: torch.Tensor | None = None, base_top: torch.Tensor | None = None) -> None:
     """Routing inputs for the following forwards of a patched model.
 
     entropy: [B, T] per-token routing entropies e_t (spec 2: the entropy of the distribution
@@ -148,9 +154,11 @@ def set_routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
         domain d, negative: no label), or None at inference. With labels, low-entropy labelled
         tokens are routed by label, the gradient masks of spec 4 apply and each layer's plan
         carries a router loss (see :func:`router_loss`).
+    base_top: [B, T] the base model's greedy next token at each position (the answer-key router's
+        input, :mod:`alter_kernels.model.answer_keys`), or None: the inference rule computes it.
     """
     state = get_state(model)
-    for name, t in (("entropy", entropy), ("labels", labels)):
+    for name, t in (("entropy", entropy), ("labels", labels), ("base_top", base_top)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"set_routing_inputs: {name} must be a tensor or None, got {type(t).__name__}")
     if labels is not None and (labels.dtype.is_floating_point or labels.dtype == torch.bool):
@@ -158,7 +166,9 @@ def set_routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
     if labels is not None and labels.numel() and int(labels.max()) >= state.config.num_experts:
         raise ValueError(f"set_routing_inputs: label {int(labels.max())} out of range; this adapter has "
                          f"{state.config.num_experts} experts (0 = retain, 1..{state.config.num_forget_experts} forget)")
-    state.entropy, state.labels = entropy, labels
+    if base_top is not None and (base_top.dtype.is_floating_point or base_top.dtype == torch.bool):
+        raise TypeError(f"set_routing_inputs: base_top must be an integer tensor, got {base_top.dtype}")
+    state.entropy, state.labels, state.base_top = entropy, labels, base_top
 
 
 def clear_routing_inputs(model: nn.Module) -> None:
@@ -176,19 +186,20 @@ def set_inference_entropy(model: nn.Module, mode: str) -> None:
         raise PatchError(f"set_inference_entropy: {mode!r} needs the model's next-token entropies, but "
                          f"{head_problem(model)}")
     state.config = dataclasses.replace(state.config, inference_entropy=mode)   # a new value, never an edit
+    # (replace re-validates: the answer-key router refuses any mode but "base")
 
 
 @contextlib.contextmanager
 def routing_inputs(model: nn.Module, entropy: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None) -> Iterator[None]:
+                   labels: torch.Tensor | None = None, base_top: torch.Tensor | None = None) -> Iterator[None]:
     """Context-manager form of :func:`set_routing_inputs`; restores the previous inputs on exit."""
     state = get_state(model)
-    prev = (state.entropy, state.labels)
-    set_routing_inputs(model, entropy, labels)
+    prev = (state.entropy, state.labels, state.base_top)
+    set_routing_inputs(model, entropy, labels, base_top)
     try:
         yield
     finally:
-        state.entropy, state.labels = prev
+        state.entropy, state.labels, state.base_top = prev
 
 
 @contextlib.contextmanager

@@ -30,6 +30,8 @@ class UnlearnData:
     domain_map: dict = dataclasses.field(default_factory=dict)
     forget_cache: tuple | None = None
     retain_cache: tuple | None = None
+    forget_top: list | None = None         # answer-key router: base greedy next tokens per example
+    retain_top: list | None = None
     forget_ref: list | None = None
     config: AlterConfig | None = None
 
@@ -62,6 +64,9 @@ def batch_of(d: UnlearnData, fi, ri, dev) -> dict:
         fc, rc = d.forget_cache, d.retain_cache
         b["entropy"] = pad_float([fc[0][i] for i in fi] + [rc[0][i] for i in ri], t, math.inf)
         b["base_sq"] = pad_float([fc[1][i] for i in fi] + [rc[1][i] for i in ri], t, math.nan)
+    if d.forget_top is not None:
+        b["base_top"] = pad_float([d.forget_top[i].double() for i in fi] + [d.retain_top[i].double() for i in ri],
+                                  t, -1.0).long()
     if d.forget_ref is not None:
         b["ref_logp"] = torch.tensor([d.forget_ref[i] for i in fi] + [0.0] * len(ri), dtype=torch.float32)
     return {k2: v.to(dev) for k2, v in b.items()}

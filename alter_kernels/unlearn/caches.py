@@ -33,6 +33,27 @@ def entropy_cache(model, exs: list[Example], pad_id, bs, dev, q_route, q_struct,
 
 
 @torch.no_grad()
+def top_cache(model, exs: list[Example], pad_id, bs, dev, ctx=None, desc=None) -> list[torch.Tensor]:
+    """Per example: the base model's greedy next token at every position (answer-key router)."""
+    def one(idx):
+        ids, att, _ = collate([exs[i] for i in idx], pad_id)
+        top = _m.token_top(model, ids.to(dev), att.to(dev)).cpu()
+        return [top[j, :len(exs[i].input_ids)].clone() for j, i in enumerate(idx)]
+    return map_batches(len(exs), bs, one, ctx, desc=desc)
+
+
+def cache_tops(run) -> None:
+    """The answer-key router: cache the base model's greedy next tokens of every example."""
+    d = run.data
+    if d.forget_top is not None:
+        return
+    d.forget_top = top_cache(run.model, d.forget, d.pad_id, run.batch_size, run.dev, run.dist,
+                             desc=run.show and "greedy-token cache (forget)")
+    d.retain_top = top_cache(run.model, d.retain, d.pad_id, run.batch_size, run.dev, run.dist,
+                             desc=run.show and "greedy-token cache (retain)") if d.retain else []
+
+
+@torch.no_grad()
 def ref_logps(model, exs: list[Example], pad_id, bs, dev, ctx=None, desc=None) -> list[float]:
     """Sequence log-probability of each example's answer under ``model`` (NPO's reference)."""
     def one(idx):

@@ -19,6 +19,7 @@ from . import _model_api as _patch
 from . import objectives as obj
 from .heads import retain_kl_tokens, step_terms
 from .options import UnlearnOptions, refuse_grad_norm_data_parallel
+from .result import UnlearnError
 
 
 def _f(x) -> float:
@@ -60,7 +61,14 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
         ent = batch["entropy"]
     # per-token routing labels: the row's expert, -1 on padding (and on filler rows, domain -1)
     route_labels = torch.where(att.bool(), dom[:, None].expand_as(ids), torch.full_like(ids, -1))
-    if opts.route_labels == "content":
+    base_top, fire = _answer_key_routing(model, batch) if cfg.router_input == "answer_keys" else (None, None)
+    if fire is not None:
+        # the answer-key router: train exactly the routing of inference (scoring equals generation): a
+        # forget row's position goes to the expert its key points to where a key fires, else to the
+        # retain expert; retain rows stay on the retain expert
+        route_labels = torch.where(att.bool(), torch.where(is_f[:, None], fire, torch.zeros_like(fire)),
+                                   torch.full_like(ids, -1))
+    elif opts.route_labels == "content":
         # only the answer tokens and the token before each (whose outputs predict them) carry labels:
         # the question template ("Question: ... Answer:") is the same in every class
         content = lab != IGNORE_INDEX
@@ -73,10 +81,12 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
     valid = sy != IGNORE_INDEX
     low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
     high = (~low) & valid & torch.isfinite(se)
+    # forget tokens under IHL: the low-entropy ones (spec 5), or where the answer-key router fires
+    ihl_at = (low if fire is None else fire[:, :-1] > 0) & is_f[:, None]
     den = None
     if reduce is not None:                             # counts of the global batch, from the batch alone
         e = cfg.num_experts
-        f_low = (valid & low & is_f[:, None]).sum(1)
+        f_low = (valid & ihl_at).sum(1)
         per_dom = torch.zeros(e, dtype=torch.float64, device=ids.device).index_add_(0, dom.clamp(min=0),
                                                                                       f_low.double())
         sq_ok = torch.isfinite(batch["base_sq"][:, 1:]) if "base_sq" in batch else torch.ones_like(high)
@@ -88,14 +98,14 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
     # the double backward of the grad-norm form needs a differentiable-twice path: the reference
     force = (lambda: use_backend("reference")) if grad_norm else contextlib.nullcontext
     drift = mode == "alter" and opts.lam != 0 and opts.struct_mode == "drift"
-    with _patch.routing_inputs(model, entropy=ent, labels=route_labels), force():
+    with _patch.routing_inputs(model, entropy=ent, labels=route_labels, base_top=base_top), force():
         terms = step_terms(model, fwd, batch, opts, q=opts.struct_q if drift else None)
         rl = _patch.router_loss(model)
     zero = terms.nll.sum() * 0.0
     rl = rl if rl is not None else zero
     if den is not None:                                # router CE: mean over the global batch's labelled tokens
         rl = rl * (den["router_local"] / den["router"]) if den["router"] else rl * 0.0
-    ihl, counts = obj.domain_ihl_tokens(terms.ihl, sy, low & is_f[:, None], dom, denoms=den and den["ihl"])
+    ihl, counts = obj.domain_ihl_tokens(terms.ihl, sy, ihl_at, dom, denoms=den and den["ihl"])
     nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=den and den["nll"])
     rs = zero
     if drift:
@@ -115,6 +125,17 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
             "high_entropy_share": (n_high / n_valid) if n_valid else float("nan"),
             "forget_low_tokens": n_low}
     return loss, logs
+
+
+def _answer_key_routing(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base_top [B, T], the expert each position's answer key points to [B, T], 0 where none fires)."""
+    if "base_top" not in batch:
+        raise UnlearnError("alter_loss: router_input='answer_keys' needs the batch's base greedy tokens "
+                           "('base_top'; the engine caches them when it fits the keys)")
+    router = next(iter(_patch.layer_routers(model).values()))
+    hits, _ = _patch.key_hits(batch["base_top"], batch["input_ids"], router.keys.detach().long(),
+                              batch["attention_mask"])
+    return batch["base_top"], _patch.key_experts(router, hits)
 
 
 def lora_loss(model, batch: dict, hp, *, forward=None, reduce=None):

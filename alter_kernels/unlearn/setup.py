@@ -19,7 +19,7 @@ from .data import DataError, prepare, report_rows
 from .methods import METHODS
 from .options import ENGINE_ROUTER_INPUT, UnlearnOptions, check_expert_count
 from .result import UnlearnError
-from .subdomains import choose_k, fit_prefix_router, init_router, kmeans, map_domain_labels, pooled_features
+from .subdomains import choose_k, fit_answer_keys, fit_prefix_router, init_router, kmeans, map_domain_labels, pooled_features
 from .util import device_of, pad_id_of
 
 
@@ -227,7 +227,15 @@ def _new_config(run: RunContext, alter_config, mapping, want, feats: _Features) 
 def _init_routing(run: RunContext, assign: list[int], feats: _Features) -> None:
     """Fit the prefix-match router's keys, or place the token router's columns at the centroids."""
     model, d, opts = run.model, run.data, run.opts
-    if _m.get_state(model).config.router_input == "prefix_match":
+    if _m.get_state(model).config.router_input == "answer_keys":
+        caches.cache_tops(run)
+        info = fit_answer_keys(model, d.forget, assign, d.forget_top, d.retain, init_weights=opts.router_init,
+                               special_ids=[d.pad_id])
+        if info["uncovered_forget_rows"]:
+            warnings.warn(f"unlearn[{run.method}]: {info['uncovered_forget_rows']} forget row(s) have no answer token "
+                          "that the base model states itself and no retain row holds; the answer-key router "
+                          "cannot tell them from retain rows")
+    elif _m.get_state(model).config.router_input == "prefix_match":
         info = fit_prefix_router(model, d.forget, assign, d.retain, init_weights=opts.router_init,
                                  special_ids=[d.pad_id])
         if info["uncovered_forget_rows"]:

@@ -162,6 +162,21 @@ ROUTER_BETA = 40.0      # W_g scale at init: a matched key gives its expert logi
                         # of 20 / tau_high: forget experts get gate ~1e-11 on retain rows, ~1 on matched rows)
 
 
+def _grow_key_rows(w_old: torch.Tensor, old: int, new_dom: list[int], init_weights: bool) -> torch.Tensor:
+    """W_g [old + K_new + 1, E] of a keyed router: the old key rows, the new ones, the bias row last.
+    init_weights: new key row i gets ROUTER_BETA at expert new_dom[i]; a fresh bias row ROUTER_BETA / 2
+    at the retain expert."""
+    w = torch.zeros(old + len(new_dom) + 1, w_old.shape[1], dtype=w_old.dtype, device=w_old.device)
+    w[:old] = w_old[:old]
+    w[-1] = w_old[-1]
+    if init_weights:
+        for i, d in enumerate(new_dom):
+            w[old + i, d] = ROUTER_BETA
+        if old == 0:
+            w[-1, 0] = ROUTER_BETA / 2
+    return w
+
+
 @torch.no_grad()
 def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], retain: list[Example],
                       init_weights: bool = True, special_ids=()) -> dict:
@@ -210,16 +225,47 @@ def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], re
         else:
             v = torch.zeros(0, r.keys.shape[1], device=dev, dtype=dt)
         r.keys = torch.cat([r.keys, v])
-        w_old = r.weight.detach()
-        e = w_old.shape[1]
-        w = torch.zeros(old + k_new + 1, e, dtype=w_old.dtype, device=w_old.device)
-        w[:old] = w_old[:old]
-        w[-1] = w_old[-1]
-        if init_weights:
-            for i, d in enumerate(new_dom):
-                w[old + i, d] = ROUTER_BETA
-            if old == 0:
-                w[-1, 0] = ROUTER_BETA / 2
-        r.weight = torch.nn.Parameter(w, requires_grad=r.weight.requires_grad)
+        r.weight = torch.nn.Parameter(_grow_key_rows(r.weight.detach(), old, new_dom, init_weights),
+                                      requires_grad=r.weight.requires_grad)
     state.config = dataclasses.replace(state.config, router_keys=old + k_new)
     return {"keys": old + k_new, "new_keys": k_new, "uncovered_forget_rows": uncovered}
+
+
+# --------------------------------------------------------------------------- answer-key router
+@torch.no_grad()
+def fit_answer_keys(model, forget: list[Example], forget_assign: list[int], forget_top: list[torch.Tensor],
+                    retain: list[Example], init_weights: bool = True, special_ids=()) -> dict:
+    """Keys and W_g of the answer-key router (config.router_input == "answer_keys").
+
+    Keys: the answer tokens of the forget rows that the base model states itself (its greedy next
+    token at the position before, ``forget_top``), that occur in no retain row and not in the row's
+    own prompt; each assigned to the expert of the forget rows it occurs in most. A model continuing
+    an earlier request keeps its keys and W_g rows and appends the new ones. W_g (every layer): as
+    the prefix-match router's (row k: ROUTER_BETA at its key's expert; the bias row ROUTER_BETA / 2
+    at the retain expert). Returns a summary (keys, uncovered rows: forget rows with no key).
+    """
+    state = _patch.get_state(model)
+    routers = [_patch.layer_routers(model)[p] for p in state.routers]
+    r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
+    old_ids = set(int(t) for t in routers[0].keys.tolist())
+    counts: dict[int, dict[int, int]] = {}
+    uncovered = 0
+    for ex, e, top in zip(forget, forget_assign, forget_top):
+        prompt = set(int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100)
+        stated = [int(ex.input_ids[i]) for i in range(1, len(ex.input_ids))
+                  if ex.labels[i] != -100 and int(top[i - 1]) == int(ex.input_ids[i])]
+        cand = [t for t in stated if t not in r_tok and t not in prompt]
+        if not cand:
+            uncovered += 1
+        for t in set(cand) - old_ids:
+            counts.setdefault(t, {})
+            counts[t][e] = counts[t].get(e, 0) + 1
+    new_ids = sorted(counts)
+    new_dom = [max(counts[t].items(), key=lambda kv: (kv[1], -kv[0]))[0] for t in new_ids]
+    old = routers[0].keys.shape[0]
+    for r in routers:
+        r.keys = torch.cat([r.keys, torch.tensor(new_ids, dtype=r.keys.dtype, device=r.keys.device)])
+        r.weight = torch.nn.Parameter(_grow_key_rows(r.weight.detach(), old, new_dom, init_weights),
+                                      requires_grad=r.weight.requires_grad)
+    state.config = dataclasses.replace(state.config, router_keys=old + len(new_ids))
+    return {"keys": old + len(new_ids), "new_keys": len(new_ids), "uncovered_forget_rows": uncovered}
