@@ -21,10 +21,12 @@ from ..eval.fluency_model import open_generations, text_nll
 from ..eval.format import QAFormat
 from .data import FORGET_WORDINGS, candidate_facts, family_rows, general_rows
 from .general import OPEN_RETAIN, PASSAGES
-from .score import accuracy_by_kind, answer_rows
+from .score import accuracy_by_kind, answer_rows, routed_rows
 
 MODEL = "smollm2-135m-instruct"
 METHODS = ("alter", "asymlora", "npo_retain", "graddiff")
+# adapter methods with another router form: cell name -> (ak.unlearn method, its extra options)
+VARIANTS = {f"{m}_answer_keys": (m, {"router_input": "answer_keys"}) for m in ("alter", "asymlora")}
 LR_KEYS = ("lr", "lr_A", "lr_B", "lr_router")      # scaled together, from ak.unlearn's DEFAULTS
 GRID = (0.3, 1.0, 3.0)
 SEEDS = (0, 1, 2)
@@ -136,11 +138,13 @@ def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, si
     model = copy.deepcopy(base_model)
     torch.manual_seed(seed)
     t = time.perf_counter()
-    res = unlearn(model, forget, retain, method=method, tokenizer=tok, epochs=size["epochs"], seed=seed,
-                  progress=False, **TRAIN, **lr_hparams(scale))
+    base_method, extra = VARIANTS.get(method, (method, {}))
+    res = unlearn(model, forget, retain, method=base_method, tokenizer=tok, epochs=size["epochs"], seed=seed,
+                  progress=False, **TRAIN, **lr_hparams(scale), **extra)
     train_s = time.perf_counter() - t
     model = res.model.eval()
     ev = evaluate(model, tok, fam, size)
+    ev["routed"] = routed_rows(model, tok, eval_rows(fam), bp["base"]["answers"])
     tokens = sum(h.get("tokens", 0) for h in res.history)
     cell = {"method": method, "family": bp["family"], "scale": scale, "seed": seed, "train_seconds": train_s,
             "steps": res.steps, "train_tokens": tokens, "hparams": lr_hparams(scale), "train": TRAIN,
@@ -168,7 +172,14 @@ def metrics(bp: dict, ev: dict) -> dict:
          "fluency_forget": fluency_stats(ev["open_forget"], threshold=thr),
          "fluency_retain": fluency_stats(ev["open_retain"], threshold=thr),
          "passage_nll": ev["passage_nll"], "nll_ratio": ev["passage_nll"] / bp["base"]["passage_nll"]}
+    if ev.get("routed"):                 # share of rows routed to a forget expert, per kind (base-known rows)
+        m["routed"] = {k: _share([ev["routed"][r["id"]] for r in rows if r["kind"] == k
+                                  and bp["base_correct"].get(r["id"])]) for k in acc}
     return m
+
+
+def _share(flags: list) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 def _load_cell(path: str):

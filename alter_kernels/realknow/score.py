@@ -62,3 +62,23 @@ def accuracy_by_kind(rows: Sequence[dict], answers: dict, base_correct: dict) ->
             d["hits"] += bool(answers[r["id"]]["correct"])
     return {k: {"acc": (d["hits"] / d["n"]) if d["n"] else None, "n": d["n"], "n_total": d["n_total"]}
             for k, d in out.items()}
+
+
+def routed_rows(model, tokenizer, rows: Sequence[dict], answers: dict) -> dict:
+    """{id: True when some position of the row's prompt and the base model's answer (``answers``:
+    id -> {"answer"}, teacher-forced, routed by the model's own inference rule) gives a forget
+    expert weight > 0.5 in the first patched layer}; {} for a model without routed experts."""
+    import torch
+
+    from ..model.state import is_patched, last_plans
+    if not is_patched(model):
+        return {}
+    out = {}
+    with torch.no_grad():
+        for r in rows:
+            ans = tokenizer.encode(answers[r["id"]]["answer"], add_special_tokens=False)
+            ids = torch.tensor([prompt_ids(tokenizer, r) + ans])
+            model(input_ids=ids, use_cache=False)
+            plan = next(iter(last_plans(model).values()))
+            out[r["id"]] = bool((plan.expert_weights[:, 1:].max(-1).values > 0.5).any())
+    return out
