@@ -115,8 +115,9 @@ def _adapter_options(g, src: _Sources) -> None:
     g.add_argument("--no-router-init", action="store_true", help="do not start the router at the centroids")
     src.opt(g, "--retain-expert", "retain_expert", choices=list(O.RETAIN_EXPERT))
     g.add_argument("--router-input", default=O.ENGINE_ROUTER_INPUT, choices=list(ROUTER_INPUTS),
-                   help="router form: prefix_match (keys fitted from the data; docs/unlearning.md) or token (the "
-                        "per-token linear router of ALTER_SPEC section 3)")
+                   help="router form: prefix_match (keys fitted from the data; docs/unlearning.md), answer_keys (routes "
+                        "where the base model is about to state a forget answer) or token (the per-token linear "
+                        "router of ALTER_SPEC section 3)")
     g.add_argument("--q-route", type=float, default=cfg["q_route"], help="Tsallis q of the routing entropy")
     g.add_argument("--threshold", type=float, default=cfg["threshold"],
                    help="entropy threshold theta (high: e > theta)")

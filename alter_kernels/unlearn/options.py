@@ -18,7 +18,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | threshold_quantile | None or in (0, 1) |
 | threshold_auto | None or in (0, 1) |
 | route_labels | "content" or "all" |
-| router_input | None, "prefix_match" or "token" |
+| router_input | None, "prefix_match", "answer_keys" or "token" |
 | router_eval | bool |
 | retain_expert | "train" or "frozen" |
 | prompt_format | a format string whose only field is {question} |
@@ -105,7 +105,7 @@ class UnlearnOptions:
     retain_expert: str = _opt("train", "ALTER / AsymLoRA: train the retain expert B_0 (spec 4), or keep it frozen "
                                        "(zero: retain-routed tokens compute the base model; docs/unlearning.md)")
     router_input: Any = _opt(None, "router form of the AlterConfig the engine builds: prefix_match (keys fitted "
-                                   "from the data; docs/unlearning.md) or token (the per-token linear router of "
+                                   "from the data; docs/unlearning.md), answer_keys or token (the per-token linear router of "
                                    f"ALTER_SPEC section 3); None: base_config's if given, else {ENGINE_ROUTER_INPUT}")
     base_config: Any = _opt(None, "AlterConfig template when alter_config is None (N still from labels / k-means)")
 
