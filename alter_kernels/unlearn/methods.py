@@ -59,21 +59,7 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
         ent = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)   # every token low
     else:
         ent = batch["entropy"]
-    # per-token routing labels: the row's expert, -1 on padding (and on filler rows, domain -1)
-    route_labels = torch.where(att.bool(), dom[:, None].expand_as(ids), torch.full_like(ids, -1))
-    base_top, fire = _answer_key_routing(model, batch) if cfg.router_input == "answer_keys" else (None, None)
-    if fire is not None:
-        # the answer-key router: train exactly the routing of inference (scoring equals generation): a
-        # forget row's position goes to the expert its key points to where a key fires, else to the
-        # retain expert; retain rows stay on the retain expert
-        route_labels = torch.where(att.bool(), torch.where(is_f[:, None], fire, torch.zeros_like(fire)),
-                                   torch.full_like(ids, -1))
-    elif opts.route_labels == "content":
-        # only the answer tokens and the token before each (whose outputs predict them) carry labels:
-        # the question template ("Question: ... Answer:") is the same in every class
-        content = lab != IGNORE_INDEX
-        content[:, :-1] |= lab[:, 1:] != IGNORE_INDEX
-        route_labels = torch.where(content, route_labels, torch.full_like(route_labels, -1))
+    route_labels, base_top, fire = _route_labels(model, batch, opts, cfg)
     grad_norm = mode == "alter" and opts.grad_norm_struct
     if mode == "alter" and reduce is not None:
         refuse_grad_norm_data_parallel(opts, "alter_loss")
@@ -125,6 +111,29 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
             "high_entropy_share": (n_high / n_valid) if n_valid else float("nan"),
             "forget_low_tokens": n_low}
     return loss, logs
+
+
+def _route_labels(model, batch: dict, opts, cfg):
+    """(per-token routing labels [B, T], base_top or None, the answer-key experts [B, T] or None).
+
+    Labels: the row's expert, -1 on padding (and on filler rows, domain -1); with route_labels
+    "content" only the answer tokens and the token before each (whose outputs predict them) carry
+    labels, since the question template ("Question: ... Answer:") is the same in every class. With
+    the answer-key router the engine trains exactly the routing of inference (scoring equals
+    generation): a forget row's position goes to the expert its key points to where a key fires,
+    else to the retain expert; retain rows stay on the retain expert."""
+    ids, att, lab, is_f = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["is_forget"]
+    route_labels = torch.where(att.bool(), batch["domain"][:, None].expand_as(ids), torch.full_like(ids, -1))
+    if cfg.router_input == "answer_keys":
+        base_top, fire = _answer_key_routing(model, batch)
+        route_labels = torch.where(att.bool(), torch.where(is_f[:, None], fire, torch.zeros_like(fire)),
+                                   torch.full_like(ids, -1))
+        return route_labels, base_top, fire
+    if opts.route_labels == "content":
+        content = lab != IGNORE_INDEX
+        content[:, :-1] |= lab[:, 1:] != IGNORE_INDEX
+        route_labels = torch.where(content, route_labels, torch.full_like(route_labels, -1))
+    return route_labels, None, None
 
 
 def _answer_key_routing(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
