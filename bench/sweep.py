@@ -34,9 +34,11 @@ import torch  # noqa: E402
 from alter_kernels.demo.protocol import (DEV_SEED, SCORES, SELECTED_PATH, SELECTION_SCORE,  # noqa: E402
                                          TEST_SEEDS, bench_for, evaluate, hm_score, load_split, selection_score)
 from alter_kernels.common.fsio import atomic_write, json_safe, write_json  # noqa: E402
-from alter_kernels.demo import METHODS, method_hparams, run_method  # noqa: E402
+from alter_kernels.demo import METHODS as DEMO_METHODS, method_hparams, run_method  # noqa: E402
+from alter_kernels.unlearn.options import METHOD_VARIANTS, resolve_variant  # noqa: E402
 
 GRID = (10, 30, 100)
+METHODS = DEMO_METHODS + tuple(METHOD_VARIANTS)    # the demo's methods, then the router-form variants
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sweep")
 
 
@@ -118,7 +120,7 @@ def run_cell(s: Seed, method: str, hp: dict) -> dict:
            "forget_degenerate": ff["degenerate_share"],
            "retain_degenerate": r["fluency_retain"]["degenerate_share"]}
     ur = res_holder.get("r")
-    if ur is not None and method in ("alter", "asymlora"):
+    if ur is not None and resolve_variant(method)[0] in ("alter", "asymlora"):
         out["threshold"] = getattr(ur.config, "threshold", None)
         out["threshold_source"] = getattr(ur, "threshold_source", None)
         ra = getattr(ur, "router_accuracy", None)

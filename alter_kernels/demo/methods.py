@@ -44,10 +44,12 @@ def run_method(name: str, model, forget: list, retain: list, tokenizer, *, epoch
     if unlearn is None:
         raise RuntimeError("alter_kernels.unlearn is not available in this build (the unlearning "
                            "engine); the demo cannot run the methods without it")
+    from ..unlearn.options import resolve_variant
+    method, extra = resolve_variant(name)
     t0 = time.perf_counter()
-    res = unlearn(model, forget, retain, method=name, tokenizer=tokenizer, epochs=epochs,
+    res = unlearn(model, forget, retain, method=method, tokenizer=tokenizer, epochs=epochs,
                   max_steps=max_steps, batch_size=batch_size, seed=seed, progress=progress,
-                  out_dir=out_dir, **(method_hparams(name) if hparams is None else hparams))
+                  out_dir=out_dir, **extra, **(method_hparams(name) if hparams is None else hparams))
     LAST_RUN["result"] = res
     seconds = getattr(res, "seconds", None)
     return getattr(res, "model", model), float(seconds if seconds is not None else time.perf_counter() - t0)

@@ -25,8 +25,6 @@ from .score import accuracy_by_kind, answer_rows, routed_rows
 
 MODEL = "smollm2-135m-instruct"
 METHODS = ("alter", "asymlora", "npo_retain", "graddiff")
-# adapter methods with another router form: cell name -> (ak.unlearn method, its extra options)
-VARIANTS = {f"{m}_answer_keys": (m, {"router_input": "answer_keys"}) for m in ("alter", "asymlora")}
 LR_KEYS = ("lr", "lr_A", "lr_B", "lr_router")      # scaled together, from ak.unlearn's DEFAULTS
 GRID = (0.3, 1.0, 3.0)
 SEEDS = (0, 1, 2)
@@ -128,6 +126,7 @@ def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, si
     import torch
 
     from ..unlearn import unlearn
+    from ..unlearn.options import resolve_variant
     path = cell_path(out, bp["family"], method, scale, seed)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
@@ -138,7 +137,7 @@ def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, si
     model = copy.deepcopy(base_model)
     torch.manual_seed(seed)
     t = time.perf_counter()
-    base_method, extra = VARIANTS.get(method, (method, {}))
+    base_method, extra = resolve_variant(method)
     res = unlearn(model, forget, retain, method=base_method, tokenizer=tok, epochs=size["epochs"], seed=seed,
                   progress=False, **TRAIN, **lr_hparams(scale), **extra)
     train_s = time.perf_counter() - t

@@ -42,6 +42,15 @@ from .result import UnlearnError
 # engine fits from the data. ``AlterConfig()``'s own default (ALTER_SPEC's per-token router) is for
 # configs a user builds; ``alter-unlearn --router-input`` defaults to this one.
 ENGINE_ROUTER_INPUT = "prefix_match"
+# Benchmark names for an adapter method run with another router form (bench/, realknow, the demo's
+# sweep): "<method>_answer_keys" is ``ak.unlearn(method=<method>, router_input="answer_keys")``.
+METHOD_VARIANTS = {f"{m}_answer_keys": (m, {"router_input": "answer_keys"}) for m in ("alter", "asymlora")}
+
+
+def resolve_variant(name: str) -> tuple[str, dict]:
+    """(the ``ak.unlearn`` method, its extra options) of a benchmark method name."""
+    method, extra = METHOD_VARIANTS.get(name, (name, {}))
+    return method, dict(extra)
 STRUCT_MODES = ("drift", "grad_norm")
 FUSED_LOSS = ("auto", "off")
 RETAIN_EXPERT = ("train", "frozen")
