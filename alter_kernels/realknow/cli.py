@@ -12,7 +12,7 @@ import sys
 import time
 
 from .bench import GRID, METHODS, SEEDS, SIZES, base_pass, cell_path, load_base, metrics, run_cell, write_json
-from .report import SELECTION, aggregate, flat, markdown_table, selection_score
+from .report import SELECTION, aggregate, flat, markdown_table, routing_table, selection_score
 
 DEFAULT_OUT = os.path.join("bench", "results", "realknow")
 
@@ -61,6 +61,10 @@ def write_results(out, bp, cells: dict, info: dict) -> dict:
           f"2-core shared CPU. Known facts {bp['rows']['n_known']}/{bp['rows']['n_total']}; accuracies over "
           f"items the base model answers (n per column in results.json). Mean±std over seeds.\n\n"
           + markdown_table(rows) + "\n")
+    rt = routing_table(rows)
+    if rt:
+        md += ("\nRouting: share of base-known rows (prompt and the base model's answer, teacher-forced) on "
+               "which some position goes to a forget expert (first patched layer, weight > 0.5).\n\n" + rt + "\n")
     from ..common.fsio import atomic_write
     atomic_write(os.path.join(d, "table.md"), md)
     return res

@@ -51,6 +51,7 @@ def flat(m: dict) -> dict:
                 "distinct2_retain": m["fluency_retain"]["distinct_2"],
                 "degenerate_forget": m["fluency_forget"].get("degenerate_share"),
                 "nll_ratio": m["nll_ratio"]})
+    out.update({f"routed_{k}": v for k, v in (m.get("routed") or {}).items()})   # routed methods only
     return out
 
 
@@ -89,4 +90,17 @@ def markdown_table(rows: dict) -> str:
     lines = [head, sep]
     for label, agg in rows.items():
         lines.append(f"| {label} | " + " | ".join(_fmt(agg.get(k)) for _, k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def routing_table(rows: dict) -> str | None:
+    """Share of base-known rows routed to a forget expert, per kind (rows of routed methods only;
+    None when no row has any). A forget wording should be near 1; every other kind near 0."""
+    kinds = [k for k in TABLE_KINDS if any(f"routed_{k}" in agg for agg in rows.values())]
+    routed = {label: agg for label, agg in rows.items() if any(f"routed_{k}" in agg for k in kinds)}
+    if not routed:
+        return None
+    lines = ["| method | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for label, agg in routed.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(agg.get(f"routed_{k}")) for k in kinds) + " |")
     return "\n".join(lines)

@@ -126,3 +126,27 @@ def test_metrics_keep_retain_training_rows_out_of_held_out_neighbours():
     m = bench.metrics(bp, cell)
     assert m["neighbour"] == 1.0 and m["acc"]["retain_train"] == 0.0
     assert m["nll_ratio"] == pytest.approx(1.1)
+
+
+def test_routing_shares_per_kind_reach_the_table():
+    from alter_kernels.realknow import bench
+    from alter_kernels.realknow.report import aggregate, flat, routing_table
+    facts = candidate_facts("capitals")
+    fam = family_rows("capitals", facts[:10], facts[10:20])
+    fam["general"] = general_rows()[:4]
+    fam["n_known"], fam["n_total"] = 20, len(facts)
+    rows = bench.eval_rows(fam)
+    gens = ["Rivers flow to the sea and the sea is salty."] * 3
+    base = {"answers": {r["id"]: {"answer": "", "correct": True} for r in rows}, "open_forget": gens,
+            "open_retain": gens, "passage_nll": 2.0}
+    unknown = rows[-1]["id"]                                   # a row the base model misses is not counted
+    bp = {"family": "capitals", "rows": fam, "base": base,
+          "base_correct": {r["id"]: r["id"] != unknown for r in rows}}
+    routed = {r["id"]: r["kind"] in ("forget", "lower") or r["id"] == unknown for r in rows}
+    m = bench.metrics(bp, dict(base, routed=routed))
+    assert m["routed"]["forget"] == 1.0 and m["routed"]["lower"] == 1.0 and m["routed"]["general"] == 0.0
+    assert all(v == 0.0 for k, v in m["routed"].items() if k not in ("forget", "lower"))
+    assert "routed" not in bench.metrics(bp, base)             # an unrouted method: no routing numbers
+    table = routing_table({"alter": aggregate([flat(m)]), "graddiff": aggregate([flat(bench.metrics(bp, base))])})
+    assert "| alter |" in table and "graddiff" not in table and "1.00" in table
+    assert routing_table({"graddiff": aggregate([flat(bench.metrics(bp, base))])}) is None
