@@ -42,9 +42,13 @@ from .result import UnlearnError
 # engine fits from the data. ``AlterConfig()``'s own default (ALTER_SPEC's per-token router) is for
 # configs a user builds; ``alter-unlearn --router-input`` defaults to this one.
 ENGINE_ROUTER_INPUT = "prefix_match"
-# Benchmark names for an adapter method run with another router form (bench/, realknow, the demo's
-# sweep): "<method>_answer_keys" is ``ak.unlearn(method=<method>, router_input="answer_keys")``.
-METHOD_VARIANTS = {f"{m}_answer_keys": (m, {"router_input": "answer_keys"}) for m in ("alter", "asymlora")}
+# Benchmark names for an adapter method run with other options (bench/, realknow, the demo's sweep):
+# "<method>_answer_keys" is ``ak.unlearn(method=<method>, router_input="answer_keys")``, a "_frozen"
+# suffix adds ``retain_expert="frozen"`` (B_0 kept at zero).
+_VARIANT_PARTS = {"": {}, "_answer_keys": {"router_input": "answer_keys"}}
+METHOD_VARIANTS = {f"{m}{suffix}{f}": (m, {**extra, **({"retain_expert": "frozen"} if f else {})})
+                   for m in ("alter", "asymlora") for suffix, extra in _VARIANT_PARTS.items() for f in ("", "_frozen")
+                   if suffix or f}
 
 
 def resolve_variant(name: str) -> tuple[str, dict]:

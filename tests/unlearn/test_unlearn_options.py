@@ -101,3 +101,18 @@ def test_gated_decoding_replaces_the_config_instead_of_editing_it():
     assert ak.get_state(model).config.inference_entropy == "base"
     ak.set_inference_entropy(model, "none")
     assert held.inference_entropy == "base" and ak.get_state(model).config.inference_entropy == "none"
+
+
+def test_method_variants_resolve_to_valid_engine_options():
+    from alter_kernels.unlearn import METHODS
+    from alter_kernels.unlearn.options import METHOD_VARIANTS, UnlearnOptions, resolve_variant
+    assert resolve_variant("npo") == ("npo", {})
+    assert resolve_variant("alter_answer_keys_frozen") == ("alter", {"router_input": "answer_keys",
+                                                                     "retain_expert": "frozen"})
+    for name in METHOD_VARIANTS:
+        method, extra = resolve_variant(name)
+        assert method in METHODS and name.startswith(method) and extra
+        UnlearnOptions.from_kwargs(name, extra)          # every variant's options pass the checks
+    extra = resolve_variant("alter_frozen")[1]
+    extra["retain_expert"] = "train"                     # a copy: the table itself is never edited
+    assert resolve_variant("alter_frozen")[1] == {"retain_expert": "frozen"}
