@@ -132,7 +132,7 @@ def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, si
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     fam = bp["rows"]
-    forget = [{"question": r["question"], "answer": r["answer"]} for r in fam["forget"]]
+    forget = [{"question": r["question"], "answer": r["answer"], "aliases": r["aliases"]} for r in fam["forget"]]
     retain = [{"question": r["question"], "answer": r["answer"]} for r in bp["retain_rows"]]
     model = copy.deepcopy(base_model)
     torch.manual_seed(seed)

@@ -40,6 +40,7 @@ class Example:
     domain: Any = None            # raw domain value from the data (None: none given)
     index: int = 0                # position in its source (stable cache key)
     source: str = ""
+    alias_keys: tuple = ()        # first tokens of the row's 'aliases' (the answer-key router's keys)
 
     @property
     def num_answer_tokens(self) -> int:
@@ -76,6 +77,10 @@ def validate_rows(rows: list, where: str, name: str, allow_empty: bool = False) 
                     raise DataError(f"{at}: field {key!r} must be a string, got {type(r[key]).__name__}")
             if not r["answer"].strip():
                 raise DataError(f"{at}: field 'answer' is empty")
+        al = r.get("aliases")
+        if al is not None and (not isinstance(al, (list, tuple)) or not all(isinstance(a, str) and a.strip() for a in al)):
+            raise DataError(f"{at}: field 'aliases' must be a list of non-empty strings (the answer's accepted "
+                            f"names), got {al!r}")
         d = r.get("domain")
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, str))):
             raise DataError(f"{at}: field 'domain' must be an int or a string, got {type(d).__name__}")
@@ -120,6 +125,19 @@ def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def alias_first_tokens(tokenizer, aliases) -> tuple:
+    """The token a model starts each alias with: mid-sentence (with a leading space) and, when it is a
+    whole word, at the start of a turn (no space); sorted ids."""
+    out = set()
+    for a in aliases:
+        a = a.strip()
+        out.add(_ids(tokenizer, " " + a)[0])
+        plain = _ids(tokenizer, a)[0]
+        if tokenizer.decode([plain]).strip() == a.split()[0]:
+            out.add(plain)
+    return tuple(sorted(out))
+
+
 def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length: int = 512,
                   chat_template: bool | str = DEFAULT_CHAT_TEMPLATE, prompt_format: str = DEFAULT_PROMPT_FORMAT,
                   ) -> list[Example]:
@@ -154,7 +172,7 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str, name: str, max_length
         answer = _ids(tokenizer, sep + r["answer"].strip()) + eos
         ids = (prompt + answer)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
-        ex = Example(ids, labels, dom, i, where)
+        ex = Example(ids, labels, dom, i, where, alias_first_tokens(tokenizer, r.get("aliases") or ()))
         if ex.num_answer_tokens == 0:
             raise DataError(f"{name}: {where} row {i}: no answer token left after truncation to "
                             f"max_length={max_length} (prompt has {len(prompt)} tokens); raise max_length")

@@ -237,9 +237,11 @@ def fit_answer_keys(model, forget: list[Example], forget_assign: list[int], forg
                     retain: list[Example], init_weights: bool = True, special_ids=()) -> dict:
     """Keys and W_g of the answer-key router (config.router_input == "answer_keys").
 
-    Keys: the answer tokens of the forget rows that the base model states itself (its greedy next
-    token at the position before, ``forget_top``), that occur in no retain row and not in the row's
-    own prompt; each assigned to the expert of the forget rows it occurs in most. A model continuing
+    Keys of a row with ``aliases`` (Example.alias_keys): the first tokens of its aliases. Otherwise
+    the answer tokens the base model states itself (its greedy next token at the position before,
+    ``forget_top``) that occur in no retain row, not in the row's own prompt and in at most a quarter
+    of the forget rows (a word of every answer is template, not fact). Each key goes to the expert of
+    the forget rows it occurs in most. A model continuing
     an earlier request keeps its keys and W_g rows and appends the new ones. W_g (every layer): as
     the prefix-match router's (row k: ROUTER_BETA at its key's expert; the bias row ROUTER_BETA / 2
     at the retain expert). Returns a summary (keys, uncovered rows: forget rows with no key).
@@ -250,11 +252,18 @@ def fit_answer_keys(model, forget: list[Example], forget_assign: list[int], forg
     old_ids = set(int(t) for t in routers[0].keys.tolist())
     counts: dict[int, dict[int, int]] = {}
     uncovered = 0
-    for ex, e, top in zip(forget, forget_assign, forget_top):
+    stated = []
+    for ex, top in zip(forget, forget_top):
         prompt = set(int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100)
-        stated = [int(ex.input_ids[i]) for i in range(1, len(ex.input_ids))
-                  if ex.labels[i] != -100 and int(top[i - 1]) == int(ex.input_ids[i])]
-        cand = [t for t in stated if t not in r_tok and t not in prompt]
+        stated.append({int(ex.input_ids[i]) for i in range(1, len(ex.input_ids))
+                       if ex.labels[i] != -100 and int(top[i - 1]) == int(ex.input_ids[i])} - prompt - r_tok)
+    rows_with = {}
+    for st in stated:
+        for t in st:
+            rows_with[t] = rows_with.get(t, 0) + 1
+    common = {t for t, n in rows_with.items() if n > max(1, len(forget) // 4)}
+    for ex, e, st in zip(forget, forget_assign, stated):
+        cand = list(ex.alias_keys) if ex.alias_keys else sorted(st - common)
         if not cand:
             uncovered += 1
         for t in set(cand) - old_ids:
