@@ -7,11 +7,14 @@
 
 - DEV: the embedded benchmark built from corpus seed ``DEV_SEED`` (1000), same sizes as TEST.
   Every method gets the same grid: one multiplier k of ALL of its learning rates (lr; lr_A, lr_B,
-  lr_router for the adapter methods), k in GRID (4 points). The selected k maximises the harmonic
-  mean of (forget quality, utility / finetuned utility) on DEV, ties broken by the larger forget
-  quality. ``select`` writes alter_kernels/demo/selected_hparams.json (the demo reads it).
-- TEST: corpus seeds 0 (what the demo reports), 1 and 2, each method at its DEV-selected values;
-  the table gives mean and std over the three seeds. Nothing is ever selected on a TEST seed.
+  lr_router for the adapter methods), k in GRID; the adapter methods also run with B_0 frozen
+  (``<method>_frozen``, alter_kernels.unlearn.options.METHOD_VARIANTS). The selected k maximises
+  the selection score (``--score``, default hm_fluency: the harmonic mean of forget quality and
+  utility / finetuned utility times a fluency ratio to the retain model) on DEV, ties broken by the
+  larger forget quality. ``select`` writes alter_kernels/demo/selected_hparams.json.
+- TEST: corpus seeds 0 (what the demo reports) to 4, each method at its DEV-selected values;
+  the table gives mean and std over the seeds and paired wins of each ALTER form against every
+  other method. Nothing is ever selected on a TEST seed.
 
 Every cell (preset, seed, method, k) is cached in bench/results/sweep/<preset>_cells.json, so a
 stopped sweep continues where it stopped. Training and evaluation are the demo's (run_method,
@@ -204,6 +207,37 @@ def _ms(vals):
     return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
 
 
+def paired_lines(cells, chosen, score) -> list[str]:
+    """Paired comparisons on the TEST seeds: for each ALTER form against each other method at their
+    DEV-selected values, the seeds where ALTER's selection score is higher, and the mean difference;
+    then each method's retain ROUGE and forget-answer repetition against the retain model's."""
+    def per_seed(m):
+        k = chosen[m]["k"]
+        return {sd: c for sd in TEST_SEEDS if (c := cells.get(f"{sd}|{m}|{k}"))}
+    have = {m: per_seed(m) for m in METHODS if m in chosen}
+    have = {m: v for m, v in have.items() if v}
+    mine = [m for m in have if resolve_variant(m)[0] == "alter"]
+    others = [m for m in have if m not in mine]
+    if not mine or not others:
+        return []
+    out = ["", f"Paired on TEST seeds (score {score}): seeds where the row beats the column / seeds in common "
+               "(mean score difference)", "", "| ALTER form | " + " | ".join(others) + " |",
+           "|---|" + "---|" * len(others)]
+    for a in mine:
+        row = []
+        for b in others:
+            common = sorted(set(have[a]) & set(have[b]))
+            d = [cell_score(cells, sd, have[a][sd], score) - cell_score(cells, sd, have[b][sd], score) for sd in common]
+            row.append(f"{sum(x > 0 for x in d)}/{len(d)} ({statistics.mean(d):+.3f})" if d else "-")
+        out.append(f"| {a} | " + " | ".join(row) + " |")
+    out += ["", "| method | retain ROUGE | forget repetition | forget degenerate share |", "|---|---|---|---|"]
+    for m, cs in have.items():
+        out.append(f"| {m} | {_ms([c.get('retain_rouge') for c in cs.values()])} | "
+                   f"{_ms([c.get('forget_repetition') for c in cs.values()])} | "
+                   f"{_ms([c.get('forget_degenerate') for c in cs.values()])} |")
+    return out
+
+
 def stage_table(preset, cells, score=SELECTION_SCORE):
     chosen = select(preset, cells, score)
     lines = [f"### {preset} preset: DEV grid (corpus seed {DEV_SEED}; cells FQ / MU / HM; selected by {score})", "",
@@ -242,6 +276,7 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
                      f"{ra_s} |")
         summary[m] = {"k": k, "seeds": [sd for sd, _ in cs], "fq": fq, "mu": mu, "mu_ratio": ratio, "hm": hm,
                       "hm_mean": statistics.mean(hm), "forget_repetition": rep}
+    lines += paired_lines(cells, chosen, score)
     refs = [(sd, cells.get(f"{sd}|reference")) for sd in TEST_SEEDS]
     lines += ["", "finetuned model per TEST seed (FQ / MU): " +
               ", ".join(f"seed {sd}: {c['fq_ft']:.2g} / {c['mu_ft']:.3f}" for sd, c in refs if c)]

@@ -14,7 +14,7 @@ import os
 import random
 
 DEV_SEED = 1000
-TEST_SEEDS = (0, 1, 2)
+TEST_SEEDS = (0, 1, 2, 3, 4)
 SELECTED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "selected_hparams.json")
 
 
