@@ -63,6 +63,9 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
     grad_norm = mode == "alter" and opts.grad_norm_struct
     if mode == "alter" and reduce is not None:
         refuse_grad_norm_data_parallel(opts, "alter_loss")
+    if reduce is not None and opts.ihl_until != "zero":
+        raise UnlearnError("alter_loss: ihl_until='not_top' decides per token after the forward, so the global "
+                           "token counts of data-parallel training are not known in advance; use ihl_until='zero'")
     sy, se = lab[:, 1:], ent[:, 1:]
     valid = sy != IGNORE_INDEX
     low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
@@ -91,6 +94,8 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
     rl = rl if rl is not None else zero
     if den is not None:                                # router CE: mean over the global batch's labelled tokens
         rl = rl * (den["router_local"] / den["router"]) if den["router"] else rl * 0.0
+    if opts.ihl_until == "not_top":                    # IHL >= 1 exactly while y is still the top token
+        ihl_at = ihl_at & (terms.ihl.detach() >= 1.0)
     ihl, counts = obj.domain_ihl_tokens(terms.ihl, sy, ihl_at, dom, denoms=den and den["ihl"])
     nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=den and den["nll"])
     rs = zero

@@ -27,6 +27,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import string
 from types import MappingProxyType
@@ -43,12 +44,15 @@ from .result import UnlearnError
 # configs a user builds; ``alter-unlearn --router-input`` defaults to this one.
 ENGINE_ROUTER_INPUT = "prefix_match"
 # Benchmark names for an adapter method run with other options (bench/, realknow, the demo's sweep):
-# "<method>_answer_keys" is ``ak.unlearn(method=<method>, router_input="answer_keys")``, a "_frozen"
-# suffix adds ``retain_expert="frozen"`` (B_0 kept at zero).
-_VARIANT_PARTS = {"": {}, "_answer_keys": {"router_input": "answer_keys"}}
-METHOD_VARIANTS = {f"{m}{suffix}{f}": (m, {**extra, **({"retain_expert": "frozen"} if f else {})})
-                   for m in ("alter", "asymlora") for suffix, extra in _VARIANT_PARTS.items() for f in ("", "_frozen")
-                   if suffix or f}
+# "<method>[_answer_keys][_stop][_frozen]" is ``ak.unlearn(method=<method>, ...)`` with
+# router_input="answer_keys", ihl_until="not_top" and retain_expert="frozen" (B_0 kept at zero).
+_VARIANT_PARTS = (("_answer_keys", {"router_input": "answer_keys"}), ("_stop", {"ihl_until": "not_top"}),
+                  ("_frozen", {"retain_expert": "frozen"}))
+METHOD_VARIANTS = {
+    m + "".join(p for (p, _), on in zip(_VARIANT_PARTS, bits) if on):
+        (m, {k: v for (_, opt), on in zip(_VARIANT_PARTS, bits) if on for k, v in opt.items()})
+    for m in ("alter", "asymlora") for bits in itertools.product((False, True), repeat=len(_VARIANT_PARTS))
+    if any(bits)}
 
 
 def resolve_variant(name: str) -> tuple[str, dict]:
@@ -59,6 +63,7 @@ STRUCT_MODES = ("drift", "grad_norm")
 FUSED_LOSS = ("auto", "off")
 RETAIN_EXPERT = ("train", "frozen")
 ROUTE_LABELS = ("content", "all")
+IHL_UNTIL = ("zero", "not_top")
 
 
 def _opt(default, help: str):
@@ -79,6 +84,9 @@ class UnlearnOptions:
     gamma: float = _opt(1.0, "weight of the retain term (NLL / KL; paper value)")
     lam: float = _opt(0.01, "weight of R_struct (ALTER; paper lambda)")
     rho: float = _opt(1.0, "weight of the router cross-entropy (ALTER, AsymLoRA)")
+    ihl_until: str = _opt("zero", "ALTER, AsymLoRA: a forget token stays under IHL until its probability is pushed "
+                                  "to zero (the paper), or only while the adapted model still ranks it first "
+                                  "('not_top': stop once another token wins)")
     npo_beta: float = _opt(0.1, "NPO beta (temperature)")
     struct_mode: str = _opt("drift", "R_struct form: drift of S_q(adapted) from S_q(base) on high-entropy tokens, "
                                      "or the paper's ||grad_A S_q||^2 (double backward, runs on the reference "
@@ -248,6 +256,7 @@ def _validate(o: UnlearnOptions) -> None:
     if q is not None and not (_is_num(q) and 0 < q < 1):
         raise OptionError("threshold_auto", "None or a number in (0, 1)", q)
     _one_of("route_labels", o.route_labels, ROUTE_LABELS)
+    _one_of("ihl_until", o.ihl_until, IHL_UNTIL)
     if o.router_input not in (None,) + ROUTER_INPUTS:
         raise OptionError("router_input", "None, " + " or ".join(map(repr, ROUTER_INPUTS)), o.router_input)
     _one_of("retain_expert", o.retain_expert, RETAIN_EXPERT)

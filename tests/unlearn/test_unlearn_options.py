@@ -116,3 +116,21 @@ def test_method_variants_resolve_to_valid_engine_options():
     extra = resolve_variant("alter_frozen")[1]
     extra["retain_expert"] = "train"                     # a copy: the table itself is never edited
     assert resolve_variant("alter_frozen")[1] == {"retain_expert": "frozen"}
+
+
+def test_ihl_until_not_top_counts_only_tokens_the_model_still_ranks_first():
+    model = toy_model(len(TOK))
+    ak.finetune(model, FORGET + RETAIN, TOK, epochs=30, lr=3e-3, progress=False)   # now it knows some answers
+    data = prepare_alter(model, FORGET, RETAIN, TOK, batch_size=2, threshold_quantile=0.9)
+    b = data.batch([0, 1, 2, 3], [0, 1])
+    hp = {"gamma": 0.0, "lam": 0.0, "rho": 0.0}
+    with torch.no_grad():
+        _, zero = M.alter_loss(model, b, UnlearnOptions(**hp))
+        _, top = M.alter_loss(model, b, UnlearnOptions(ihl_until="not_top", **hp))
+    assert 0 < top["forget_low_tokens"] < zero["forget_low_tokens"]
+    # every counted token still has y on top (IHL >= 1; the loss sums one mean per forget domain)
+    assert top["ihl"] >= 1.0 - 1e-6
+    with pytest.raises(UnlearnError, match="ihl_until"):
+        M.alter_loss(model, b, UnlearnOptions(ihl_until="not_top"), reduce=lambda t: t)
+    with pytest.raises(OptionError, match="ihl_until"):
+        UnlearnOptions(ihl_until="never")
