@@ -8,8 +8,9 @@ from typing import Any
 
 from .common import constants as C
 
-ROUTER_INPUTS = ("prefix_match", "token", "answer_keys")
-KEYED_ROUTERS = ("prefix_match", "answer_keys")   # router forms whose keys the unlearning engine fits
+ROUTER_INPUTS = ("prefix_match", "token", "answer_keys", "prefix_answer_keys")
+KEYED_ROUTERS = ("prefix_match", "answer_keys", "prefix_answer_keys")   # keys fitted by the unlearning engine
+BASE_TOP_ROUTERS = ("answer_keys", "prefix_answer_keys")   # read the base model's greedy next tokens
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which entropies route the tokens of a forward that has no routing inputs (ALTER_SPEC section 2):
 # "base" the base model's (adapters off) next-token distributions, as in training (default);
@@ -60,11 +61,14 @@ class AlterConfig:
     # unlearning engine, which fits them (ak.unlearn's router_input option, "prefix_match" by
     # default), is what chooses it. "answer_keys" routes token t to a forget expert when the base
     # model's greedy next token at t is a key token (fitted from the forget answers) not yet in the
-    # prefix (model/answer_keys.py; W_g [router_keys + 1, E]). Adapter files written before this
+    # prefix (model/answer_keys.py; W_g [router_keys + 1, E]); "prefix_answer_keys" is the prefix-match
+    # router gated to the positions where the base model is about to state a forget-answer token
+    # (router_answer_keys of them). Adapter files written before this
     # field existed load as "token".
     router_input: str = "token"
     router_keys: int = 0          # number of key rows (set by the unlearning engine from the data)
     router_match: float = 0.95    # cosine at which a token matches a key
+    router_answer_keys: int = 0   # answer keys of "prefix_answer_keys" (set by the unlearning engine)
 
     def __post_init__(self):
         if isinstance(self.target_modules, (str, bytes)) or not isinstance(self.target_modules, (list, tuple)):
@@ -114,8 +118,11 @@ class AlterConfig:
             bad("router_match", self.router_match, "a number in (-1, 1)")
         if self.inference_entropy not in INFERENCE_ENTROPY:
             bad("inference_entropy", self.inference_entropy, "one of " + ", ".join(map(repr, INFERENCE_ENTROPY)))
-        if self.router_input == "answer_keys" and self.inference_entropy != "base":
-            bad("inference_entropy", self.inference_entropy, "'base' with router_input='answer_keys' (that router "
+        if not isinstance(self.router_answer_keys, int) or isinstance(self.router_answer_keys, bool) \
+                or self.router_answer_keys < 0:
+            bad("router_answer_keys", self.router_answer_keys, "an int >= 0")
+        if self.router_input in BASE_TOP_ROUTERS and self.inference_entropy != "base":
+            bad("inference_entropy", self.inference_entropy, f"'base' with router_input={self.router_input!r} (that router "
                 "reads the base model's next token at every position, which only the base pass gives)")
         if self.adapter_dtype not in ("float32", "float64", "bfloat16", "float16"):
             bad("adapter_dtype", self.adapter_dtype, "one of float32, float64, bfloat16, float16")

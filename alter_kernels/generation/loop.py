@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..config import INFERENCE_ENTROPY
+from ..config import BASE_TOP_ROUTERS, INFERENCE_ENTROPY
 from ..model.base_pass import base_entropy
 from ..model.hf import backbone_of, lm_head_of, position_ids_from_mask
 from ..model.inference import routing_from_next
@@ -280,7 +280,7 @@ def _zero_base_rows(run: _Run):
 def generate_with(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   opts: GenerateOptions):
     """:func:`generate` with its keyword arguments in a :class:`GenerateOptions`."""
-    if is_patched(model) and get_state(model).config.router_input == "answer_keys":
+    if is_patched(model) and get_state(model).config.router_input in BASE_TOP_ROUTERS:
         return _generate_hf(model, input_ids, attention_mask, opts)
     run = _start(model, input_ids, attention_mask, opts)
     o, state = run.opts, run.state
@@ -334,7 +334,8 @@ def _generate_hf(model: nn.Module, input_ids: torch.Tensor, attention_mask, opts
                                           ("entropy", opts.entropy not in (None, "base")),
                                           ("generator", opts.generator is not None)) if bad]
     if unsupported:
-        raise NotImplementedError(f"generate: {', '.join(unsupported)} not supported with router_input='answer_keys' "
+        raise NotImplementedError(f"generate: {', '.join(unsupported)} not supported with a router that reads the base "
+                                  f"model's next tokens (router_input in {BASE_TOP_ROUTERS}) "
                                   "(it decodes through HF generate and the inference rule)")
     check_generate_args(input_ids, attention_mask, dataclasses.replace(opts, prefill="base"))
     kw = {"max_new_tokens": opts.max_new_tokens, "do_sample": opts.do_sample, "pad_token_id": opts.pad_token_id,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .prefix import _tile_rows, prefix_state
+from .prefix import _tile_rows, prefix_match_features, prefix_state
 from .router import LayerRouter
 from .state import AlterState
 
@@ -62,23 +62,22 @@ def key_experts(router: LayerRouter, hits: torch.Tensor) -> torch.Tensor:
     return torch.where(any_hit, score.argmax(-1), torch.zeros_like(any_hit, dtype=torch.long))
 
 
-def answer_key_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
-    """Router features of the answer-key router: [N, K + 1] fp32 for the N tokens of ``hidden``."""
+def answer_hits(router: LayerRouter, lead: tuple, key_ids: torch.Tensor) -> torch.Tensor:
+    """This forward's key hits [B, T, K] (:func:`key_hits` on the base model's greedy tokens), made
+    once per forward (every layer reads them) and carrying the "seen" state on the KV cache."""
     state: AlterState = router.state
-    lead = tuple(hidden.shape[:-1])
     cached = state.route_feats
-    if cached is not None and cached[0] == lead:                       # same forward: every layer reads it
+    if cached is not None and cached[0] == lead:
         return cached[1]
     top = state.base_top if state.base_top is not None else state.auto_top
     if top is None or tuple(top.shape) != lead:
         raise RuntimeError(
-            f"ALTER answer_keys router: this forward's tokens are {lead} but the base model's greedy next tokens "
-            f"are {None if top is None else tuple(top.shape)}; a forward without routing inputs gets them from the "
-            "inference rule, a forward with explicit ones needs set_routing_inputs(..., base_top=...)")
+            f"ALTER {router.router_input} router: this forward's tokens are {lead} but the base model's greedy next "
+            f"tokens are {None if top is None else tuple(top.shape)}; a forward without routing inputs gets them from "
+            "the inference rule, a forward with explicit ones needs set_routing_inputs(..., base_top=...)")
     ids = state.route_ids if state.route_ids is not None and tuple(state.route_ids.shape) == lead else None
     mask = state.route_mask[:, -lead[1]:] if state.route_mask is not None and \
         state.route_mask.shape[0] == lead[0] and state.route_mask.shape[1] >= lead[1] else None
-    key_ids = router.keys.detach().to(torch.long)
     prev, ps = None, None
     if state.route_cache is not None:
         ps = prefix_state(state.route_cache)
@@ -89,7 +88,24 @@ def answer_key_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tens
     hits, seen = key_hits(top, ids, key_ids, mask, prev)
     if ps is not None:
         ps.append(SEEN_KEY, seen, state.route_past)
+    state.route_feats = (lead, hits)
+    return hits
+
+
+def answer_key_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
+    """Router features of the answer-key router: [N, K + 1] fp32 for the N tokens of ``hidden``."""
+    lead = tuple(hidden.shape[:-1])
+    hits = answer_hits(router, lead, router.keys.detach().to(torch.long))
     feats = torch.cat([hits.to(torch.float32), torch.ones(*lead, 1, device=hits.device)], -1)
-    feats = feats.reshape(-1, feats.shape[-1])
-    state.route_feats = (lead, feats)
-    return feats
+    return feats.reshape(-1, feats.shape[-1])
+
+
+def prefix_answer_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
+    """Router features of "prefix_answer_keys": the prefix-match features [N, K + 1], the key
+    columns zeroed where no answer key fires (the bias column stays): a forget expert takes only
+    the positions where the base model is about to state a forget-answer token, and only after a
+    forget entity's key has appeared."""
+    lead = tuple(hidden.shape[:-1])
+    pm = prefix_match_features(router, hidden)
+    gate = answer_hits(router, lead, router.answer_keys.detach().to(torch.long)).any(-1).reshape(-1, 1)
+    return torch.cat([pm[:, :-1] * gate.to(pm.dtype), pm[:, -1:]], -1)

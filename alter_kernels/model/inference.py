@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..config import INFERENCE_ENTROPY
+from ..config import BASE_TOP_ROUTERS, INFERENCE_ENTROPY
 from .hf import backbone_of, cache_kwarg, head_problem, position_ids_from_mask
 from ..ops.entropy import tsallis_entropy
 from .base_pass import base_entropy
@@ -183,7 +183,7 @@ class InferenceRule:
     def base_entropy(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
         """S_q [B, T] of the base model's distribution at every position of these tokens; with the
         answer-key router, also its greedy next tokens (``state.auto_top``, from the same pass)."""
-        top = self.state.config.router_input == "answer_keys"
+        top = self.state.config.router_input in BASE_TOP_ROUTERS
         out = base_entropy(self.model, self.state.config.q_route, input_ids=input_ids, inputs_embeds=inputs_embeds,
                            attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                            backbone=self.backbone, head=self.head, cache_kw=self.cache_kw, top=top)
@@ -197,7 +197,7 @@ class InferenceRule:
         only the greedy next tokens, of a forward that starts its sequence."""
         if past:
             raise RuntimeError(
-                f"ALTER answer_keys router: this forward continues a KV cache of {past} tokens with explicit routing "
+                f"ALTER {self.state.config.router_input} router: this forward continues a KV cache of {past} tokens with explicit routing "
                 "inputs (or inference_entropy='none'), so the base model's greedy next tokens are unknown; pass "
                 "set_routing_inputs(..., base_top=...) or let the inference rule route (inference_entropy='base')")
         if mask is not None and pos is None and mask.dim() == 2:
@@ -211,7 +211,8 @@ class InferenceRule:
         self._pending = None
         mode = state.config.inference_entropy
         explicit = state.entropy is not None or state.labels is not None or mode == "none"
-        if not state.enabled or (explicit and (state.base_top is not None or state.config.router_input != "answer_keys")):
+        if not state.enabled or (explicit and (state.base_top is not None or
+                                               state.config.router_input not in BASE_TOP_ROUTERS)):
             return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")

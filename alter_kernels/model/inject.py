@@ -127,7 +127,8 @@ def patch(model: nn.Module, config: AlterConfig | None = None) -> nn.Module:
         if layer_path not in routers:
             size = hidden_size or _guess_hidden_size(modules[layer_path], lin)
             r = LayerRouter(size, config.num_experts, dtype, device=lin.weight.device,
-                            router_input=config.router_input, num_keys=config.router_keys)
+                            router_input=config.router_input, num_keys=config.router_keys,
+                            num_answer_keys=config.router_answer_keys)
             r.layer_name = layer_path
             object.__setattr__(r, "_state", state)
             routers[layer_path] = r

@@ -30,4 +30,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[f"{layer_path}.{ROUTER_ATTR}.weight"] = r.weight
         if r.router_input in KEYED_ROUTERS:
             out[f"{layer_path}.{ROUTER_ATTR}.keys"] = r.keys
+        if r.router_input == "prefix_answer_keys":
+            out[f"{layer_path}.{ROUTER_ATTR}.answer_keys"] = r.answer_keys
     return out

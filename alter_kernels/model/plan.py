@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..ops.routing import RoutingPlan, route
-from .answer_keys import answer_key_features
+from .answer_keys import answer_key_features, prefix_answer_features
 from .prefix import prefix_match_features
 from .router import LayerRouter
 from .state import AlterState
@@ -47,6 +47,8 @@ def router_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
         return prefix_match_features(router, hidden)
     if router.router_input == "answer_keys":
         return answer_key_features(router, hidden)
+    if router.router_input == "prefix_answer_keys":
+        return prefix_answer_features(router, hidden)
     return hidden.reshape(-1, hidden.shape[-1]).detach()
 
 

@@ -18,18 +18,22 @@ class LayerRouter(nn.Module):
     router_input "answer_keys": W_g [K + 1, E] reads the features of :func:`.answer_keys.answer_key_features`
     (which of the K key tokens the base model is about to state, then a constant 1); ``keys`` [K]
     holds the key token ids as float32 (a buffer, saved with the adapter).
+    router_input "prefix_answer_keys": the prefix-match features, zero except where the base model is
+    about to state one of the ``answer_keys`` [K2] (token ids as float32).
     """
 
     def __init__(self, hidden_size: int, num_experts: int, dtype: torch.dtype, device=None,
-                 router_input: str = "token", num_keys: int = 0):
+                 router_input: str = "token", num_keys: int = 0, num_answer_keys: int = 0):
         super().__init__()
         self.router_input = router_input
         rows = hidden_size if router_input == "token" else num_keys + 1
         # zeros: every expert ties, so low-entropy tokens go to the retain expert (argmax picks
         # the first) until the router is initialised (spec 6) or trained.
         self.weight = nn.Parameter(torch.zeros(rows, num_experts, dtype=dtype, device=device))
-        if router_input == "prefix_match":
+        if router_input in ("prefix_match", "prefix_answer_keys"):
             self.register_buffer("keys", torch.zeros(num_keys, hidden_size, dtype=dtype, device=device))
+        if router_input == "prefix_answer_keys":
+            self.register_buffer("answer_keys", torch.zeros(num_answer_keys, dtype=torch.float32, device=device))
         elif router_input == "answer_keys":
             self.register_buffer("keys", torch.zeros(num_keys, dtype=torch.float32, device=device))
         self.plan: RoutingPlan | None = None

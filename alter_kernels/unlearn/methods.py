@@ -15,6 +15,7 @@ import torch
 
 from ..kernels import use_backend
 from ..common.text import IGNORE_INDEX
+from ..config import BASE_TOP_ROUTERS
 from . import _model_api as _patch
 from . import objectives as obj
 from .heads import retain_kl_tokens, step_terms
@@ -129,8 +130,8 @@ def _route_labels(model, batch: dict, opts, cfg):
     else to the retain expert; retain rows stay on the retain expert."""
     ids, att, lab, is_f = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["is_forget"]
     route_labels = torch.where(att.bool(), batch["domain"][:, None].expand_as(ids), torch.full_like(ids, -1))
-    if cfg.router_input == "answer_keys":
-        base_top, fire = _answer_key_routing(model, batch)
+    if cfg.router_input in BASE_TOP_ROUTERS:
+        base_top, fire = _answer_key_routing(model, batch, cfg.router_input)
         route_labels = torch.where(att.bool(), torch.where(is_f[:, None], fire, torch.zeros_like(fire)),
                                    torch.full_like(ids, -1))
         return route_labels, base_top, fire
@@ -141,14 +142,21 @@ def _route_labels(model, batch: dict, opts, cfg):
     return route_labels, None, None
 
 
-def _answer_key_routing(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base_top [B, T], the expert each position's answer key points to [B, T], 0 where none fires)."""
+def _answer_key_routing(model, batch: dict, router_input: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base_top [B, T], the expert each position goes to where an answer key fires [B, T], else 0):
+    the key's expert (answer_keys), or the row's own expert (prefix_answer_keys: a forget row's
+    entity keys point to its expert)."""
     if "base_top" not in batch:
-        raise UnlearnError("alter_loss: router_input='answer_keys' needs the batch's base greedy tokens "
+        raise UnlearnError(f"alter_loss: router_input={router_input!r} needs the batch's base greedy tokens "
                            "('base_top'; the engine caches them when it fits the keys)")
     router = next(iter(_patch.layer_routers(model).values()))
-    hits, _ = _patch.key_hits(batch["base_top"], batch["input_ids"], router.keys.detach().long(),
-                              batch["attention_mask"])
+    gated = router_input == "prefix_answer_keys"
+    hits, _ = _patch.key_hits(batch["base_top"], batch["input_ids"],
+                              (router.answer_keys if gated else router.keys).detach().long(), batch["attention_mask"])
+    if gated:
+        fire = torch.where(hits.any(-1), batch["domain"][:, None].clamp(min=0).expand_as(hits[..., 0]),
+                           torch.zeros_like(batch["input_ids"]))
+        return batch["base_top"], fire
     return batch["base_top"], _patch.key_experts(router, hits)
 
 

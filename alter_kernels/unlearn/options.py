@@ -44,15 +44,16 @@ from .result import UnlearnError
 # configs a user builds; ``alter-unlearn --router-input`` defaults to this one.
 ENGINE_ROUTER_INPUT = "prefix_match"
 # Benchmark names for an adapter method run with other options (bench/, realknow, the demo's sweep):
-# "<method>[_answer_keys][_stop][_frozen]" is ``ak.unlearn(method=<method>, ...)`` with
-# router_input="answer_keys", ihl_until="not_top" and retain_expert="frozen" (B_0 kept at zero).
-_VARIANT_PARTS = (("_answer_keys", {"router_input": "answer_keys"}), ("_stop", {"ihl_until": "not_top"}),
-                  ("_frozen", {"retain_expert": "frozen"}))
-METHOD_VARIANTS = {
-    m + "".join(p for (p, _), on in zip(_VARIANT_PARTS, bits) if on):
-        (m, {k: v for (_, opt), on in zip(_VARIANT_PARTS, bits) if on for k, v in opt.items()})
-    for m in ("alter", "asymlora") for bits in itertools.product((False, True), repeat=len(_VARIANT_PARTS))
-    if any(bits)}
+# "<method>[_answer_keys | _fact][_stop][_frozen]" is ``ak.unlearn(method=<method>, ...)`` with
+# router_input "answer_keys" or "prefix_answer_keys" (forget experts only where the base model is
+# about to state a forget fact), ihl_until="not_top" and retain_expert="frozen" (B_0 kept at zero).
+_VARIANT_PARTS = ((("", {}), ("_answer_keys", {"router_input": "answer_keys"}),
+                   ("_fact", {"router_input": "prefix_answer_keys"})),
+                  (("", {}), ("_stop", {"ihl_until": "not_top"})),
+                  (("", {}), ("_frozen", {"retain_expert": "frozen"})))
+METHOD_VARIANTS = {m + "".join(p for p, _ in combo): (m, {k: v for _, o in combo for k, v in o.items()})
+                   for m in ("alter", "asymlora") for combo in itertools.product(*_VARIANT_PARTS)
+                   if any(p for p, _ in combo)}
 
 
 def resolve_variant(name: str) -> tuple[str, dict]:

@@ -19,7 +19,8 @@ from .data import DataError, prepare, report_rows
 from .methods import METHODS
 from .options import ENGINE_ROUTER_INPUT, UnlearnOptions, check_expert_count
 from .result import UnlearnError
-from .subdomains import choose_k, fit_answer_keys, fit_prefix_router, init_router, kmeans, map_domain_labels, pooled_features
+from .subdomains import (choose_k, fit_answer_gate, fit_answer_keys, fit_prefix_router, init_router, kmeans,
+                         map_domain_labels, pooled_features)
 from .util import device_of, pad_id_of
 
 
@@ -235,9 +236,15 @@ def _init_routing(run: RunContext, assign: list[int], feats: _Features) -> None:
             warnings.warn(f"unlearn[{run.method}]: {info['uncovered_forget_rows']} forget row(s) have no answer token "
                           "that the base model states itself and no retain row holds; the answer-key router "
                           "cannot tell them from retain rows")
-    elif _m.get_state(model).config.router_input == "prefix_match":
+    elif _m.get_state(model).config.router_input in ("prefix_match", "prefix_answer_keys"):
         info = fit_prefix_router(model, d.forget, assign, d.retain, init_weights=opts.router_init,
                                  special_ids=[d.pad_id])
+        if _m.get_state(model).config.router_input == "prefix_answer_keys":
+            caches.cache_tops(run)
+            gate = fit_answer_gate(model, d.forget, d.forget_top, special_ids=[d.pad_id])
+            if gate["uncovered_forget_rows"]:
+                warnings.warn(f"unlearn[{run.method}]: {gate['uncovered_forget_rows']} forget row(s) have no answer "
+                              "token the base model states itself; the router never fires on them")
         if info["uncovered_forget_rows"]:
             warnings.warn(f"unlearn[{run.method}]: {info['uncovered_forget_rows']} forget row(s) have no token that "
                           "is absent from the retain rows; the prefix-match router cannot tell them from retain rows")

@@ -232,16 +232,48 @@ def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], re
 
 
 # --------------------------------------------------------------------------- answer-key router
+def answer_key_candidates(forget: list[Example], forget_top: list[torch.Tensor], exclude: set) -> list[list[int]]:
+    """Each forget row's answer keys: the first tokens of its ``aliases`` (Example.alias_keys) when it
+    has some; otherwise the answer tokens the base model states itself (its greedy next token at the
+    position before, ``forget_top``) that are not in ``exclude``, not in the row's own prompt and in
+    at most a quarter of the forget rows (a word of every answer is template, not fact)."""
+    stated = []
+    for ex, top in zip(forget, forget_top):
+        prompt = set(int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100)
+        stated.append({int(ex.input_ids[i]) for i in range(1, len(ex.input_ids))
+                       if ex.labels[i] != -100 and int(top[i - 1]) == int(ex.input_ids[i])} - prompt - exclude)
+    rows_with: dict[int, int] = {}
+    for st in stated:
+        for t in st:
+            rows_with[t] = rows_with.get(t, 0) + 1
+    common = {t for t, n in rows_with.items() if n > max(1, len(forget) // 4)}
+    return [list(ex.alias_keys) if ex.alias_keys else sorted(st - common) for ex, st in zip(forget, stated)]
+
+
+@torch.no_grad()
+def fit_answer_gate(model, forget: list[Example], forget_top: list[torch.Tensor], special_ids=()) -> dict:
+    """The answer keys of "prefix_answer_keys" (the prefix-match router's gate): every forget row's
+    :func:`answer_key_candidates`, retain rows not excluded (the entity keys tell rows apart; a fact
+    value may be shared with retain rows). A continuing run keeps the old keys and adds new ones."""
+    state = _patch.get_state(model)
+    routers = [_patch.layer_routers(model)[p] for p in state.routers]
+    cands = answer_key_candidates(forget, forget_top, set(int(t) for t in special_ids))
+    old = set(int(t) for t in routers[0].answer_keys.tolist())
+    new_ids = sorted({t for c in cands for t in c} - old)
+    for r in routers:
+        r.answer_keys = torch.cat([r.answer_keys, torch.tensor(new_ids, dtype=r.answer_keys.dtype,
+                                                               device=r.answer_keys.device)])
+    state.config = dataclasses.replace(state.config, router_answer_keys=len(old) + len(new_ids))
+    return {"answer_keys": len(old) + len(new_ids), "uncovered_forget_rows": sum(1 for c in cands if not c)}
+
+
 @torch.no_grad()
 def fit_answer_keys(model, forget: list[Example], forget_assign: list[int], forget_top: list[torch.Tensor],
                     retain: list[Example], init_weights: bool = True, special_ids=()) -> dict:
     """Keys and W_g of the answer-key router (config.router_input == "answer_keys").
 
-    Keys of a row with ``aliases`` (Example.alias_keys): the first tokens of its aliases. Otherwise
-    the answer tokens the base model states itself (its greedy next token at the position before,
-    ``forget_top``) that occur in no retain row, not in the row's own prompt and in at most a quarter
-    of the forget rows (a word of every answer is template, not fact). Each key goes to the expert of
-    the forget rows it occurs in most. A model continuing
+    Keys: :func:`answer_key_candidates` of every forget row, tokens of retain rows excluded; each
+    key goes to the expert of the forget rows it occurs in most. A model continuing
     an earlier request keeps its keys and W_g rows and appends the new ones. W_g (every layer): as
     the prefix-match router's (row k: ROUTER_BETA at its key's expert; the bias row ROUTER_BETA / 2
     at the retain expert). Returns a summary (keys, uncovered rows: forget rows with no key).
@@ -251,24 +283,12 @@ def fit_answer_keys(model, forget: list[Example], forget_assign: list[int], forg
     r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
     old_ids = set(int(t) for t in routers[0].keys.tolist())
     counts: dict[int, dict[int, int]] = {}
-    uncovered = 0
-    stated = []
-    for ex, top in zip(forget, forget_top):
-        prompt = set(int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100)
-        stated.append({int(ex.input_ids[i]) for i in range(1, len(ex.input_ids))
-                       if ex.labels[i] != -100 and int(top[i - 1]) == int(ex.input_ids[i])} - prompt - r_tok)
-    rows_with = {}
-    for st in stated:
-        for t in st:
-            rows_with[t] = rows_with.get(t, 0) + 1
-    common = {t for t, n in rows_with.items() if n > max(1, len(forget) // 4)}
-    for ex, e, st in zip(forget, forget_assign, stated):
-        cand = list(ex.alias_keys) if ex.alias_keys else sorted(st - common)
-        if not cand:
-            uncovered += 1
+    cands = answer_key_candidates(forget, forget_top, r_tok)
+    for e, cand in zip(forget_assign, cands):
         for t in set(cand) - old_ids:
             counts.setdefault(t, {})
             counts[t][e] = counts[t].get(e, 0) + 1
+    uncovered = sum(1 for c in cands if not c)
     new_ids = sorted(counts)
     new_dom = [max(counts[t].items(), key=lambda kv: (kv[1], -kv[0]))[0] for t in new_ids]
     old = routers[0].keys.shape[0]
