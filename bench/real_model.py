@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Benchmarks on a real pretrained model (issue 21, item 6): SmolLM2-135M-Instruct on the CPU.
 
-    python bench/real_model.py [--parts gemm,train,decode,unlearn] [--threads 2] [--reps 5]
+    python bench/real_model.py [--parts gemm,train,decode,unlearn] [--threads 2] [--reps 5] [--update]
     # -> bench/results/real_model.{json,md}
+    # --update: rerun only --parts and keep the other parts of the existing results file, each with
+    # the machine line and load averages of the run that measured it (its "carried" field)
 
 Side by side in one process (round robin: every variant once per repetition, medians; ratios are
 the median of the per-repetition paired ratios), on the model's real shapes:
@@ -303,6 +305,8 @@ def main(argv=None):
     ap.add_argument("--unlearn-rows", type=int, default=8, help="forget rows (and as many retain rows)")
     ap.add_argument("--methods", default=",".join(METHOD_ORDER))
     ap.add_argument("--new", type=int, default=64, help="decoded tokens per call")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the parts not in --parts from the existing --out JSON (with their own run's details)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real_model"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -312,6 +316,8 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     res = {"machine": machine(), "args": vars(args), "model": MODEL_ALIAS, "params": n_params,
            "load_s": time.perf_counter() - t0, "load_avg_start": load_avg(), "backends": ak.backends(), "rows": []}
+    if args.update:
+        carry_over(res, args.out + ".json", parts)
     print(f"loaded {MODEL_ALIAS} ({n_params / 1e6:.1f} M params) in {res['load_s']:.0f} s", flush=True)
     flops = gemm_flops(model, reps=args.reps)
     res["gemm"] = list(flops.values())
@@ -329,6 +335,25 @@ def main(argv=None):
     print("wrote", args.out + ".json", args.out + ".md")
 
 
+def carry_over(res, path, parts):
+    """--update: copy the parts not rerun (their rows and details) from the results file at ``path``,
+    recording per part the machine and load averages of the run that measured it."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"real_model.py: --update needs a readable results file {path} ({exc})")
+    res["carried"] = dict(old.get("carried", {}))
+    for part in ("train", "decode", "unlearn"):
+        if part in parts or part not in old:
+            res["carried"].pop(part, None)
+            continue
+        res[part] = old[part]
+        res["rows"] += [r for r in old["rows"] if r["part"] == part]
+        res["carried"].setdefault(part, {"machine": old["machine"], "load_avg_start": old.get("load_avg_start"),
+                                         "load_avg_end": old.get("load_avg_end"), "args": old.get("args")})
+
+
 TRAIN_COLS = ["variant", "batch", "step_s", "step_min_s", "x_peft_time", "tokens_per_s", "flop_ratio_6N",
               "peak_MiB_profiler", "peak_rss_MiB"]
 UNLEARN_COLS = ["variant", "steps", "wall_s", "step_s", "setup_s", "x_alter_step", "tokens_per_s", "peak_rss_MiB"]
@@ -343,6 +368,10 @@ def report(res) -> str:
           f"{m['cpu_threads']} torch threads, {m['date']}. {res['params'] / 1e6:.1f} M parameters, fp32. "
           f"Load averages (1, 5, 15 min) at start {res['load_avg_start']}, at end {res.get('load_avg_end')}.\n",
           "## fp32 GEMM FLOP/s at the model's shapes (torch.matmul)\n", md_table(res["gemm"], ["M", "flop", "seconds", "GFLOP_s"])]
+    for part, c in res.get("carried", {}).items():
+        md.append(f"Part '{part}' carried over (--update) from the run of {c['machine']['date']} ({c['machine']['cpu_threads']} "
+                  f"torch threads; load averages at its start {c['load_avg_start']}, at its end {c['load_avg_end']}); its "
+                  "FLOP ratios use that run's GEMM figures.\n")
     if "train" in res:
         md += ["## Training step: ALTER (engine) vs PEFT LoRA, same batch\n",
                f"{json.dumps({k: v for k, v in res['train'].items()})}\n",

@@ -19,6 +19,7 @@ from ..model.state import AlterState, add_plan_hook, get_state, is_patched
 from ..ops.entropy import tsallis_entropy
 from .adapters import DecodeAdapters
 from .options import GenerateOptions, GenerationOutput, check_generate_args
+from .native import compiled_decode_linear
 from .prefill import q_route, stack_static_caches
 from .sampling import eos_tensor, sample_next_token
 
@@ -177,9 +178,17 @@ class _Decoder:
         self.ent_buf = torch.empty(rows, 1, dtype=torch.float32, device=device)
         if run.patched:
             run.state.entropy = self.ent_buf        # explicit: the model's own inference rule stays out
-        # CPU, 2-4 rows: W h^T reads the LM head once (ATen's h W^T packs W for >= 2 rows: measured
-        # 2.3x slower at V = 16384); elsewhere the head's own forward
-        self.few_rows = device.type == "cpu" and 2 <= rows <= 4 and getattr(run.head, "bias", None) is None
+        # CPU, 2-4 fp32 rows (the two streams of batch 1-2): the compiled decode_linear reads the LM
+        # head once for all rows (ATen's GEMM costs 1.1-3x its 1-row GEMV there: bench/few_rows.py);
+        # elsewhere the head's own forward
+        w = getattr(run.head, "weight", None)
+        self.head_fn = None
+        if (device.type == "cpu" and 2 <= rows <= 4 and isinstance(run.head, nn.Linear)
+                and w.dtype == torch.float32 and run.opts.native is not False):
+            fn = compiled_decode_linear(run.opts.native)
+            if fn is not None:
+                b = run.head.bias
+                self.head_fn = lambda h: fn(h, w.detach(), b.detach() if b is not None else None)
         self.cuda_graph = run.opts.cuda_graph
         self.graph = None
         self.graph_logits = None
@@ -190,8 +199,8 @@ class _Decoder:
             run.fastpath.set_entropy(self.ent_buf)
         hid = run.backbone(input_ids=self.tok_buf, attention_mask=run.slot_mask, position_ids=self.pos_buf,
                            cache=run.cache, use_cache=True).last_hidden_state[:, -1]
-        if self.few_rows:
-            return torch.mm(run.head.weight, hid.t()).t()
+        if self.head_fn is not None:
+            return self.head_fn(hid)
         return run.head(hid)                    # [rows, V]: one LM-head GEMM for both streams
 
     def step(self, step: int) -> torch.Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.decode import decode_kernels
+from ..ops.decode import decode_kernels, decode_linear_kernel
 
 
 def compiled_decode_ops(native: bool | None):
@@ -13,3 +13,8 @@ def compiled_decode_ops(native: bool | None):
     The decode path validates its tensors once, so it calls the picked implementations directly.
     """
     return decode_kernels(torch.device("cpu"), torch.float32, compiled=native)
+
+
+def compiled_decode_linear(native: bool | None):
+    """The compiled CPU ``decode_linear`` (fp32) when built and native is not False, else None."""
+    return decode_linear_kernel(torch.device("cpu"), torch.float32, compiled=native)

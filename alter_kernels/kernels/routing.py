@@ -55,3 +55,7 @@ def decode_route_native(hidden, router_weight, entropy, threshold, tau_high, tau
 
 def decode_group_linear_native(x, weights, biases, a_cat, b_t, expert_weights):
     return _overload("decode_group_linear")(x, weights, biases, a_cat, b_t, expert_weights)
+
+
+def decode_linear_native(x, weight, bias=None):
+    return _overload("decode_linear")(x, weight, bias, False)

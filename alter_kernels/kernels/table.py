@@ -16,11 +16,12 @@ from .entropy import lm_head_native, lm_head_triton, tsallis_native, tsallis_tri
 from .lm_head_losses import kl_native, kl_triton, token_losses_native, token_losses_triton
 from .native import on_native, on_triton
 from .reference.asym_lora import asym_lora_ref
-from .reference.decode import decode_group_linear_ref, decode_route_ref
+from .reference.decode import decode_group_linear_ref, decode_linear_ref, decode_route_ref
 from .reference.entropy import lm_head_entropy_ref, tsallis_entropy_ref
 from .reference.lm_head_losses import lm_head_kl_ref, lm_head_token_losses_ref
 from .reference.routing import route_plan_ref, route_ref
-from .routing import decode_group_linear_native, decode_route_native, route_native, route_plan_native
+from .routing import (decode_group_linear_native, decode_linear_native, decode_route_native, route_native,
+                      route_plan_native)
 
 FP_KERNEL = (torch.float32, torch.bfloat16, torch.float16)
 TRITON = {"cuda": 20, "cpu": -10, "default": -10}
@@ -72,6 +73,9 @@ TABLE = [
     ("decode_route",     "cpp",        decode_route_native,          on_native("decode_route", device_type="cpu"), None,   CPP),
     ("decode_group_linear", "reference", decode_group_linear_ref,    None,                                       None,     0),
     ("decode_group_linear", "cpp",     decode_group_linear_native,   on_native("decode_group_linear", device_type="cpu"),
+     (torch.float32, torch.float64), CPP),
+    ("decode_linear",    "reference",  decode_linear_ref,            None,                                       None,     0),
+    ("decode_linear",    "cpp",        decode_linear_native,         on_native("decode_linear", device_type="cpu"),
      (torch.float32, torch.float64), CPP),
 ]
 

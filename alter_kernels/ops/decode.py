@@ -5,7 +5,9 @@ no RoutingPlan) from hidden [N, d], router_weight [d, E] and entropy [N].
 ``decode_group_linear``: the outputs of a group of patched linears reading the same input x
 [N, d_in] (q/k/v, gate/up, ...): weights [W_k: d_out_k x d_in], biases [b_k or None], a_cat
 [G*r, d_in] (the members' A stacked), b_t [B^T_k: E x r x d_out_k, pre-scaled by the LoRA
-scale], expert_weights [N, E] -> [y_k]. Neither is differentiable: decoding runs without grad.
+scale], expert_weights [N, E] -> [y_k]. ``decode_linear``: y = x W^T + b of one linear at these
+shapes (the LM head of a two-stream step: W read once for 2-4 fp32 rows on the CPU). None is
+differentiable: decoding runs without grad.
 """
 from __future__ import annotations
 
@@ -77,6 +79,31 @@ def decode_group_linear(x: torch.Tensor, weights: list, biases: list, a_cat: tor
     if check:
         _check_group(x, weights, biases, a_cat, b_t, expert_weights)
     return _pick("decode_group_linear", x.device, x.dtype).fn(x, weights, biases, a_cat, b_t, expert_weights)
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  check: bool = True) -> torch.Tensor:
+    """x [N, d_in] @ weight [d_out, d_in]^T (+ bias [d_out]) -> [N, d_out]."""
+    if check:
+        op = "decode_linear"
+        check_tensor(x, "x", op, ndim=2)
+        check_tensor(weight, "weight", op, ndim=2)
+        if weight.shape[1] != x.shape[1] or weight.dtype != x.dtype:
+            raise ValueError(f"{op}: weight must be [d_out, {x.shape[1]}] of x's dtype {x.dtype}, "
+                             f"got {tuple(weight.shape)} {weight.dtype}")
+        if bias is not None:
+            check_shape(bias, "bias", op, (weight.shape[0],), " ([d_out])")
+        check_same_device(op, x=x, weight=weight, bias=bias)
+    return _pick("decode_linear", x.device, x.dtype).fn(x, weight, bias)
+
+
+def decode_linear_kernel(device: torch.device | str, dtype: torch.dtype, compiled: bool | None = None):
+    """The compiled ``decode_linear`` for a decode loop (picked once), or None where only the
+    reference exists or ``compiled`` is False (the caller then runs the module's own forward)."""
+    if compiled is False:
+        return None
+    impl = registry.pick("decode_linear", torch.device(device), dtype)
+    return None if impl.backend == "reference" else impl.fn
 
 
 def decode_kernels(device: torch.device | str, dtype: torch.dtype, compiled: bool | None = None):

@@ -23,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "few_rows.h"
 #include "route_rule.h"
 
 #include <cmath>
@@ -116,32 +117,9 @@ void add_adapter(const scalar_t* x, const scalar_t* a_cat, const float* w, const
 }
 
 // Base products of a decode step with a few rows (2..4: at batch 1-2 the adapted and the base stream
-// of ak.generate, inference_entropy="base"). For these shapes ATen's fp32 GEMM costs 1.5-4x its
-// one-row GEMV on the CPU (it packs W; measured in docs/decoding.md), so the point of batching the
-// two streams, reading each weight once, is lost. Here each row of W is read once and dotted with
-// every x row, with 16 partial sums per row (a fixed order the compiler vectorises), fp32.
-template <int M>
-void few_rows_linear(const float* x, const float* w, const float* bias, float* y, int64_t d_in, int64_t d_out) {
-  at::parallel_for(0, d_out, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      const float* wr = w + o * d_in;
-      float part[M][16] = {};
-      int64_t c = 0;
-      for (; c + 16 <= d_in; c += 16)
-        for (int m = 0; m < M; ++m)
-          for (int j = 0; j < 16; ++j) part[m][j] += wr[c + j] * x[m * d_in + c + j];
-      for (int m = 0; m < M; ++m) {
-        float acc = 0.f;
-        for (int64_t t = c; t < d_in; ++t) acc += wr[t] * x[m * d_in + t];
-        for (int j = 0; j < 16; ++j) acc += part[m][j];
-        y[m * d_out + o] = bias != nullptr ? acc + bias[o] : acc;
-      }
-    }
-  });
-}
-
+// of ak.generate, inference_entropy="base"): few_rows.h, each weight row read once for all rows.
 // x [n, d_in] fp32 contiguous, 2 <= n <= 4; w [d_out, d_in]; bias [d_out] or undefined
-at::Tensor few_rows_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+at::Tensor few_rows_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool portable) {
   const int64_t n = x.size(0), d_in = x.size(1), d_out = w.size(0);
   auto wc = w.contiguous();
   auto bc = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
@@ -150,12 +128,36 @@ at::Tensor few_rows_linear_cpu(const at::Tensor& x, const at::Tensor& w, const a
   const float* xp = x.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  switch (n) {
-    case 2: few_rows_linear<2>(xp, wp, bp, yp, d_in, d_out); break;
-    case 3: few_rows_linear<3>(xp, wp, bp, yp, d_in, d_out); break;
-    default: few_rows_linear<4>(xp, wp, bp, yp, d_in, d_out); break;
-  }
+  at::parallel_for(0, d_out, 64, [&](int64_t begin, int64_t end) {
+    switch (n) {
+      case 2: few_rows::few_rows_range<2>(xp, wp, bp, yp, d_in, d_out, begin, end, portable); break;
+      case 3: few_rows::few_rows_range<3>(xp, wp, bp, yp, d_in, d_out, begin, end, portable); break;
+      default: few_rows::few_rows_range<4>(xp, wp, bp, yp, d_in, d_out, begin, end, portable); break;
+    }
+  });
   return y;
+}
+
+// y = x W^T + b of one linear at decode shapes: the few-rows kernel for 2..4 fp32 rows, ATen else.
+at::Tensor linear_rows(const at::Tensor& xc, const at::Tensor& w, const at::Tensor& b, bool portable) {
+  const int64_t n = xc.size(0);
+  if (xc.scalar_type() == at::kFloat && n >= 2 && n <= 4) return few_rows_linear_cpu(xc, w, b, portable);
+  return b.defined() ? at::addmm(b, xc, w.t()) : at::mm(xc, w.t());
+}
+
+at::Tensor decode_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             bool portable) {
+  TORCH_CHECK(x.dim() == 2, "decode_linear: x must be [N, d_in], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "decode_linear: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1) && weight.scalar_type() == x.scalar_type(),
+              "decode_linear: weight must be [d_out, ", x.size(1), "] of x's dtype, got ", weight.sizes(), " ",
+              weight.scalar_type());
+  const bool has_b = bias.has_value() && bias->defined();
+  if (has_b)
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->scalar_type() == x.scalar_type(),
+                "decode_linear: bias must be [", weight.size(0), "] of x's dtype, got ", bias->sizes());
+  return linear_rows(x.contiguous(), weight, has_b ? *bias : at::Tensor(), portable);
 }
 
 std::vector<at::Tensor> decode_group_linear_cpu(const at::Tensor& x, at::TensorList weights,
@@ -202,15 +204,7 @@ std::vector<at::Tensor> decode_group_linear_cpu(const at::Tensor& x, at::TensorL
     if (has_b)
       TORCH_CHECK(b->dim() == 1 && b->size(0) == d_out, "decode_group_linear: biases[", k, "] must be [", d_out,
                   "], got ", b->sizes());
-    at::Tensor y;
-    if (x.scalar_type() == at::kFloat && n >= 2 && n <= 4) {
-      y = few_rows_linear_cpu(xc, w, has_b ? *b : at::Tensor());
-    } else if (has_b) {
-      y = at::addmm(*b, xc, w.t());
-    } else {
-      y = at::mm(xc, w.t());
-    }
-    outs.push_back(y.contiguous());
+    outs.push_back(linear_rows(xc, w, has_b ? *b : at::Tensor(), false).contiguous());
     bts.push_back(bt.contiguous());
     d_outs.push_back(d_out);
   }
@@ -236,9 +230,11 @@ TORCH_LIBRARY_FRAGMENT(alter_kernels, m) {
         "float tau_low, int top_k) -> Tensor");
   m.def("decode_group_linear(Tensor x, Tensor[] weights, Tensor?[] biases, Tensor a_cat, Tensor[] b_t, "
         "Tensor expert_weights) -> Tensor[]");
+  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias, bool portable=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(alter_kernels, CPU, m) {
   m.impl("decode_route", &alter_kernels::decode_route_cpu);
   m.impl("decode_group_linear", &alter_kernels::decode_group_linear_cpu);
+  m.impl("decode_linear", &alter_kernels::decode_linear_cpu);
 }

@@ -91,6 +91,63 @@ def test_decode_group_linear_matches_reference(backend, dtype, n):
         torch.testing.assert_close(y.double(), t, rtol=tol, atol=tol)
 
 
+def few_rows_case(n, d_in, d_out, seed, bias):
+    g = gen(seed)
+    x = torch.randn(n, d_in, generator=g)
+    w = torch.randn(d_out, d_in, generator=g)
+    return x, w, (torch.randn(d_out, generator=g) if bias else None)
+
+
+def truth_linear(x, w, b):
+    y = x.double() @ w.double().t()
+    return y + b.double() if b is not None else y
+
+
+@pytest.mark.parametrize("backend", kernels.available("decode_linear", "cpu"))
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("d_in,d_out", [(37, 11), (576, 13), (15, 4), (1537, 3)])
+def test_decode_linear_matches_float64(backend, n, d_in, d_out):
+    """2-4 rows go through the few-rows kernel (SIMD blocks of 4 outputs, the d_in tail masked)."""
+    x, w, b = few_rows_case(n, d_in, d_out, seed=n * 7 + d_in, bias=d_out % 2 == 1)
+    with ak.use_backend(backend):
+        y = ops.decode_linear(x, w, b)
+    assert y.dtype == torch.float32 and y.shape == (n, d_out)
+    torch.testing.assert_close(y.double(), truth_linear(x, w, b), rtol=1e-4, atol=1e-4 * d_in ** 0.5)
+
+
+@pytest.mark.skipif(kernels.native_op("decode_linear") is None, reason="extension not built")
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_few_rows_kernel_both_paths(portable, n):
+    """The SIMD path and the plain C++ fallback (ALTER_PORTABLE builds) against float64."""
+    for d_in, d_out in ((37, 11), (17, 70), (16, 5), (3, 9)):
+        x, w, b = few_rows_case(n, d_in, d_out, seed=d_in + d_out, bias=d_in == 37)
+        y = torch.ops.alter_kernels.decode_linear(x, w, b, portable)
+        torch.testing.assert_close(y.double(), truth_linear(x, w, b), rtol=1e-4, atol=1e-4 * d_in ** 0.5)
+
+
+@pytest.mark.parametrize("backend", kernels.available("decode_group_linear", "cpu"))
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_decode_group_linear_few_rows_odd_d_in(backend, n):
+    """The group op at the two-stream shapes (2-4 rows, the base rows' expert weights 0) with an odd
+    d_in (SIMD tail) and a d_out that is not a multiple of 4, against the definition in float64."""
+    g = gen(n)
+    d_in, outs, e, r = 37, (11, 6, 13), 3, 2
+    x = torch.randn(n, d_in, generator=g)
+    weights = [torch.randn(d, d_in, generator=g) for d in outs]
+    biases = [None, torch.randn(outs[1], generator=g), None]
+    a_cat = torch.randn(len(outs) * r, d_in, generator=g)
+    b_t = [torch.randn(e, r, d, generator=g) for d in outs]
+    w = torch.rand(n, e, generator=g)
+    w[n // 2:] = 0                                        # base rows: no adapter
+    with ak.use_backend(backend):
+        ys = ops.decode_group_linear(x, weights, biases, a_cat, b_t, w)
+    for k, y in enumerate(ys):
+        u = x.double() @ a_cat[k * r:(k + 1) * r].double().t()
+        delta = sum(w[:, i:i + 1].double() * (u @ b_t[k][i].double()) for i in range(e))
+        torch.testing.assert_close(y.double(), truth_linear(x, weights[k], biases[k]) + delta, rtol=1e-4, atol=1e-3)
+
+
 def test_decode_ops_bad_input():
     h, wg = torch.randn(2, 4), torch.randn(4, 3)
     with pytest.raises(ValueError, match="decode_route: router_weight must be"):
@@ -104,6 +161,10 @@ def test_decode_ops_bad_input():
         ops.decode_group_linear(x, weights, biases[:2], a_cat, b_t, w)
     with pytest.raises(ValueError, match=r"b_t\[1\] must have shape"):
         ops.decode_group_linear(x, weights, biases, a_cat, [b_t[0], b_t[0], b_t[2]], w)
+    with pytest.raises(ValueError, match=r"decode_linear: weight must be \[d_out, 4\]"):
+        ops.decode_linear(h, torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"decode_linear: bias must have shape"):
+        ops.decode_linear(h, torch.randn(3, 4), torch.randn(4))
     with pytest.raises(ValueError, match=r"route_plan: label 7 out of range"):
         ops.route_plan(torch.randn(2, 3), torch.zeros(2), labels=torch.tensor([7, 0]))
 

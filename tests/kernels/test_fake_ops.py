@@ -39,6 +39,10 @@ def cases():
     for dt in (torch.float32, torch.float64):
         yield "decode_group_linear", (x.to(dt), [w0.to(dt), r(2, 7, dtype=dt)], [r(6, dtype=dt), None],
                                       r(6, 7, dtype=dt), [r(4, 3, 6, dtype=dt), r(4, 3, 2, dtype=dt)], wts)
+    for n in (2, 5):                                        # few-rows kernel and ATen
+        yield "decode_linear", (r(n, 37), r(11, 37), r(11), False)
+    yield "decode_linear", (r(3, 37), r(11, 37), None, True)
+    yield "decode_linear", (r(2, 7, dtype=torch.float64), r(6, 7, dtype=torch.float64), None, False)
     from test_lm_head_losses import opcheck_cases      # lm_head_losses_* and lm_head_kl_* (issue 16)
     yield from opcheck_cases()
 

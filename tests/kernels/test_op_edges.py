@@ -8,7 +8,7 @@ import torch
 
 import alter_kernels as ak
 from alter_kernels import kernels
-from alter_kernels.ops.decode import decode_route
+from alter_kernels.ops.decode import decode_linear, decode_route
 from alter_kernels.ops.routing import route_plan
 
 
@@ -24,7 +24,8 @@ def test_route_with_a_tensor_on_another_device_is_refused_by_every_backend():
     cases = [("route", lambda: ak.route(h, wg, ent.to("meta")), "entropy on meta"),
              ("route", lambda: ak.route(h, wg.to("meta"), ent), "router_weight on meta"),
              ("route_plan", lambda: route_plan(h @ wg, ent.to("meta")), "entropy on meta"),
-             ("decode_route", lambda: decode_route(h, wg, ent.to("meta"), 1.2, 0.8, 0.01, 2), "entropy on meta")]
+             ("decode_route", lambda: decode_route(h, wg, ent.to("meta"), 1.2, 0.8, 0.01, 2), "entropy on meta"),
+             ("decode_linear", lambda: decode_linear(h[:2], wg.t().to("meta")), "weight on meta")]
     for op, call, where in cases:
         assert "cpp" in _backends(op) or kernels.native.extension_error() is not None
         for backend in _backends(op):

@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 REQUIRE_EXT = os.environ.get("ALTER_REQUIRE_EXTENSION", "") not in ("", "0")
 # the ops csrc/cpu registers a CPU kernel for, and those csrc/cuda registers a CUDA kernel for
 CPU_OPS = ("tsallis_entropy_fwd", "tsallis_entropy_bwd", "lm_head_entropy_fwd", "lm_head_entropy_bwd",
-           "asym_lora_fwd", "asym_lora_bwd", "route_plan", "decode_route", "decode_group_linear")
+           "asym_lora_fwd", "asym_lora_bwd", "route_plan", "decode_route", "decode_group_linear",
+           "decode_linear")
 CUDA_OPS = ("tsallis_entropy_fwd", "tsallis_entropy_bwd", "lm_head_entropy_fwd", "lm_head_entropy_bwd",
             "asym_lora_fwd", "asym_lora_bwd")
 

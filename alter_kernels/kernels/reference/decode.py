@@ -18,6 +18,12 @@ def decode_route_ref(hidden: torch.Tensor, router_weight: torch.Tensor, entropy:
     return route_plan_ref(logits, entropy.to(torch.float32), threshold, tau_high, tau_low, top_k)[0]
 
 
+def decode_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x W^T + b (nn.Linear's math; the decode op only changes how W is read)."""
+    y = x @ weight.t()
+    return y + bias if bias is not None else y
+
+
 def decode_group_linear_ref(x: torch.Tensor, weights: list, biases: list, a_cat: torch.Tensor, b_t: list,
                             expert_weights: torch.Tensor) -> list:
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
