@@ -125,16 +125,24 @@ def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+KEY_MIN_CHARS = 3     # a shorter token (" B" of "Brontë", " J" of "J.R.R. Tolkien") names no entity
+
+
 def alias_first_tokens(tokenizer, aliases) -> tuple:
-    """The token a model starts each alias with: mid-sentence (with a leading space) and, when it is a
-    whole word, at the start of a turn (no space); sorted ids."""
+    """The tokens a model starts each alias with: mid-sentence (with a leading space) and, when it is
+    a whole word, at the start of a turn (no space); for a several-word alias also the first token
+    of its last word (" Fitzgerald" of "F. Scott Fitzgerald"). Tokens of fewer than KEY_MIN_CHARS
+    characters are dropped; sorted ids."""
     out = set()
     for a in aliases:
-        a = a.strip()
-        out.add(_ids(tokenizer, " " + a)[0])
-        plain = _ids(tokenizer, a)[0]
-        if tokenizer.decode([plain]).strip() == a.split()[0]:
-            out.add(plain)
+        words = a.strip().split()
+        cands = [_ids(tokenizer, " " + a.strip())[0]]
+        plain = _ids(tokenizer, a.strip())[0]
+        if tokenizer.decode([plain]).strip() == words[0]:
+            cands.append(plain)
+        if len(words) > 1:
+            cands.append(_ids(tokenizer, " " + words[-1])[0])
+        out |= {t for t in cands if len(tokenizer.decode([t]).strip()) >= KEY_MIN_CHARS}
     return tuple(sorted(out))
 
 
