@@ -197,17 +197,21 @@ class _ToyTokenizer:
         return {"input_ids": self.encode(text)}
 
 
-def test_aliases_give_the_keys_and_bad_aliases_are_refused():
+def test_aliases_give_the_keys_and_bad_aliases_are_refused(monkeypatch):
+    import alter_kernels.unlearn.data as data
+    monkeypatch.setattr(data, "KEY_MIN_CHARS", 2)          # toy tokens are 1-2 digit numbers
     seed = 6
     tok = _ToyTokenizer()
-    forget = [{"question": "11 12 13", "answer": "14 15 16", "aliases": ["15", "40 41"]},
+    forget = [{"question": "11 12 13", "answer": "14 15 16", "aliases": ["15", "40 41", "7"]},
               {"question": "21 22 23", "answer": "24 25 26", "aliases": ["25"]}]
     retain = [{"question": "31 32 33", "answer": "34 35 36"}]
     res = ak.unlearn(tiny_llama(seed), forget, retain, method="alter", tokenizer=tok, epochs=1, seed=0,
                      progress=False, router_input="answer_keys", chat_template="off", prompt_format="{question}")
     st = ak.get_state(res.model)
     keys = sorted(int(k) for k in layer_routers(res.model)[st.routers[0]].keys.tolist())
-    assert keys == [15, 25, 40]                        # the first token of every alias, whatever the base states
+    # the first token of every alias and of its last word, whatever the base model states; a token
+    # under KEY_MIN_CHARS characters names no entity (a toy token's text is its number: "7" is dropped)
+    assert keys == [15, 25, 40, 41]
     from alter_kernels.unlearn import DataError
     with pytest.raises(DataError, match="aliases"):
         ak.unlearn(tiny_llama(seed), [dict(forget[0], aliases="15")], retain, method="alter", tokenizer=tok,
