@@ -198,8 +198,8 @@ class _ToyTokenizer:
 
 
 def test_aliases_give_the_keys_and_bad_aliases_are_refused(monkeypatch):
-    import alter_kernels.unlearn.data as data
-    monkeypatch.setattr(data, "KEY_MIN_CHARS", 2)          # toy tokens are 1-2 digit numbers
+    import importlib
+    monkeypatch.setattr(importlib.import_module("alter_kernels.unlearn.data"), "KEY_MIN_CHARS", 2)          # toy tokens are 1-2 digit numbers
     seed = 6
     tok = _ToyTokenizer()
     forget = [{"question": "11 12 13", "answer": "14 15 16", "aliases": ["15", "40 41", "7"]},
