@@ -248,6 +248,8 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
         for k in GRID:
             c = cells.get(f"{DEV_SEED}|{m}|{k}")
             row.append(f"{c['fq']:.3g} / {c['mu']:.3f} / {c['hm']:.3f}" if c else "-")
+        if all(r == "-" for r in row):                   # a variant not run on DEV: no row
+            continue
         lines.append(f"| {m} | " + " | ".join(row) + f" | x{chosen[m]['k'] if m in chosen else '-'} |")
     seeds_done = sorted({int(k.split('|')[0]) for k in cells if k.split('|')[0] != str(DEV_SEED)})
     lines += ["", f"### {preset} preset: TEST (corpus seeds {list(TEST_SEEDS)}, DEV-selected values; mean ± std)", "",
