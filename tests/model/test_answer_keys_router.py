@@ -198,8 +198,8 @@ class _ToyTokenizer:
 
 
 def test_aliases_give_the_keys_and_bad_aliases_are_refused(monkeypatch):
-    import importlib
-    monkeypatch.setattr(importlib.import_module("alter_kernels.unlearn.data"), "KEY_MIN_CHARS", 2)          # toy tokens are 1-2 digit numbers
+    from alter_kernels.unlearn.data import alias_first_tokens
+    monkeypatch.setitem(alias_first_tokens.__globals__, "KEY_MIN_CHARS", 2)          # toy tokens are 1-2 digit numbers
     seed = 6
     tok = _ToyTokenizer()
     forget = [{"question": "11 12 13", "answer": "14 15 16", "aliases": ["15", "40 41", "7"]},
