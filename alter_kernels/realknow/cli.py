@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--test", default="capitals", help="the family that is reported")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--grid", default=",".join(f"{g:g}" for g in GRID), help="lr scales tried on DEV")
+    ap.add_argument("--grid-for", action="append", default=[], metavar="METHOD=S1,S2",
+                    help="another DEV grid for one method (repeatable), e.g. alter_answer_keys_frozen=1,3")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="TEST training seeds")
     ap.add_argument("--stage", choices=("base", "dev", "test", "all"), default="all",
                     help="base: only the base passes, then rewrite the results from the cached cells")
@@ -77,22 +79,34 @@ def _examples(bp, ev, k: int = 4) -> dict:
             "open_retain": ev["open_retain"][:2]}
 
 
-def _select(out, bp_dev, methods, grid) -> dict:
-    """Each method's scale with the best DEV score (needs every grid cell); {method: scale}."""
+def _select(out, bp_dev, methods, grids: dict) -> dict:
+    """Each method's scale with the best DEV score over its grid (needs every grid cell); {method: scale}."""
     from .bench import _load_cell
     base_m = metrics(bp_dev, bp_dev["base"])
     sel, scores = {}, {}
     for m in methods:
-        cs = [_load_cell(cell_path(out, bp_dev["family"], m, g, 0)) for g in grid]
+        cs = [_load_cell(cell_path(out, bp_dev["family"], m, g, 0)) for g in grids[m]]
         if any(c is None for c in cs):
             continue
-        sc = {g: selection_score(metrics(bp_dev, c), base_m) for g, c in zip(grid, cs)}
+        sc = {g: selection_score(metrics(bp_dev, c), base_m) for g, c in zip(grids[m], cs)}
         scores[m] = sc
-        sel[m] = max(sorted(grid), key=lambda g: (sc[g], -g))
-    write_json(os.path.join(out, "selection.json"), {"rule": SELECTION, "grid": list(grid), "selected": sel,
-                                                      "scores": {m: {f"{g:g}": v for g, v in s.items()}
-                                                                 for m, s in scores.items()}})
+        sel[m] = max(sorted(grids[m]), key=lambda g: (sc[g], -g))
+    write_json(os.path.join(out, "selection.json"),
+               {"rule": SELECTION, "grid": sorted({g for m in methods for g in grids[m]}),
+                "grids": {m: list(grids[m]) for m in methods}, "selected": sel,
+                "scores": {m: {f"{g:g}": v for g, v in s.items()} for m, s in scores.items()}})
     return sel
+
+
+def _grids(methods, grid, grid_for) -> dict:
+    """{method: its DEV grid}: ``grid``, or the one ``--grid-for METHOD=S1,S2`` gives."""
+    out = {m: list(grid) for m in methods}
+    for spec in grid_for:
+        m, sep, vals = spec.partition("=")
+        if not sep or m not in out:
+            raise SystemExit(f"--grid-for: expected METHOD=S1,S2 with METHOD in --methods, got {spec!r}")
+        out[m] = [float(g) for g in vals.split(",") if g]
+    return out
 
 
 def main(argv=None) -> int:
@@ -102,6 +116,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     grid = [float(g) for g in args.grid.split(",") if g]
+    grids = _grids(methods, grid, args.grid_for)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     size = SIZES[args.size]
     out = os.path.join(args.out, args.size) if args.size != "full" else args.out
@@ -129,13 +144,15 @@ def main(argv=None) -> int:
                   f"(total {time.perf_counter() - t:.0f}s)", flush=True)
         return c
 
-    info = {"size": args.size, "epochs": size["epochs"], "methods": methods, "grid": grid, "seeds": seeds}
+    info = {"size": args.size, "epochs": size["epochs"], "methods": methods, "grid": grid, "seeds": seeds,
+            "grids": grids}
     if args.stage in ("dev", "all"):
-        for g in sorted(grid, key=lambda x: (x != 1.0, x)):
+        for g in sorted({x for m in methods for x in grids[m]}, key=lambda x: (x != 1.0, x)):
             for m in methods:
-                cell(args.dev, m, g, 0)
-                _write_dev(out, bps[args.dev], methods, grid, {**info, "role": "DEV"})
-    sel = _select(out, bps[args.dev], methods, grid)
+                if g in grids[m]:
+                    cell(args.dev, m, g, 0)
+                    _write_dev(out, bps[args.dev], methods, grids, {**info, "role": "DEV"})
+    sel = _select(out, bps[args.dev], methods, grids)
     missing = [m for m in methods if m not in sel]
     if args.stage in ("test", "all"):
         if missing:
@@ -144,15 +161,15 @@ def main(argv=None) -> int:
             for m in methods:
                 if m in sel and cell(args.test, m, sel[m], s) is not None:
                     _write_test(out, bps[args.test], sel, seeds, {**info, "role": "TEST", "selected": sel})
-    _write_dev(out, bps[args.dev], methods, grid, {**info, "role": "DEV"})
+    _write_dev(out, bps[args.dev], methods, grids, {**info, "role": "DEV"})
     _write_test(out, bps[args.test], sel, seeds, {**info, "role": "TEST", "selected": sel})
     print(f"done in {time.perf_counter() - t0:.0f}s; results under {out}", flush=True)
     return 0
 
 
-def _write_dev(out, bp, methods, grid, info):
+def _write_dev(out, bp, methods, grids, info):
     from .bench import _load_cell
-    cells = {_row_label(m, g): [c] for g in grid for m in methods
+    cells = {_row_label(m, g): [c] for m in methods for g in grids[m]
              if (c := _load_cell(cell_path(out, bp["family"], m, g, 0))) is not None}
     write_results(out, bp, cells, info)
 
