@@ -197,9 +197,9 @@ class InferenceRule:
         only the greedy next tokens, of a forward that starts its sequence."""
         if past:
             raise RuntimeError(
-                f"ALTER {self.state.config.router_input} router: this forward continues a KV cache of {past} tokens with explicit routing "
-                "inputs (or inference_entropy='none'), so the base model's greedy next tokens are unknown; pass "
-                "set_routing_inputs(..., base_top=...) or let the inference rule route (inference_entropy='base')")
+                f"ALTER {self.state.config.router_input} router: this forward continues a KV cache of {past} "
+                "tokens with explicit routing inputs, so the base model's greedy next tokens are unknown; pass "
+                "set_routing_inputs(..., base_top=...) or let the inference rule route (no routing inputs)")
         if mask is not None and pos is None and mask.dim() == 2:
             pos = position_ids_from_mask(mask)
         self.base_entropy(ids, embeds, mask, pos, None)

@@ -65,7 +65,8 @@ def batch_of(d: UnlearnData, fi, ri, dev) -> dict:
         b["entropy"] = pad_float([fc[0][i] for i in fi] + [rc[0][i] for i in ri], t, math.inf)
         b["base_sq"] = pad_float([fc[1][i] for i in fi] + [rc[1][i] for i in ri], t, math.nan)
     if d.forget_top is not None:
-        b["base_top"] = pad_float([d.forget_top[i].double() for i in fi] + [d.retain_top[i].double() for i in ri],
+        # token ids are exact in fp32 up to 2**24, far above any vocabulary
+        b["base_top"] = pad_float([d.forget_top[i].float() for i in fi] + [d.retain_top[i].float() for i in ri],
                                   t, -1.0).long()
     if d.forget_ref is not None:
         b["ref_logp"] = torch.tensor([d.forget_ref[i] for i in fi] + [0.0] * len(ri), dtype=torch.float32)
