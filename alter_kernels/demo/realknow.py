@@ -74,7 +74,7 @@ def run_realknow_demo(model_name: str, out: str, methods=DEMO_METHODS, family: s
     cells = {}
     for m in methods:
         scale = float(sel.get(m, 1.0))
-        c = run_cell(model, tok, bp, m, scale, seed, size, out)
+        c = run_cell(model, tok, bp, m, scale, seed, size, out, routing=False)
         cells[m] = c
         print(f"-- {m} x{scale:g}: train {c['train_seconds']:.0f}s, eval {c['eval_seconds']:.0f}s", flush=True)
     res = write_results(out, bp, {f"{m} x{c['scale']:g}": [c] for m, c in cells.items()},

@@ -119,8 +119,11 @@ def cell_path(out: str, family: str, method: str, scale: float, seed: int) -> st
     return os.path.join(out, "cells", family, f"{method}_x{scale:g}_s{seed}.json")
 
 
-def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, size: dict, out: str) -> dict:
-    """Unlearn with ``method`` at lr ``scale`` and ``seed``, evaluate, write the cell (or read it)."""
+def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, size: dict, out: str,
+             routing: bool = True) -> dict:
+    """Unlearn with ``method`` at lr ``scale`` and ``seed``, evaluate, write the cell (or read it).
+    ``routing``: also record which rows a routed method sends to a forget expert (one teacher-forced
+    forward per eval row; the demo skips it)."""
     import json
 
     import torch
@@ -143,7 +146,8 @@ def run_cell(base_model, tok, bp: dict, method: str, scale: float, seed: int, si
     train_s = time.perf_counter() - t
     model = res.model.eval()
     ev = evaluate(model, tok, fam, size)
-    ev["routed"] = routed_rows(model, tok, eval_rows(fam), bp["base"]["answers"])
+    if routing:
+        ev["routed"] = routed_rows(model, tok, eval_rows(fam), bp["base"]["answers"])
     tokens = sum(h.get("tokens", 0) for h in res.history)
     cell = {"method": method, "family": bp["family"], "scale": scale, "seed": seed, "train_seconds": train_s,
             "steps": res.steps, "train_tokens": tokens, "hparams": lr_hparams(scale), "train": TRAIN,
