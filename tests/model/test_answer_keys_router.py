@@ -217,3 +217,40 @@ def test_aliases_give_the_keys_and_bad_aliases_are_refused(monkeypatch):
         ak.unlearn(tiny_llama(seed), [dict(forget[0], aliases="15")], retain, method="alter", tokenizer=tok,
                    epochs=1, progress=False, router_input="answer_keys", chat_template="off",
                    prompt_format="{question}")
+
+
+def test_prefix_answer_keys_routes_only_fact_positions_after_an_entity_key(tmp_path):
+    """router_input="prefix_answer_keys": the prefix-match router's expert, only where an answer key
+    fires (brute force), and only once the entity key has appeared; saved and loaded with its keys."""
+    seed, entity = 7, 5
+    ids = torch.randint(10, VOCAB, (3, 12), generator=torch.Generator().manual_seed(3))
+    ids[0, 2] = entity                                      # rows 0 and 1 name the entity, row 2 never
+    ids[1, 6] = entity
+    top = base_greedy(seed, ids)
+    answer = sorted(set(top[:, 3:].flatten().tolist()) - {entity})[:4]
+    m = tiny_llama(seed)
+    ak.patch(m, ak.AlterConfig(rank=4, alpha=8, num_forget_experts=1, init_seed=seed, router_keys=1,
+                               router_answer_keys=len(answer), router_input="prefix_answer_keys"))
+    emb = m.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        for name, p in ak.adapter_state_dict(m).items():
+            if name.endswith("alter_router.keys"):
+                p.copy_(emb[[entity]] / emb[[entity]].norm(dim=1, keepdim=True))
+            if name.endswith("alter_router.answer_keys"):
+                p.copy_(torch.tensor(answer, dtype=torch.float32))
+            if name.endswith("alter_router.weight"):
+                p.zero_()
+                p[0, 1] = 40.0
+                p[-1, 0] = 20.0
+    fires = brute_force(ids, top, answer, [1] * len(answer)) > 0
+    seen_entity = torch.cummax((ids == entity).long(), 1).values.bool()
+    want = (fires & seen_entity).long()
+    assert want.any() and (fires & ~seen_entity).any()      # the gate and the entity both matter here
+    for ch in choices(m, ids).values():
+        assert torch.equal(ch, want)
+    ak.save_adapter(m, tmp_path / "a")
+    cfg, _ = ak.read_adapter_config(tmp_path / "a")
+    m2 = ak.patch(tiny_llama(seed), cfg)
+    ak.load_adapter(m2, tmp_path / "a")
+    for ch in choices(m2, ids).values():
+        assert torch.equal(ch, want)
