@@ -56,3 +56,10 @@ def left_pad(rows, pad=0):
         ids[i, t - len(r):] = torch.tensor(r)
         mask[i, t - len(r):] = 1
     return ids, mask
+
+
+def argmax_routes(m, ids, mask=None):
+    """{layer: expert chosen per token [B, T]} of one forward with every token low entropy (argmax routing)."""
+    with ak.routing_inputs(m, entropy=torch.zeros(ids.shape)):
+        m(input_ids=ids, attention_mask=mask, use_cache=False)
+    return {k: p.router_logits.argmax(-1).view(ids.shape) for k, p in ak.last_plans(m).items()}

@@ -66,7 +66,7 @@ def answer_hits(router: LayerRouter, lead: tuple, key_ids: torch.Tensor) -> torc
     """This forward's key hits [B, T, K] (:func:`key_hits` on the base model's greedy tokens), made
     once per forward (every layer reads them) and carrying the "seen" state on the KV cache."""
     state: AlterState = router.state
-    cached = state.route_feats
+    cached = state.route_hits
     if cached is not None and cached[0] == lead:
         return cached[1]
     top = state.base_top if state.base_top is not None else state.auto_top
@@ -88,7 +88,7 @@ def answer_hits(router: LayerRouter, lead: tuple, key_ids: torch.Tensor) -> torc
     hits, seen = key_hits(top, ids, key_ids, mask, prev)
     if ps is not None:
         ps.append(SEEN_KEY, seen, state.route_past)
-    state.route_feats = (lead, hits)
+    state.route_hits = (lead, hits)
     return hits
 
 

@@ -22,7 +22,7 @@ def backbone_pre_hook(state: AlterState):
         att = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids", args[0] if args else None)
         state.route_ids = ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
-        state.route_feats = None
+        state.route_hits = None
         state.route_mask = att if isinstance(att, torch.Tensor) and att.dim() == 2 else None
         cache = kwargs.get("past_key_values", None)
         if cache is None:

@@ -53,7 +53,7 @@ class AlterState:
         self.base_top: torch.Tensor | None = None
         self.auto_top: torch.Tensor | None = None
         self.route_ids: torch.Tensor | None = None           # this forward's input ids (backbone pre-hook)
-        self.route_feats: tuple | None = None                # (token shape, features) of this forward
+        self.route_hits: tuple | None = None                # (token shape, answer-key hits) of this forward
         self.inference = None                                # the InferenceRule (model/inference.py)
         self.enabled = True
         self.plans: dict[str, RoutingPlan] = {}

@@ -105,7 +105,12 @@ def _grids(methods, grid, grid_for) -> dict:
         m, sep, vals = spec.partition("=")
         if not sep or m not in out:
             raise SystemExit(f"--grid-for: expected METHOD=S1,S2 with METHOD in --methods, got {spec!r}")
-        out[m] = [float(g) for g in vals.split(",") if g]
+        try:
+            out[m] = [float(g) for g in vals.split(",") if g]
+        except ValueError:
+            raise SystemExit(f"--grid-for: scales must be numbers, got {vals!r}") from None
+        if not out[m] or any(not g > 0 for g in out[m]):
+            raise SystemExit(f"--grid-for: expected positive scales, got {vals!r}")
     return out
 
 

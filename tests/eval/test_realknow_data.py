@@ -109,17 +109,28 @@ def test_selection_score_rewards_forgetting_and_punishes_damage():
     assert damaged == pytest.approx(5 / 6)
 
 
-def test_metrics_keep_retain_training_rows_out_of_held_out_neighbours():
+def _toy_family():
+    """A capitals family (10 forget, 10 other facts, 4 general rows) and its eval rows."""
     from alter_kernels.realknow import bench
     facts = candidate_facts("capitals")
     fam = family_rows("capitals", facts[:10], facts[10:20])
     fam["general"] = general_rows()[:4]
     fam["n_known"], fam["n_total"] = 20, len(facts)
-    rows = bench.eval_rows(fam)
-    train = {r["id"] for r in fam["retain_train"]}
+    return fam, bench.eval_rows(fam)
+
+
+def _all_correct(rows):
+    """An evaluation that answers every row correctly, with plain open generations."""
     gens = ["Rivers flow to the sea and the sea is salty."] * 3
-    base = {"answers": {r["id"]: {"answer": "", "correct": True} for r in rows}, "open_forget": gens,
+    return {"answers": {r["id"]: {"answer": "", "correct": True} for r in rows}, "open_forget": gens,
             "open_retain": gens, "passage_nll": 2.0}
+
+
+def test_metrics_keep_retain_training_rows_out_of_held_out_neighbours():
+    from alter_kernels.realknow import bench
+    fam, rows = _toy_family()
+    train = {r["id"] for r in fam["retain_train"]}
+    base = _all_correct(rows)
     bp = {"family": "capitals", "rows": fam, "base": base, "base_correct": {r["id"]: True for r in rows}}
     cell = dict(base, answers={r["id"]: {"answer": "", "correct": r["id"] not in train} for r in rows},
                 passage_nll=2.2)
@@ -131,14 +142,8 @@ def test_metrics_keep_retain_training_rows_out_of_held_out_neighbours():
 def test_routing_shares_per_kind_reach_the_table():
     from alter_kernels.realknow import bench
     from alter_kernels.realknow.report import aggregate, flat, routing_table
-    facts = candidate_facts("capitals")
-    fam = family_rows("capitals", facts[:10], facts[10:20])
-    fam["general"] = general_rows()[:4]
-    fam["n_known"], fam["n_total"] = 20, len(facts)
-    rows = bench.eval_rows(fam)
-    gens = ["Rivers flow to the sea and the sea is salty."] * 3
-    base = {"answers": {r["id"]: {"answer": "", "correct": True} for r in rows}, "open_forget": gens,
-            "open_retain": gens, "passage_nll": 2.0}
+    fam, rows = _toy_family()
+    base = _all_correct(rows)
     unknown = rows[-1]["id"]                                   # a row the base model misses is not counted
     bp = {"family": "capitals", "rows": fam, "base": base,
           "base_correct": {r["id"]: r["id"] != unknown for r in rows}}

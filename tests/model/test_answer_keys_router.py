@@ -13,7 +13,7 @@ from alter_kernels.model.answer_keys import key_hits
 from alter_kernels.model.state import layer_routers
 
 pytest.importorskip("transformers")
-from tiny_llama import VOCAB, tiny_llama  # noqa: E402
+from tiny_llama import VOCAB, tiny_llama, argmax_routes as choices  # noqa: E402
 
 
 def base_greedy(seed, ids):
@@ -53,10 +53,6 @@ def brute_force(ids, top, keys, experts):
     return out
 
 
-def choices(m, ids, mask=None):
-    with ak.routing_inputs(m, entropy=torch.zeros(ids.shape)):           # every token low: argmax routing
-        m(input_ids=ids, attention_mask=mask, use_cache=False)
-    return {k: p.router_logits.argmax(-1).view(ids.shape) for k, p in ak.last_plans(m).items()}
 
 
 def test_routing_follows_the_base_models_next_token_and_is_causal():

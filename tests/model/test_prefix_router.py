@@ -15,7 +15,7 @@ from alter_kernels.model.prefix import prefix_state
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from tiny_llama import VOCAB, tiny_llama  # noqa: E402  (the same tiny random Llama)
+from tiny_llama import VOCAB, tiny_llama, argmax_routes as choices  # noqa: E402  (the same tiny random Llama)
 
 KEY1, KEY2 = 5, 9          # token 5 -> forget expert 1, token 9 -> forget expert 2
 
@@ -43,10 +43,6 @@ def keyed_model(seed=0, keys=(KEY1, KEY2), experts=(1, 2), random_b=True):
     return m
 
 
-def choices(m, ids, mask=None):
-    with ak.routing_inputs(m, entropy=torch.zeros(ids.shape)):          # every token low: argmax routing
-        m(input_ids=ids, attention_mask=mask, use_cache=False)
-    return {k: p.router_logits.argmax(-1).view(ids.shape) for k, p in ak.last_plans(m).items()}
 
 
 def test_routing_is_causal_and_follows_the_keys():
