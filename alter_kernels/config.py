@@ -8,8 +8,12 @@ from typing import Any
 
 from .common import constants as C
 
-ROUTER_INPUTS = ("prefix_match", "token", "answer_keys", "prefix_answer_keys")
-KEYED_ROUTERS = ("prefix_match", "answer_keys", "prefix_answer_keys")   # keys fitted by the unlearning engine
+ROUTER_INPUTS = ("prefix_match", "token", "answer_keys", "prefix_answer_keys", "key_tokens")
+KEYED_ROUTERS = ("prefix_match", "answer_keys", "prefix_answer_keys", "key_tokens")   # keys fitted by the unlearning engine
+# routers whose keys are token embeddings matched on the first patched layer's input (the prefix
+# router's keys): prefix_match and prefix_answer_keys route every token after a match,
+# key_tokens only the matching tokens themselves
+EMBEDDING_KEY_ROUTERS = ("prefix_match", "prefix_answer_keys", "key_tokens")
 BASE_TOP_ROUTERS = ("answer_keys", "prefix_answer_keys")   # read the base model's greedy next tokens
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Which entropies route the tokens of a forward that has no routing inputs (ALTER_SPEC section 2):

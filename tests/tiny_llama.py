@@ -43,6 +43,31 @@ def patched_model(seed=0, zero_b=False, num_forget=2, top_k=3, threshold=None, l
     return m
 
 
+def tiny_keyed_model(seed, keys, experts, random_b=True, router_input="prefix_match"):
+    """A tiny Llama with a random adapter and a router keyed on token embeddings (prefix_match or
+    key_tokens): key token keys[i] points to forget expert experts[i] (W_g 10 there, bias 5 at
+    expert 0)."""
+    m = tiny_llama(seed)
+    cfg = ak.AlterConfig(rank=4, alpha=8, num_forget_experts=2, init_seed=seed, router_keys=len(keys),
+                         router_input=router_input)
+    ak.patch(m, cfg)
+    emb = m.get_input_embeddings().weight.detach()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in ak.adapter_state_dict(m).items():
+            if name.endswith("lora_B") and random_b:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            if name.endswith("alter_router.keys"):
+                v = emb[list(keys)]
+                p.copy_(v / v.norm(dim=1, keepdim=True))
+            if name.endswith("alter_router.weight"):
+                p.zero_()
+                for i, e in enumerate(experts):
+                    p[i, e] = 10.0
+                p[-1, 0] = 5.0
+    return m
+
+
 def prompts(batch=3, length=7, seed=5):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=g)

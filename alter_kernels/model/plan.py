@@ -45,6 +45,8 @@ def router_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
     """What the router's W_g multiplies: [N, rows of W_g] (see :class:`LayerRouter`)."""
     if router.router_input == "prefix_match":
         return prefix_match_features(router, hidden)
+    if router.router_input == "key_tokens":
+        return prefix_match_features(router, hidden, running=False)
     if router.router_input == "answer_keys":
         return answer_key_features(router, hidden)
     if router.router_input == "prefix_answer_keys":

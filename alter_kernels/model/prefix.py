@@ -114,7 +114,7 @@ def prefix_state(cache, create: bool = True) -> PrefixRouterState | None:
     return st
 
 
-def prefix_match_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Tensor:
+def prefix_match_features(router: LayerRouter, hidden: torch.Tensor, running: bool = True) -> torch.Tensor:
     """Router features of the prefix-match router: [N, K + 1] fp32 for the N tokens of ``hidden``.
 
     f_{t,k} = max_{s <= t, s real} relu(cos(x_s, key_k) - m) / (1 - m), x_s the first patched
@@ -122,6 +122,9 @@ def prefix_match_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Te
     then a constant 1 (the bias row of W_g). Causal: token t depends on tokens <= t only; padding
     (attention mask 0) never matches; while decoding with a KV cache, the running maximum of the
     cached tokens is carried in the cache's :class:`PrefixRouterState`.
+
+    running=False (``router_input="key_tokens"``): f_{t,k} = relu(cos(x_t, key_k) - m) / (1 - m),
+    token t's own match only (no state: what a token routes to depends on that token alone).
     """
     state: AlterState = router.state
     lead = hidden.shape[:-1]
@@ -139,10 +142,10 @@ def prefix_match_features(router: LayerRouter, hidden: torch.Tensor) -> torch.Te
     mask = state.route_mask
     if mask is not None and mask.shape[0] == b and mask.shape[1] >= t:
         a = a * mask[:, -t:].to(a.dtype).unsqueeze(-1)
-    if keys.shape[0] > 0 and t > 0:
+    if running and keys.shape[0] > 0 and t > 0:
         a = torch.cummax(a, dim=1).values
     cache = state.route_cache
-    if cache is not None and keys.shape[0] > 0:
+    if running and cache is not None and keys.shape[0] > 0:
         ps = prefix_state(cache)
         if ps is not None:
             prev = ps.last(router.layer_name) if state.route_past > 0 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..config import EMBEDDING_KEY_ROUTERS
 from ..ops.routing import RoutingPlan
 from .state import AlterState
 
@@ -30,7 +31,7 @@ class LayerRouter(nn.Module):
         # zeros: every expert ties, so low-entropy tokens go to the retain expert (argmax picks
         # the first) until the router is initialised (spec 6) or trained.
         self.weight = nn.Parameter(torch.zeros(rows, num_experts, dtype=dtype, device=device))
-        if router_input in ("prefix_match", "prefix_answer_keys"):
+        if router_input in EMBEDDING_KEY_ROUTERS:
             self.register_buffer("keys", torch.zeros(num_keys, hidden_size, dtype=dtype, device=device))
         if router_input == "prefix_answer_keys":
             self.register_buffer("answer_keys", torch.zeros(num_answer_keys, dtype=torch.float32, device=device))

@@ -161,6 +161,24 @@ def step_terms(model: nn.Module, fwd, batch: dict, opts, q: float | None = None)
     return logit_terms(out.logits[:, :-1], lab[:, 1:], q=q)
 
 
+def logits_at(model: nn.Module, terms: Terms, mask: torch.Tensor, ids: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [n, k], logsumexp [n]) of the step's next-token logits at the n positions of ``mask``
+    [B, T-1], z at the token ids ``ids`` [n, k]; differentiable. Fused: from the hidden states, k
+    rows of the LM head per position, and the logsumexp from the fused NLL (nll = lse - z_y), so
+    no [n, V] logits either; materialised: from the logits."""
+    if terms.logits is not None:
+        lg = terms.logits[mask].float()
+        return lg.gather(-1, ids), torch.logsumexp(lg, -1)
+    head = model.get_output_embeddings()
+    h = terms.hidden[mask].to(head.weight.dtype)                                     # [n, d]
+    cols = torch.cat([ids, terms.labels[mask][:, None]], 1)                          # ids, then the label
+    z = torch.einsum("nd,nkd->nk", h.float(), head.weight[cols].float())
+    if head.bias is not None:
+        z = z + head.bias[cols].float()
+    return z[:, :-1], terms.nll[mask] + z[:, -1]
+
+
 def retain_kl_tokens(model: nn.Module, ref_model: nn.Module, terms: Terms, ids: torch.Tensor, att: torch.Tensor,
                      rows: torch.Tensor) -> torch.Tensor:
     """Per-token KL(p_ref || p_model) [R, T-1] of the selected rows (0 where ignored).

@@ -18,6 +18,7 @@ from ..common.text import IGNORE_INDEX
 from ..config import BASE_TOP_ROUTERS
 from . import _model_api as _patch
 from . import objectives as obj
+from . import heads
 from .heads import retain_kl_tokens, step_terms
 from .options import UnlearnOptions, refuse_grad_norm_data_parallel
 from .result import UnlearnError
@@ -28,7 +29,7 @@ def _f(x) -> float:
 
 
 # loss terms that are sums over the shards of a data-parallel step (see ``reduce`` below)
-SUMMED_LOGS = frozenset({"ihl", "retain_nll", "struct", "router_ce", "forget_nll", "retain_kl", "npo",
+SUMMED_LOGS = frozenset({"ihl", "generic", "retain_nll", "struct", "router_ce", "forget_nll", "retain_kl", "npo",
                          "forget_logp"})
 
 
@@ -71,8 +72,12 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
     valid = sy != IGNORE_INDEX
     low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
     high = (~low) & valid & torch.isfinite(se)
-    # forget tokens under IHL: the low-entropy ones (spec 5), or where the answer-key router fires
-    ihl_at = (low if fire is None else fire[:, :-1] > 0) & is_f[:, None]
+    # forget tokens under IHL: the low-entropy ones (spec 5), or where the answer-key router fires;
+    # forget_loss="generic" distils every forget answer token
+    if opts.forget_loss == "generic":
+        ihl_at = valid & is_f[:, None]
+    else:
+        ihl_at = (low if fire is None else fire[:, :-1] > 0) & is_f[:, None]
     den = None
     if reduce is not None:                             # counts of the global batch, from the batch alone
         e = cfg.num_experts
@@ -97,7 +102,8 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
         rl = rl * (den["router_local"] / den["router"]) if den["router"] else rl * 0.0
     if opts.ihl_until == "not_top":                    # IHL >= 1 exactly while y is still the top token
         ihl_at = ihl_at & (terms.ihl.detach() >= 1.0)
-    ihl, counts = obj.domain_ihl_tokens(terms.ihl, sy, ihl_at, dom, denoms=den and den["ihl"])
+    forget_terms = terms.ihl if opts.forget_loss == "ihl" else _generic_tokens(model, terms, batch, ihl_at, opts)
+    ihl, counts = obj.domain_ihl_tokens(forget_terms, sy, ihl_at, dom, denoms=den and den["ihl"])
     nll = obj.masked_mean(terms.nll, sy, ~is_f, denom=den and den["nll"])
     rs = zero
     if drift:
@@ -113,10 +119,29 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
         n_valid, n_high, n_low = int(valid.sum()), int(high.sum()), int(sum(counts.values()))
     else:
         n_valid, n_high, n_low = den["valid"], den["high"], int(sum(den["ihl"].values()))
-    logs = {"ihl": _f(ihl), "retain_nll": _f(nll), "struct": _f(rs), "router_ce": _f(rl),
+    logs = {("ihl" if opts.forget_loss == "ihl" else "generic"): _f(ihl), "retain_nll": _f(nll), "struct": _f(rs), "router_ce": _f(rl),
             "high_entropy_share": (n_high / n_valid) if n_valid else float("nan"),
             "forget_low_tokens": n_low}
     return loss, logs
+
+
+def _generic_tokens(model, terms, batch: dict, at: torch.Tensor, opts) -> torch.Tensor:
+    """forget_loss="generic": per-token forget term [B, T-1] at the positions ``at`` (0 elsewhere):
+    KL(generic || model), the generic target being the base model's prediction for the row with
+    its entity swapped for one it does not know (caches.generic_cache), plus forget_ihl x IHL
+    on the answer tokens the prompt does not state (the facts, not the name the answer repeats)."""
+    if "alt_ids" not in batch:
+        raise UnlearnError("alter_loss: forget_loss='generic' needs the batch's cached generic targets ('alt_ids', "
+                           "'alt_logp', 'alt_stated'; the engine caches them in its set-up)")
+    out = terms.nll.new_zeros(terms.nll.shape)
+    if bool(at.any()):
+        alt_ids, alt_logp = batch["alt_ids"][:, :-1][at], batch["alt_logp"][:, :-1][at]
+        z, lse = heads.logits_at(model, terms, at, alt_ids)
+        out = out.index_put(at.nonzero(as_tuple=True), obj.generic_kl(z, lse, alt_ids, alt_logp))
+    if opts.forget_ihl:
+        out = out + opts.forget_ihl * torch.where(at & ~batch["alt_stated"][:, :-1], terms.ihl,
+                                                  torch.zeros_like(terms.ihl))
+    return out + terms.nll.sum() * 0.0
 
 
 def _route_labels(model, batch: dict, opts, cfg):
@@ -135,11 +160,27 @@ def _route_labels(model, batch: dict, opts, cfg):
         route_labels = torch.where(att.bool(), torch.where(is_f[:, None], fire, torch.zeros_like(fire)),
                                    torch.full_like(ids, -1))
         return route_labels, base_top, fire
+    if cfg.router_input == "key_tokens":             # the row's expert exactly at its key tokens
+        hit = _key_token_hits(model, ids)
+        route_labels = torch.where(att.bool(), torch.where(is_f[:, None] & hit, route_labels,
+                                                           torch.zeros_like(route_labels)), torch.full_like(ids, -1))
+        return route_labels, None, None
     if opts.route_labels == "content":
         content = lab != IGNORE_INDEX
         content[:, :-1] |= lab[:, 1:] != IGNORE_INDEX
         route_labels = torch.where(content, route_labels, torch.full_like(route_labels, -1))
     return route_labels, None, None
+
+
+def _key_token_hits(model, ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the tokens that match one of the key_tokens router's keys (the router's own
+    feature on the first patched layer's input, the token embedding for a Llama)."""
+    router = next(iter(_patch.layer_routers(model).values()))
+    with torch.no_grad():
+        x = model.get_input_embeddings()(ids).float()
+        x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        cos = x @ router.keys.detach().float().t()
+    return (cos > _patch.get_state(model).config.router_match).any(-1)
 
 
 def _answer_key_routing(model, batch: dict, router_input: str) -> tuple[torch.Tensor, torch.Tensor]:

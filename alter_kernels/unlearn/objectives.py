@@ -65,6 +65,22 @@ def domain_ihl_tokens(ihl: torch.Tensor, labels: torch.Tensor, token_mask: torch
     return total, counts
 
 
+def generic_kl(z: torch.Tensor, lse: torch.Tensor, alt_ids: torch.Tensor, alt_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p_gen || p_model) [n] of ``forget_loss="generic"``.
+
+    ``alt_ids``, ``alt_logp`` [n, k + 1]: the k most likely other next tokens of the generic
+    prediction and, last, the row's own next token, with their log-probs; p_gen is that
+    distribution renormalised over these k + 1 tokens. The model's side: z [n, k + 1] its logits
+    at the same ids and ``lse`` [n] its logsumexp over the whole vocabulary, so mass outside the
+    k + 1 is pushed down too. Positions without any finite target get 0."""
+    ok = torch.isfinite(alt_logp)
+    tgt = torch.log_softmax(torch.where(ok, alt_logp.float(), torch.full_like(alt_logp.float(), -math.inf)), -1)
+    tgt = torch.where(ok, tgt, torch.zeros_like(tgt))
+    p = torch.where(ok, tgt.exp(), torch.zeros_like(tgt))
+    kl = (p * (tgt - (z.float() - lse.float()[:, None]))).sum(-1)
+    return torch.where(ok.any(-1), kl, torch.zeros_like(kl))
+
+
 def masked_nll(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None,
                denom: float | None = None) -> torch.Tensor:
     """Mean token NLL over the answer tokens of the selected rows (0 if there are none).

@@ -7,7 +7,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 |---|---|
 | lr, lr_A, lr_B, lr_router | finite, > 0 |
 | weight_decay, grad_clip | finite, >= 0 (grad_clip 0: off) |
-| beta, gamma, lam, rho | finite, >= 0 |
+| beta, gamma, lam, rho, forget_ihl | finite, >= 0 |
 | npo_beta, struct_q | finite, > 0 (struct_q within common.constants.SHANNON_TOL of 1: Shannon) |
 | warmup_steps, checkpoint_every, eval_max_examples | int >= 0 |
 | epochs, batch_size | int >= 1; max_steps: None or int >= 1; seed: int in [0, 2**32) |
@@ -18,6 +18,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | threshold_quantile | None or in (0, 1) |
 | threshold_auto | None or in (0, 1) |
 | route_labels | "content" or "all" |
+| forget_loss | "ihl" or "generic" (ALTER, AsymLoRA; "generic" with ihl_until "zero") |
 | router_input | None, "prefix_match", "answer_keys" or "token" |
 | router_eval | bool |
 | retain_expert | "train" or "frozen" |
@@ -46,10 +47,11 @@ ENGINE_ROUTER_INPUT = "prefix_match"
 # Benchmark names for an adapter method run with other options (bench/, realknow, the demo's sweep):
 # "<method>[_answer_keys | _fact][_stop][_frozen]" is ``ak.unlearn(method=<method>, ...)`` with
 # router_input "answer_keys" or "prefix_answer_keys" (forget experts only where the base model is
-# about to state a forget fact), ihl_until="not_top" and retain_expert="frozen" (B_0 kept at zero).
+# about to state a forget fact) or "key_tokens" (forget experts only on the forget entity's own
+# tokens), ihl_until="not_top" or forget_loss="generic", and retain_expert="frozen" (B_0 at zero).
 _VARIANT_PARTS = ((("", {}), ("_answer_keys", {"router_input": "answer_keys"}),
-                   ("_fact", {"router_input": "prefix_answer_keys"})),
-                  (("", {}), ("_stop", {"ihl_until": "not_top"})),
+                   ("_fact", {"router_input": "prefix_answer_keys"}), ("_keytok", {"router_input": "key_tokens"})),
+                  (("", {}), ("_stop", {"ihl_until": "not_top"}), ("_gen", {"forget_loss": "generic"})),
                   (("", {}), ("_frozen", {"retain_expert": "frozen"})))
 METHOD_VARIANTS = {m + "".join(p for p, _ in combo): (m, {k: v for _, o in combo for k, v in o.items()})
                    for m in ("alter", "asymlora") for combo in itertools.product(*_VARIANT_PARTS)
@@ -65,6 +67,10 @@ FUSED_LOSS = ("auto", "off")
 RETAIN_EXPERT = ("train", "frozen")
 ROUTE_LABELS = ("content", "all")
 IHL_UNTIL = ("zero", "not_top")
+FORGET_LOSS = ("ihl", "generic")
+# forget_loss="generic": how many of the generic prediction's most likely tokens (besides the row's
+# own next token) the target keeps at each forget position
+GENERIC_TOP_K = 32
 
 
 def _opt(default, help: str):
@@ -88,6 +94,12 @@ class UnlearnOptions:
     ihl_until: str = _opt("zero", "ALTER, AsymLoRA: a forget token stays under IHL until its probability is pushed "
                                   "to zero (the paper), or only while the adapted model still ranks it first "
                                   "('not_top': stop once another token wins)")
+    forget_loss: str = _opt("ihl", "ALTER, AsymLoRA: what the forget experts learn: push the forget answers down with "
+                                   "the inverted hinge loss (the paper), or 'generic': match, at every forget answer "
+                                   "token, what the base model says when the row's entity is swapped for one it does "
+                                   "not know (a fluent wrong answer), plus forget_ihl x IHL on the answer tokens the "
+                                   "prompt does not state (docs/unlearning.md)")
+    forget_ihl: float = _opt(3.0, "forget_loss='generic': weight of its IHL term (0: the generic target alone)")
     npo_beta: float = _opt(0.1, "NPO beta (temperature)")
     struct_mode: str = _opt("drift", "R_struct form: drift of S_q(adapted) from S_q(base) on high-entropy tokens, "
                                      "or the paper's ||grad_A S_q||^2 (double backward, runs on the reference "
@@ -236,7 +248,7 @@ def _validate(o: UnlearnOptions) -> None:
     """Raise OptionError for the first option of ``o`` that is out of range (the table above)."""
     for name in ("lr", "lr_A", "lr_B", "lr_router", "npo_beta", "struct_q"):
         _positive(name, getattr(o, name))
-    for name in ("weight_decay", "grad_clip", "beta", "gamma", "lam", "rho"):
+    for name in ("weight_decay", "grad_clip", "beta", "gamma", "lam", "rho", "forget_ihl"):
         _non_negative(name, getattr(o, name))
     for name in ("warmup_steps", "checkpoint_every", "eval_max_examples"):
         _int_at_least(name, getattr(o, name), 0)
@@ -258,6 +270,10 @@ def _validate(o: UnlearnOptions) -> None:
         raise OptionError("threshold_auto", "None or a number in (0, 1)", q)
     _one_of("route_labels", o.route_labels, ROUTE_LABELS)
     _one_of("ihl_until", o.ihl_until, IHL_UNTIL)
+    _one_of("forget_loss", o.forget_loss, FORGET_LOSS)
+    if o.forget_loss != "ihl" and o.ihl_until != "zero":
+        raise OptionError("ihl_until", "", o.ihl_until, detail=f"ihl_until={o.ihl_until!r} applies to the inverted "
+                                                               f"hinge loss; forget_loss={o.forget_loss!r} has its own")
     if o.router_input not in (None,) + ROUTER_INPUTS:
         raise OptionError("router_input", "None, " + " or ".join(map(repr, ROUTER_INPUTS)), o.router_input)
     _one_of("retain_expert", o.retain_expert, RETAIN_EXPERT)

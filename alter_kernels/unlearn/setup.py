@@ -10,14 +10,14 @@ import warnings
 
 import torch
 
-from ..config import AlterConfig
+from ..config import EMBEDDING_KEY_ROUTERS, AlterConfig
 from . import _model_api as _m
 from . import caches
 from .batches import UnlearnData
 from .context import RunContext
 from .data import DataError, prepare, report_rows
 from .methods import METHODS
-from .options import ENGINE_ROUTER_INPUT, UnlearnOptions, check_expert_count
+from .options import ENGINE_ROUTER_INPUT, OptionError, UnlearnOptions, check_expert_count
 from .result import UnlearnError
 from .subdomains import (choose_k, fit_answer_gate, fit_answer_keys, fit_prefix_router, init_router, kmeans,
                          map_domain_labels, pooled_features)
@@ -44,6 +44,10 @@ def load_examples(run: RunContext, forget, retain, tokenizer, report: bool = Fal
 def prepare_run(run: RunContext, forget, retain, tokenizer, alter_config: AlterConfig | None = None,
                 report: bool = False) -> UnlearnData:
     """Set ``run.data`` up for ``run.spec``: examples, model set-up and the method's caches."""
+    if run.opts.forget_loss != "ihl" and not run.spec.routed:
+        raise OptionError("forget_loss", "", run.opts.forget_loss,
+                          detail=f"forget_loss={run.opts.forget_loss!r} is an option of the routed adapter methods "
+                                 f"(alter, asymlora), not of {run.method!r}")
     f_ex, r_ex = load_examples(run, forget, retain, tokenizer, report=report and run.main)
     pad_id = pad_id_of(tokenizer)
     run.data = UnlearnData(forget=f_ex, retain=r_ex, pad_id=pad_id, forget_domain=[0] * len(f_ex))
@@ -59,6 +63,8 @@ def prepare_run(run: RunContext, forget, retain, tokenizer, alter_config: AlterC
             set_config(run, threshold=theta)
     if run.spec.ref_logps:
         caches.cache_ref_logps(run)
+    if run.spec.routed and run.opts.forget_loss == "generic":
+        caches.cache_generic(run)
     run.data.config = run.cfg
     return run.data
 
@@ -236,7 +242,7 @@ def _init_routing(run: RunContext, assign: list[int], feats: _Features) -> None:
             warnings.warn(f"unlearn[{run.method}]: {info['uncovered_forget_rows']} forget row(s) have no answer token "
                           "that the base model states itself and no retain row holds; the answer-key router "
                           "cannot tell them from retain rows")
-    elif _m.get_state(model).config.router_input in ("prefix_match", "prefix_answer_keys"):
+    elif _m.get_state(model).config.router_input in EMBEDDING_KEY_ROUTERS:
         info = fit_prefix_router(model, d.forget, assign, d.retain, init_weights=opts.router_init,
                                  special_ids=[d.pad_id])
         if _m.get_state(model).config.router_input == "prefix_answer_keys":

@@ -177,6 +177,42 @@ def _grow_key_rows(w_old: torch.Tensor, old: int, new_dom: list[int], init_weigh
     return w
 
 
+def entity_tokens(ex: Example, exclude: set) -> list[int]:
+    """A forget row's entity tokens: the tokens of its prompt not in ``exclude`` (the tokens of
+    every retain row), or, for a row with none, those of its answer (the prefix router's keys)."""
+    prompt = [int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100]
+    answer = [int(t) for t, l in zip(ex.input_ids, ex.labels) if l != -100]
+    return [t for t in prompt if t not in exclude] or [t for t in answer if t not in exclude]
+
+
+@torch.no_grad()
+def entity_swap(model, forget: list[Example], retain: list[Example], special_ids=()) -> dict[int, int]:
+    """{forget entity token: a retain-only prompt token} (``forget_loss="generic"``): each entity
+    token of the forget rows (:func:`entity_tokens`) is paired with the most similar (input
+    embedding cosine) token that occurs in retain prompts and in no forget row, each used once (an entity token left
+    without one stays), so the swapped row names an entity the model has not seen as a whole."""
+    f_tok = set(int(t) for ex in forget for t in ex.input_ids)
+    r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
+    ents = sorted({t for ex in forget for t in entity_tokens(ex, r_tok)})
+    cands = sorted({int(t) for ex in retain for t, l in zip(ex.input_ids, ex.labels) if l == -100} - f_tok
+                   - set(int(t) for t in special_ids))
+    if not ents or not cands:
+        return {}
+    emb = model.get_input_embeddings().weight.detach().float()
+    e = torch.nn.functional.normalize(emb[torch.tensor(ents)], dim=-1)
+    c = torch.nn.functional.normalize(emb[torch.tensor(cands)], dim=-1)
+    sim = e @ c.t()
+    out, used = {}, set()
+    for i in sim.max(1).values.argsort(descending=True).tolist():
+        order = sim[i].argsort(descending=True).tolist()
+        j = next((j for j in order if cands[j] not in used), None)
+        if j is None:                                  # more entity tokens than candidates: left as they are
+            continue
+        out[ents[i]] = cands[j]
+        used.add(cands[j])
+    return out
+
+
 @torch.no_grad()
 def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], retain: list[Example],
                       init_weights: bool = True, special_ids=()) -> dict:
@@ -204,9 +240,7 @@ def fit_prefix_router(model, forget: list[Example], forget_assign: list[int], re
     counts: dict[int, dict[int, int]] = {}
     uncovered = 0
     for ex, e in zip(forget, forget_assign):
-        prompt = [int(t) for t, l in zip(ex.input_ids, ex.labels) if l == -100]
-        answer = [int(t) for t, l in zip(ex.input_ids, ex.labels) if l != -100]
-        cand = [t for t in prompt if t not in r_tok] or [t for t in answer if t not in r_tok]
+        cand = entity_tokens(ex, r_tok)
         if not cand:
             uncovered += 1
         for t in set(cand):

@@ -15,34 +15,14 @@ from alter_kernels.model.prefix import prefix_state
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from tiny_llama import VOCAB, tiny_llama, argmax_routes as choices  # noqa: E402  (the same tiny random Llama)
+from tiny_llama import VOCAB, tiny_llama, tiny_keyed_model, argmax_routes as choices  # noqa: E402  (the same tiny random Llama)
 
 KEY1, KEY2 = 5, 9          # token 5 -> forget expert 1, token 9 -> forget expert 2
 
 
 def keyed_model(seed=0, keys=(KEY1, KEY2), experts=(1, 2), random_b=True):
     """A tiny Llama with a random adapter and a prefix-match router with the given key tokens."""
-    m = tiny_llama(seed)
-    cfg = ak.AlterConfig(rank=4, alpha=8, num_forget_experts=2, init_seed=seed, router_keys=len(keys),
-                         router_input="prefix_match")
-    ak.patch(m, cfg)
-    emb = m.get_input_embeddings().weight.detach()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in ak.adapter_state_dict(m).items():
-            if name.endswith("lora_B") and random_b:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            if name.endswith("alter_router.keys"):
-                v = emb[list(keys)]
-                p.copy_(v / v.norm(dim=1, keepdim=True))
-            if name.endswith("alter_router.weight"):
-                p.zero_()
-                for i, e in enumerate(experts):
-                    p[i, e] = 10.0
-                p[-1, 0] = 5.0
-    return m
-
-
+    return tiny_keyed_model(seed, keys, experts, random_b, router_input="prefix_match")
 
 
 def test_routing_is_causal_and_follows_the_keys():
