@@ -41,7 +41,8 @@ from alter_kernels.demo import METHODS as DEMO_METHODS, method_hparams, run_meth
 from alter_kernels.unlearn.options import METHOD_VARIANTS, resolve_variant  # noqa: E402
 
 GRID = (10, 30, 100)
-METHODS = DEMO_METHODS + tuple(METHOD_VARIANTS)    # the demo's methods, then the router-form variants
+# the demo's methods, then the other variants (dict.fromkeys: the demo already runs one of them)
+METHODS = tuple(dict.fromkeys(DEMO_METHODS + tuple(METHOD_VARIANTS)))
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sweep")
 
 
@@ -253,8 +254,8 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
         lines.append(f"| {m} | " + " | ".join(row) + f" | x{chosen[m]['k'] if m in chosen else '-'} |")
     seeds_done = sorted({int(k.split('|')[0]) for k in cells if k.split('|')[0] != str(DEV_SEED)})
     lines += ["", f"### {preset} preset: TEST (corpus seeds {list(TEST_SEEDS)}, DEV-selected values; mean ± std)", "",
-              "| method | k | seeds | forget quality | model utility | MU / finetuned | HM | forget repetition | "
-              "router acc (F / R) |", "|---|---|---|---|---|---|---|---|---|"]
+              f"| method | k | seeds | forget quality | model utility | MU / finetuned | HM | {score} | forget repetition | "
+              "router acc (F / R) |", "|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     for m in METHODS:
         if m not in chosen:
@@ -274,10 +275,12 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
             ra_s = (f"{statistics.mean(r['forget'] for r in ra):.2f} / "
                     f"{statistics.mean(r['retain'] for r in ra):.2f}")
         rep = [c.get("forget_repetition") for _, c in cs]
-        lines.append(f"| {m} | x{k} | {len(cs)} | {_ms(fq)} | {_ms(mu)} | {_ms(ratio)} | {_ms(hm)} | {_ms(rep)} | "
-                     f"{ra_s} |")
+        sc = [cell_score(cells, sd, c, score) for sd, c in cs]
+        lines.append(f"| {m} | x{k} | {len(cs)} | {_ms(fq)} | {_ms(mu)} | {_ms(ratio)} | {_ms(hm)} | {_ms(sc)} | "
+                     f"{_ms(rep)} | {ra_s} |")
         summary[m] = {"k": k, "seeds": [sd for sd, _ in cs], "fq": fq, "mu": mu, "mu_ratio": ratio, "hm": hm,
-                      "hm_mean": statistics.mean(hm), "forget_repetition": rep}
+                      "hm_mean": statistics.mean(hm), score: sc, f"{score}_mean": statistics.mean(sc),
+                      "forget_repetition": rep}
     lines += paired_lines(cells, chosen, score)
     refs = [(sd, cells.get(f"{sd}|reference")) for sd in TEST_SEEDS]
     lines += ["", "finetuned model per TEST seed (FQ / MU): " +

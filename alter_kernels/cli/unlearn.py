@@ -209,7 +209,8 @@ def _hparams(args) -> tuple[dict, object]:
               checkpoint_every=args.checkpoint_every, resume=args.resume, eval_each_epoch=not args.no_eval,
               eval_max_examples=args.eval_max_examples, threshold_quantile=args.threshold_quantile,
               threshold_auto=None if args.no_threshold_auto else args.threshold_auto,
-              retain_expert=args.retain_expert)
+              retain_expert=args.retain_expert, ihl_until=args.ihl_until, forget_loss=args.forget_loss,
+              forget_ihl=args.forget_ihl)
     return hp, nfe
 
 

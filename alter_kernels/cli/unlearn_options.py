@@ -101,6 +101,9 @@ def _loss_options(g, src: _Sources) -> None:
     src.opt(g, "--struct-mode", "struct_mode", choices=list(O.STRUCT_MODES))
     src.opt(g, "--struct-q", "struct_q", type=float)
     src.opt(g, "--fused-loss", "fused_loss", choices=list(O.FUSED_LOSS))
+    src.opt(g, "--ihl-until", "ihl_until", choices=list(O.IHL_UNTIL))
+    src.opt(g, "--forget-loss", "forget_loss", choices=list(O.FORGET_LOSS))
+    src.opt(g, "--forget-ihl", "forget_ihl", type=float)
 
 
 def _adapter_options(g, src: _Sources) -> None:
@@ -116,8 +119,9 @@ def _adapter_options(g, src: _Sources) -> None:
     src.opt(g, "--retain-expert", "retain_expert", choices=list(O.RETAIN_EXPERT))
     g.add_argument("--router-input", default=O.ENGINE_ROUTER_INPUT, choices=list(ROUTER_INPUTS),
                    help="router form: prefix_match (keys fitted from the data; docs/unlearning.md), answer_keys (routes "
-                        "where the base model is about to state a forget answer) or token (the per-token linear "
-                        "router of ALTER_SPEC section 3)")
+                        "where the base model is about to state a forget answer), prefix_answer_keys (both), "
+                        "key_tokens (only the forget entity's own tokens) or token (the per-token linear router of "
+                        "ALTER_SPEC section 3)")
     g.add_argument("--q-route", type=float, default=cfg["q_route"], help="Tsallis q of the routing entropy")
     g.add_argument("--threshold", type=float, default=cfg["threshold"],
                    help="entropy threshold theta (high: e > theta)")

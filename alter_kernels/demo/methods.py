@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_retain")
+# the last: ALTER with the fluent-forgetting options (docs/unlearning.md "Fluent forgetting"), to show
+# forget answers next to the paper's rule
+METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_retain", "alter_keytok_gen_frozen")
 # The engine's defaults are the paper's learning rates for 7B models (lr 1e-5 full-parameter,
 # lr_A 1e-5, lr_B 1e-3); on the tiny from-scratch models, 3 epochs at those rates change nothing.
 # Every method gets the same search: one multiplier k applied to lr, lr_A and lr_B together,
@@ -13,7 +15,8 @@ METHODS = ("alter", "asymlora", "lora", "ga", "graddiff", "kl", "npo", "npo_reta
 # (docs/benchmark.md has the sweep table).
 # Nothing else differs between methods: same data, epochs, batch size, seed.
 LR_SCALE: dict[str, float] = {"alter": 30, "asymlora": 300, "lora": 10, "ga": 100, "graddiff": 100,
-                              "kl": 100, "npo": 100, "npo_retain": 100}
+                              "kl": 100, "npo": 100, "npo_retain": 100,
+                              "alter_keytok_gen_frozen": 30}    # the full preset's DEV selection (bench/sweep.py)
 BASE_LR = {"lr": 1e-5, "lr_A": 1e-5, "lr_B": 1e-3, "lr_router": 1e-3}
 
 

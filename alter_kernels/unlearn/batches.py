@@ -33,7 +33,7 @@ class UnlearnData:
     forget_top: list | None = None         # answer-key router: base greedy next tokens per example
     retain_top: list | None = None
     forget_ref: list | None = None
-    forget_alt: list | None = None         # forget_loss="generic": (ids, log-probs, stated) per forget row
+    forget_generic: list | None = None         # forget_loss="generic": (ids, log-probs, stated) per forget row
     config: AlterConfig | None = None
 
     def batch(self, forget_idx, retain_idx, device=None) -> dict:
@@ -69,16 +69,16 @@ def batch_of(d: UnlearnData, fi, ri, dev) -> dict:
         # token ids are exact in fp32 up to 2**24, far above any vocabulary
         b["base_top"] = pad_float([d.forget_top[i].float() for i in fi] + [d.retain_top[i].float() for i in ri],
                                   t, -1.0).long()
-    if d.forget_alt is not None:
-        k = d.forget_alt[0][0].shape[-1] if d.forget_alt else 1
-        b["alt_ids"] = torch.zeros(len(exs), t, k, dtype=torch.long)
-        b["alt_logp"] = torch.full((len(exs), t, k), -math.inf)       # retain rows: no target
-        b["alt_stated"] = torch.zeros(len(exs), t, dtype=torch.bool)
+    if d.forget_generic is not None:
+        k = d.forget_generic[0][0].shape[-1] if d.forget_generic else 1
+        b["generic_ids"] = torch.zeros(len(exs), t, k, dtype=torch.long)
+        b["generic_logp"] = torch.full((len(exs), t, k), -math.inf)       # retain rows: no target
+        b["generic_stated"] = torch.zeros(len(exs), t, dtype=torch.bool)
         for j, i in enumerate(fi):
-            a_ids, a_lp, stated = d.forget_alt[i]
-            b["alt_ids"][j, :a_ids.shape[0]] = a_ids
-            b["alt_logp"][j, :a_lp.shape[0]] = a_lp
-            b["alt_stated"][j, :stated.shape[0]] = stated
+            a_ids, a_lp, stated = d.forget_generic[i]
+            b["generic_ids"][j, :a_ids.shape[0]] = a_ids
+            b["generic_logp"][j, :a_lp.shape[0]] = a_lp
+            b["generic_stated"][j, :stated.shape[0]] = stated
     if d.forget_ref is not None:
         b["ref_logp"] = torch.tensor([d.forget_ref[i] for i in fi] + [0.0] * len(ri), dtype=torch.float32)
     return {k2: v.to(dev) for k2, v in b.items()}

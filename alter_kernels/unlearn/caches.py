@@ -99,7 +99,7 @@ def cache_generic(run) -> None:
         raise UnlearnError("unlearn: forget_loss='generic' found no token of the forget prompts that is absent "
                            "from the retain rows to swap for a retain-only one: it needs forget rows that name an "
                            "entity the retain rows do not")
-    d.forget_alt = generic_cache(run.model, d.forget, d.pad_id, run.batch_size, run.dev, GENERIC_TOP_K, swap,
+    d.forget_generic = generic_cache(run.model, d.forget, d.pad_id, run.batch_size, run.dev, GENERIC_TOP_K, swap,
                                  run.dist, desc=run.show and "generic targets (forget)")
 
 

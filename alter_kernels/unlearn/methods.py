@@ -72,12 +72,7 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
     valid = sy != IGNORE_INDEX
     low = se <= cfg.threshold                          # NaN / +inf count as high (as the router does)
     high = (~low) & valid & torch.isfinite(se)
-    # forget tokens under IHL: the low-entropy ones (spec 5), or where the answer-key router fires;
-    # forget_loss="generic" distils every forget answer token
-    if opts.forget_loss == "generic":
-        ihl_at = valid & is_f[:, None]
-    else:
-        ihl_at = (low if fire is None else fire[:, :-1] > 0) & is_f[:, None]
+    ihl_at = _forget_positions(opts, valid, low, fire) & is_f[:, None]
     den = None
     if reduce is not None:                             # counts of the global batch, from the batch alone
         e = cfg.num_experts
@@ -119,10 +114,19 @@ def alter_loss(model, batch: dict, hp, mode: str = "alter", *, forward=None, red
         n_valid, n_high, n_low = int(valid.sum()), int(high.sum()), int(sum(counts.values()))
     else:
         n_valid, n_high, n_low = den["valid"], den["high"], int(sum(den["ihl"].values()))
-    logs = {("ihl" if opts.forget_loss == "ihl" else "generic"): _f(ihl), "retain_nll": _f(nll), "struct": _f(rs), "router_ce": _f(rl),
+    logs = {("ihl" if opts.forget_loss == "ihl" else "generic"): _f(ihl), "retain_nll": _f(nll), "struct": _f(rs),
+            "router_ce": _f(rl),
             "high_entropy_share": (n_high / n_valid) if n_valid else float("nan"),
             "forget_low_tokens": n_low}
     return loss, logs
+
+
+def _forget_positions(opts, valid: torch.Tensor, low: torch.Tensor, fire) -> torch.Tensor:
+    """Where the forget term acts (before restricting to forget rows): the low-entropy tokens
+    (spec 5), or where the answer-key router fires; forget_loss="generic" distils every answer token."""
+    if opts.forget_loss == "generic":
+        return valid
+    return low if fire is None else fire[:, :-1] > 0
 
 
 def _generic_tokens(model, terms, batch: dict, at: torch.Tensor, opts) -> torch.Tensor:
@@ -130,16 +134,16 @@ def _generic_tokens(model, terms, batch: dict, at: torch.Tensor, opts) -> torch.
     KL(generic || model), the generic target being the base model's prediction for the row with
     its entity swapped for one it does not know (caches.generic_cache), plus forget_ihl x IHL
     on the answer tokens the prompt does not state (the facts, not the name the answer repeats)."""
-    if "alt_ids" not in batch:
-        raise UnlearnError("alter_loss: forget_loss='generic' needs the batch's cached generic targets ('alt_ids', "
-                           "'alt_logp', 'alt_stated'; the engine caches them in its set-up)")
+    if "generic_ids" not in batch:
+        raise UnlearnError("alter_loss: forget_loss='generic' needs the batch's cached generic targets "
+                           "('generic_ids', 'generic_logp', 'generic_stated'; the engine caches them in its set-up)")
     out = terms.nll.new_zeros(terms.nll.shape)
     if bool(at.any()):
-        alt_ids, alt_logp = batch["alt_ids"][:, :-1][at], batch["alt_logp"][:, :-1][at]
-        z, lse = heads.logits_at(model, terms, at, alt_ids)
-        out = out.index_put(at.nonzero(as_tuple=True), obj.generic_kl(z, lse, alt_ids, alt_logp))
+        g_ids, g_logp = batch["generic_ids"][:, :-1][at], batch["generic_logp"][:, :-1][at]
+        z, lse = heads.logits_at(model, terms, at, g_ids)
+        out = out.index_put(at.nonzero(as_tuple=True), obj.generic_kl(z, lse, g_ids, g_logp))
     if opts.forget_ihl:
-        out = out + opts.forget_ihl * torch.where(at & ~batch["alt_stated"][:, :-1], terms.ihl,
+        out = out + opts.forget_ihl * torch.where(at & ~batch["generic_stated"][:, :-1], terms.ihl,
                                                   torch.zeros_like(terms.ihl))
     return out + terms.nll.sum() * 0.0
 
