@@ -19,7 +19,7 @@ negative learning rate relearns the forget set; a negative warm-up makes the rat
 | threshold_auto | None or in (0, 1) |
 | route_labels | "content" or "all" |
 | forget_loss | "ihl" or "generic" (ALTER, AsymLoRA; "generic" with ihl_until "zero") |
-| router_input | None, "prefix_match", "answer_keys" or "token" |
+| router_input | None or one of config.ROUTER_INPUTS |
 | router_eval | bool |
 | retain_expert | "train" or "frozen" |
 | prompt_format | a format string whose only field is {question} |

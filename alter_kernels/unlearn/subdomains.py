@@ -189,8 +189,9 @@ def entity_tokens(ex: Example, exclude: set) -> list[int]:
 def entity_swap(model, forget: list[Example], retain: list[Example], special_ids=()) -> dict[int, int]:
     """{forget entity token: a retain-only prompt token} (``forget_loss="generic"``): each entity
     token of the forget rows (:func:`entity_tokens`) is paired with the most similar (input
-    embedding cosine) token that occurs in retain prompts and in no forget row, each used once (an entity token left
-    without one stays), so the swapped row names an entity the model has not seen as a whole."""
+    embedding cosine) token that occurs in retain prompts and in no forget row, each used once (an
+    entity token left without one stays), so the swapped row names an entity the model has not
+    seen as a whole."""
     f_tok = set(int(t) for ex in forget for t in ex.input_ids)
     r_tok = set(int(t) for ex in retain for t in ex.input_ids) | set(int(t) for t in special_ids)
     ents = sorted({t for ex in forget for t in entity_tokens(ex, r_tok)})
