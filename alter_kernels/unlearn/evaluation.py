@@ -188,9 +188,18 @@ def _routing_counts(model, examples, experts, idx, pad_id, device, layers, all_l
     content = lab != -100
     content[:, :-1] |= lab[:, 1:] != -100
     y = torch.tensor([experts[i] for i in idx], device=device)[:, None].expand_as(ids)
+    rows = _m.get_state(model).config.router_input == "key_tokens"
     out = []
     for name in layers:
         pred = plans[name].router_logits.argmax(-1).view(ids.shape)
+        if rows:        # key_tokens routes the entity's own tokens only: a row is right when any of its tokens
+            # goes to a forget expert (forget rows, that expert the row's own for the last count) or none does
+            pick = torch.where(att.bool(), pred, torch.zeros_like(pred))
+            routed = pick.max(1).values                   # a forget expert some token goes to (0: none)
+            yr = y[:, 0]
+            out.append([int(((routed > 0) & (yr > 0)).sum()), int((yr > 0).sum()), int(((routed == 0) & (yr == 0)).sum()),
+                        int((yr == 0).sum()), int(((routed == yr) & (yr > 0)).sum())])
+            continue
         fm, rm = content & (y > 0), content & (y == 0)
         out.append([int(((pred > 0) & fm).sum()), int(fm.sum()), int(((pred == 0) & rm).sum()), int(rm.sum()),
                     int(((pred == y) & fm).sum())])
@@ -204,6 +213,9 @@ def router_accuracy(model, examples: list[Example], experts: list[int], pad_id: 
     entropies, no labels), over the content positions (answer tokens and the token before each:
     the outputs that score and generate the answer). A forget row's position is right when the
     router's choice (argmax of its logits) is a forget expert, a retain row's when it is expert 0.
+    With ``router_input="key_tokens"`` (forget experts on the entity's own tokens only) the unit
+    is the row: a forget row is right when some token of it goes to a forget expert, a retain row
+    when none does (counts in "tokens" are then rows).
     Returns {"forget", "retain", "overall" (the smaller of the two), "forget_domain" (the row's own
     expert), "per_layer": {layer: {"forget", "retain"}}, "tokens": {"forget", "retain"}}."""
     device = device or device_of(model)

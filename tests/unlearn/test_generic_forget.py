@@ -148,6 +148,18 @@ def test_training_lowers_the_generic_loss_and_leaves_retain_rows_as_the_base_mod
         torch.testing.assert_close(model(input_ids=torch.tensor([ids])).logits, want, rtol=0, atol=1e-5)
 
 
+def test_key_token_routing_accuracy_counts_rows():
+    """With key_tokens only the entity's tokens route, so the held-out figure is per row: every
+    forget row has a key token, no retain row has one."""
+    model = toy_model(len(TOK))
+    r = ak.unlearn(model, FORGET, RETAIN, method="asymlora", tokenizer=TOK, epochs=1, batch_size=4, seed=0,
+                   progress=False, eval_each_epoch=True, router_eval=True, router_input="key_tokens",
+                   retain_expert="frozen", forget_loss="generic")
+    ra = r.router_accuracy
+    assert ra["forget"] == 1.0 and ra["retain"] == 1.0
+    assert ra["tokens"]["forget"] <= len(FORGET)           # rows, not tokens
+
+
 def test_fused_and_materialised_generic_losses_train_alike():
     _, _, fused = _train("asymlora", steps=8, lr=1e-3)
     _, _, plain = _train("asymlora", steps=8, fused="off", lr=1e-3)
