@@ -48,10 +48,12 @@ ENGINE_ROUTER_INPUT = "prefix_match"
 # "<method>[_answer_keys | _fact][_stop][_frozen]" is ``ak.unlearn(method=<method>, ...)`` with
 # router_input "answer_keys" or "prefix_answer_keys" (forget experts only where the base model is
 # about to state a forget fact) or "key_tokens" (forget experts only on the forget entity's own
-# tokens), ihl_until="not_top" or forget_loss="generic", and retain_expert="frozen" (B_0 at zero).
+# tokens), ihl_until="not_top" or forget_loss="generic" (_gen10: forget_ihl=10), and
+# retain_expert="frozen" (B_0 at zero).
 _VARIANT_PARTS = ((("", {}), ("_answer_keys", {"router_input": "answer_keys"}),
                    ("_fact", {"router_input": "prefix_answer_keys"}), ("_keytok", {"router_input": "key_tokens"})),
-                  (("", {}), ("_stop", {"ihl_until": "not_top"}), ("_gen", {"forget_loss": "generic"})),
+                  (("", {}), ("_stop", {"ihl_until": "not_top"}), ("_gen", {"forget_loss": "generic"}),
+                   ("_gen10", {"forget_loss": "generic", "forget_ihl": 10.0})),
                   (("", {}), ("_frozen", {"retain_expert": "frozen"})))
 METHOD_VARIANTS = {m + "".join(p for p, _ in combo): (m, {k: v for _, o in combo for k, v in o.items()})
                    for m in ("alter", "asymlora") for combo in itertools.product(*_VARIANT_PARTS)
