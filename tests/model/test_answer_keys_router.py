@@ -134,10 +134,12 @@ def test_save_load_roundtrip_and_config_rules(tmp_path):
         ak.set_inference_entropy(m2, "self")
 
 
-def test_unlearn_fits_keys_and_trains_the_routing_it_infers():
+@pytest.mark.parametrize("forget_loss", ["ihl", "generic"])
+def test_unlearn_fits_keys_and_trains_the_routing_it_infers(forget_loss):
     """ak.unlearn with router_input="answer_keys": keys are answer tokens the base model states that
     no retain row holds; after training, the forget answers' key tokens are pushed down where the
-    router fires, and no other position gets a forget expert."""
+    router fires, and no other position gets a forget expert (the paper's IHL, and the generic
+    target of issue 24, which the real-model benchmark runs with this router)."""
     seed = 5
     base = tiny_llama(seed)
     tok = _ToyTokenizer()
@@ -151,7 +153,7 @@ def test_unlearn_fits_keys_and_trains_the_routing_it_infers():
         rows.append({"question": tok.decode(q), "answer": tok.decode(ans)})
     res = ak.unlearn(tiny_llama(seed), rows[:3], rows[3:], method="alter", tokenizer=tok, epochs=4, seed=0,
                      progress=False, router_input="answer_keys", lr_A=3e-3, lr_B=0.1, lr_router=0.03,
-                     chat_template="off", prompt_format="{question}", batch_size=3)
+                     chat_template="off", prompt_format="{question}", batch_size=3, forget_loss=forget_loss)
     m = res.model
     st = ak.get_state(m)
     assert st.config.router_input == "answer_keys" and st.config.router_keys > 0
@@ -159,6 +161,7 @@ def test_unlearn_fits_keys_and_trains_the_routing_it_infers():
     retain_tokens = set(t for r in rows[3:] for t in tok.encode(r["question"] + " " + r["answer"]))
     assert keys and not set(keys) & retain_tokens
     assert sum(h.get("forget_low_tokens", 0) for h in res.history) > 0
+    assert all(forget_loss in h for h in res.history)          # the forget term that was asked for
     # inference (no routing inputs: the inference rule's base pass): where a forget row's key fires,
     # the key's probability falls; positions where nothing fires use no forget expert
     for r in rows:
