@@ -43,10 +43,10 @@ def patched_model(seed=0, zero_b=False, num_forget=2, top_k=3, threshold=None, l
     return m
 
 
-def tiny_keyed_model(seed, keys, experts, random_b=True, router_input="prefix_match"):
-    """A tiny Llama with a random adapter and a router keyed on token embeddings (prefix_match or
-    key_tokens): key token keys[i] points to forget expert experts[i] (W_g 10 there, bias 5 at
-    expert 0)."""
+def tiny_keyed_model(seed, keys, experts, random_b=True, router_input="prefix_match", beta=10.0):
+    """A tiny Llama with a random adapter and a keyed router: key token keys[i] points to forget
+    expert experts[i] (W_g ``beta`` there, bias beta / 2 at expert 0). prefix_match / key_tokens
+    keep the keys' unit embeddings, answer_keys the token ids themselves."""
     m = tiny_llama(seed)
     cfg = ak.AlterConfig(rank=4, alpha=8, num_forget_experts=2, init_seed=seed, router_keys=len(keys),
                          router_input=router_input)
@@ -58,13 +58,16 @@ def tiny_keyed_model(seed, keys, experts, random_b=True, router_input="prefix_ma
             if name.endswith("lora_B") and random_b:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             if name.endswith("alter_router.keys"):
-                v = emb[list(keys)]
-                p.copy_(v / v.norm(dim=1, keepdim=True))
+                if router_input == "answer_keys":
+                    p.copy_(torch.tensor(keys, dtype=p.dtype))
+                else:
+                    v = emb[list(keys)]
+                    p.copy_(v / v.norm(dim=1, keepdim=True))
             if name.endswith("alter_router.weight"):
                 p.zero_()
                 for i, e in enumerate(experts):
-                    p[i, e] = 10.0
-                p[-1, 0] = 5.0
+                    p[i, e] = beta
+                p[-1, 0] = beta / 2
     return m
 
 

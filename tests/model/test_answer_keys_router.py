@@ -13,7 +13,7 @@ from alter_kernels.model.answer_keys import key_hits
 from alter_kernels.model.state import layer_routers
 
 pytest.importorskip("transformers")
-from tiny_llama import VOCAB, tiny_llama, argmax_routes as choices  # noqa: E402
+from tiny_llama import VOCAB, tiny_keyed_model, tiny_llama, argmax_routes as choices  # noqa: E402
 
 
 def base_greedy(seed, ids):
@@ -22,22 +22,7 @@ def base_greedy(seed, ids):
 
 
 def keyed_model(seed, keys, experts, random_b=True):
-    m = tiny_llama(seed)
-    ak.patch(m, ak.AlterConfig(rank=4, alpha=8, num_forget_experts=2, init_seed=seed, router_keys=len(keys),
-                               router_input="answer_keys"))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in ak.adapter_state_dict(m).items():
-            if name.endswith("lora_B") and random_b:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            if name.endswith("alter_router.keys"):
-                p.copy_(torch.tensor(keys, dtype=torch.float32))
-            if name.endswith("alter_router.weight"):
-                p.zero_()
-                for i, e in enumerate(experts):
-                    p[i, e] = 40.0
-                p[-1, 0] = 20.0
-    return m
+    return tiny_keyed_model(seed, keys, experts, random_b, router_input="answer_keys", beta=40.0)
 
 
 def brute_force(ids, top, keys, experts):

@@ -1,8 +1,8 @@
 """The key-token router (AlterConfig.router_input="key_tokens", docs/unlearning.md "Fluent
 forgetting"): a token goes to a forget expert when the token itself is one of the keys (the forget
 entity's tokens), not every token after it as with the prefix-match router; it carries no state,
-so a teacher-forced forward, KV-cached HF generate, beam search and ak.generate route alike; save /
-load keeps it."""
+so a teacher-forced forward, KV-cached HF generate, beam search and ak.generate route alike (save /
+load: tests/model/test_prefix_router.py, for both embedding-keyed routers)."""
 from __future__ import annotations
 
 import pytest
@@ -63,15 +63,3 @@ def test_beam_search_and_ak_generate_agree_with_a_full_recompute():
     fast = ak.generate(m, ids, 8, attention_mask=mask, return_dict=True)
     slow = ak.generate(m, ids, 8, attention_mask=mask, fast=False)
     assert torch.equal(fast.sequences, slow)
-
-
-def test_save_load_roundtrip(tmp_path):
-    m = keyed(7)
-    ids = torch.tensor([[1, 20, KEY1, 30, 40]])
-    want = m(input_ids=ids).logits
-    ak.save_adapter(m, tmp_path / "a")
-    cfg, _ = ak.read_adapter_config(tmp_path / "a")
-    assert cfg.router_input == "key_tokens" and cfg.router_keys == 2
-    m2 = ak.patch(tiny_llama(7), cfg)
-    ak.load_adapter(m2, tmp_path / "a")
-    torch.testing.assert_close(m2(input_ids=ids).logits, want)

@@ -120,18 +120,22 @@ def test_ak_generate_fast_path_agrees_with_hf_and_slow_path(prefill):
     assert torch.equal(hf, fast.sequences)
 
 
-def test_save_load_roundtrip_and_old_adapters_default_to_the_token_router(tmp_path):
-    m = keyed_model(7)
+@pytest.mark.parametrize("router_input", ["prefix_match", "key_tokens"])
+def test_save_load_roundtrip(tmp_path, router_input):
+    m = tiny_keyed_model(7, (KEY1, KEY2), (1, 2), router_input=router_input)
     ids = torch.tensor([[1, 20, KEY1, 30, 40]])
     want = m(input_ids=ids).logits
     ak.save_adapter(m, tmp_path / "a")
     cfg, _ = ak.read_adapter_config(tmp_path / "a")
-    assert cfg.router_input == "prefix_match" and cfg.router_keys == 2
+    assert cfg.router_input == router_input and cfg.router_keys == 2
     m2 = ak.patch(tiny_llama(7), cfg)
     ak.load_adapter(m2, tmp_path / "a")
     for k, v in ak.adapter_state_dict(m).items():
         assert torch.equal(v, ak.adapter_state_dict(m2)[k]), k
     torch.testing.assert_close(m2(input_ids=ids).logits, want)
+
+
+def test_old_adapters_default_to_the_token_router(tmp_path):
     # an adapter written before router_input existed: per-token router, W_g [d_model, E]
     old = ak.patch(tiny_llama(8), ak.AlterConfig(rank=4, alpha=8, router_input="token"))
     ak.save_adapter(old, tmp_path / "old")
