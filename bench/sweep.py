@@ -3,6 +3,7 @@
     python bench/sweep.py --preset full --stage dev   [--methods alter,npo ...]
     python bench/sweep.py --preset full --stage select
     python bench/sweep.py --preset full --stage test
+    python bench/sweep.py --preset full --stage retrain --seeds 1000,0,1,2,3,4
     python bench/sweep.py --preset full --stage table
 
 - DEV: the embedded benchmark built from corpus seed ``DEV_SEED`` (1000), same sizes as TEST.
@@ -15,6 +16,10 @@
 - TEST: corpus seeds 0 (what the demo reports) to 4, each method at its DEV-selected values;
   the table gives mean and std over the seeds and paired wins of each ALTER form against every
   other method. Nothing is ever selected on a TEST seed.
+- retrain: the gold standard, on each seed given. A second retain model (the same retain data,
+  another training seed: alter_kernels.synthetic.inject.build_retrain) scored like every cell:
+  what exact retraining reaches, so the forget quality of a model that truly never saw the forget
+  authors. The table shows it as a row of its own; it selects nothing.
 
 Every cell (preset, seed, method, k) is cached in bench/results/sweep/<preset>_cells.json, so a
 stopped sweep continues where it stopped. Training and evaluation are the demo's (run_method,
@@ -42,6 +47,7 @@ from alter_kernels.unlearn.options import METHOD_VARIANTS, resolve_variant  # no
 
 GRID = (10, 30, 100)
 # the demo's methods, then the other variants (dict.fromkeys: the demo already runs one of them)
+RETRAIN_ROW = "retrain (gold standard: a second retain model)"
 METHODS = tuple(dict.fromkeys(DEMO_METHODS + tuple(METHOD_VARIANTS)))
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sweep")
 
@@ -94,6 +100,20 @@ class Seed:
         self.rep_retain = cells[key]["forget_repetition_retain"]
 
 
+def score_model(s: Seed, model) -> dict:
+    """The protocol's numbers of one model on seed ``s``: every cell's, and the retrain model's."""
+    r = evaluate(model, s.tok, s.split, s.ref, ref_gens=s.ref_gens)
+    ff = r["fluency_forget"]
+    return {"fq": r["forget_quality"], "mu": r["model_utility"],
+            "hm": hm_score(r["forget_quality"], r["model_utility"], s.mu_ft),
+            "hm_fluency": selection_score(r["forget_quality"], r["model_utility"], s.mu_ft, ff["repetition"],
+                                          s.rep_retain, "hm_fluency"),
+            "forget_rouge": r["forget_rouge"], "retain_rouge": r["retain_rouge"],
+            "repetition": r["fluency"]["repetition_rate_2"], "forget_repetition": ff["repetition"],
+            "forget_degenerate": ff["degenerate_share"],
+            "retain_degenerate": r["fluency_retain"]["degenerate_share"]}
+
+
 def run_cell(s: Seed, method: str, hp: dict) -> dict:
     model = copy.deepcopy(s.finetuned)
     t0 = time.perf_counter()
@@ -112,17 +132,8 @@ def run_cell(s: Seed, method: str, hp: dict) -> dict:
     finally:
         ak.unlearn = orig
     model.eval()
-    r = evaluate(model, s.tok, s.split, s.ref, ref_gens=s.ref_gens)
-    ff = r["fluency_forget"]
-    out = {"fq": r["forget_quality"], "mu": r["model_utility"], "hm": hm_score(r["forget_quality"],
-                                                                              r["model_utility"], s.mu_ft),
-           "hm_fluency": selection_score(r["forget_quality"], r["model_utility"], s.mu_ft, ff["repetition"],
-                                         s.rep_retain, "hm_fluency"),
-           "forget_rouge": r["forget_rouge"], "retain_rouge": r["retain_rouge"], "train_s": secs,
-           "total_s": time.perf_counter() - t0, "hparams": hp,
-           "repetition": r["fluency"]["repetition_rate_2"], "forget_repetition": ff["repetition"],
-           "forget_degenerate": ff["degenerate_share"],
-           "retain_degenerate": r["fluency_retain"]["degenerate_share"]}
+    out = score_model(s, model)
+    out.update(train_s=secs, total_s=time.perf_counter() - t0, hparams=hp)
     ur = res_holder.get("r")
     if ur is not None and resolve_variant(method)[0] in ("alter", "asymlora"):
         out["threshold"] = getattr(ur.config, "threshold", None)
@@ -131,6 +142,37 @@ def run_cell(s: Seed, method: str, hp: dict) -> dict:
         if ra:
             out["router_accuracy"] = ra
     return json_safe(out)
+
+
+def stage_retrain(preset, cells, seeds):
+    """The gold standard row: on each seed, a second retain model (another training seed,
+    alter_kernels.synthetic.inject.build_retrain) scored like every cell (cell "<seed>|retrain")."""
+    from alter_kernels.synthetic.inject import build_retrain
+    for seed in seeds:
+        key = f"{seed}|retrain"
+        if key in cells:
+            continue
+        s = Seed(preset, seed, cells)
+        t0 = time.perf_counter()
+        model = build_retrain(s.bench, progress=False)
+        c = score_model(s, model)
+        c.update(total_s=time.perf_counter() - t0, recipe_seed=s.bench.info.get("retrain_recipe_seed"))
+        cells[key] = json_safe(c)
+        save_cells(preset, cells)
+        print(f"[{preset} retrain] seed {seed}: FQ {c['fq']:.3g} MU {c['mu']:.3f} HM {c['hm']:.3f} "
+              f"forget repetition {c['forget_repetition']:.3f} ({c['total_s']:.0f}s)", flush=True)
+
+
+def retrain_line(cells, score) -> str | None:
+    """The TEST table's row of the retrain model (None before ``--stage retrain`` ran)."""
+    cs = [(sd, c) for sd in TEST_SEEDS if (c := cells.get(f"{sd}|retrain"))]
+    if not cs:
+        return None
+    ratio = [c["mu"] / cells[f"{sd}|reference"]["mu_ft"] for sd, c in cs]
+    sc = [cell_score(cells, sd, c, score) for sd, c in cs]
+    return (f"| {RETRAIN_ROW} | - | {len(cs)} | {_ms([c['fq'] for _, c in cs])} | {_ms([c['mu'] for _, c in cs])} | "
+            f"{_ms(ratio)} | {_ms([c['hm'] for _, c in cs])} | {_ms(sc)} | "
+            f"{_ms([c['forget_repetition'] for _, c in cs])} | - |")
 
 
 def _run_and_save(preset, s: Seed, m: str, k, cells, label: str) -> None:
@@ -253,6 +295,9 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
             continue
         lines.append(f"| {m} | " + " | ".join(row) + f" | x{chosen[m]['k'] if m in chosen else '-'} |")
     seeds_done = sorted({int(k.split('|')[0]) for k in cells if k.split('|')[0] != str(DEV_SEED)})
+    dev_rt = cells.get(f"{DEV_SEED}|retrain")
+    if dev_rt:
+        lines += ["", f"{RETRAIN_ROW} on DEV: FQ {dev_rt['fq']:.3g} / MU {dev_rt['mu']:.3f} / HM {dev_rt['hm']:.3f}"]
     lines += ["", f"### {preset} preset: TEST (corpus seeds {list(TEST_SEEDS)}, DEV-selected values; mean ± std)", "",
               f"| method | k | seeds | forget quality | model utility | MU / finetuned | HM | {score} | forget repetition | "
               "router acc (F / R) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -281,6 +326,14 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
         summary[m] = {"k": k, "seeds": [sd for sd, _ in cs], "fq": fq, "mu": mu, "mu_ratio": ratio, "hm": hm,
                       "hm_mean": statistics.mean(hm), score: sc, f"{score}_mean": statistics.mean(sc),
                       "forget_repetition": rep}
+    rl = retrain_line(cells, score)
+    if rl:
+        lines += [rl]
+        cs = {sd: c for sd in TEST_SEEDS if (c := cells.get(f"{sd}|retrain"))}
+        summary[RETRAIN_ROW] = {"seeds": sorted(cs), "fq": [c["fq"] for c in cs.values()],
+                                "mu": [c["mu"] for c in cs.values()],
+                                score: [cell_score(cells, sd, c, score) for sd, c in cs.items()],
+                                "forget_repetition": [c["forget_repetition"] for c in cs.values()]}
     lines += paired_lines(cells, chosen, score)
     refs = [(sd, cells.get(f"{sd}|reference")) for sd in TEST_SEEDS]
     lines += ["", "finetuned model per TEST seed (FQ / MU): " +
@@ -301,7 +354,8 @@ def stage_table(preset, cells, score=SELECTION_SCORE):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", choices=("full", "quick"), default="full")
-    ap.add_argument("--stage", choices=("dev", "select", "test", "table", "all"), default="all")
+    ap.add_argument("--stage", choices=("dev", "select", "test", "retrain", "table", "all"), default="all",
+                    help="retrain: the gold-standard row (a second retain model per seed; not part of 'all')")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default=",".join(map(str, TEST_SEEDS)))
     ap.add_argument("--threads", type=int, default=1)
@@ -317,6 +371,8 @@ def main(argv=None):
         stage_select(args.preset, cells, args.score)
     if args.stage in ("test", "all"):
         stage_test(args.preset, methods, cells, [int(x) for x in args.seeds.split(",")], args.score)
+    if args.stage == "retrain":
+        stage_retrain(args.preset, cells, [int(x) for x in args.seeds.split(",")])
     if args.stage in ("table", "all"):
         stage_table(args.preset, cells, args.score)
 

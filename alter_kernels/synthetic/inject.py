@@ -27,6 +27,7 @@ from .corpus import CorpusConfig, build_corpus, training_texts, write_corpus
 from .tokenizer import corpus_texts, load_tokenizer, train_tokenizer
 
 RECIPE_VERSION = 1
+RETRAIN_SEED_OFFSET = 1     # build_retrain: the second retain model's training seed is recipe.seed + this
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,22 @@ class Benchmark:
     def tokenizer(self):
         return load_tokenizer(self.tokenizer_dir)
 
+    @property
+    def retrain_dir(self) -> str:
+        """Where :func:`build_retrain` caches the second retain model."""
+        return os.path.join(self.root, "retrain")
+
     def load_model(self, which: str):
+        """"finetuned", "retain" or "retrain" (the second retain model, see :func:`build_retrain`)."""
         from transformers import LlamaForCausalLM
-        d = {"finetuned": self.finetuned_dir, "retain": self.retain_dir}[which]
+        dirs = {"finetuned": self.finetuned_dir, "retain": self.retain_dir, "retrain": self.retrain_dir}
+        if which not in dirs:
+            raise ValueError(f"Benchmark.load_model: which must be one of {sorted(dirs)}, got {which!r}")
+        d = dirs[which]
+        if not os.path.isfile(os.path.join(d, "config.json")):
+            raise FileNotFoundError(f"Benchmark.load_model: no {which} model at {d}"
+                                    + (": build it with alter_kernels.synthetic.inject.build_retrain(bench)"
+                                       if which == "retrain" else ""))
         m = LlamaForCausalLM.from_pretrained(d)
         m.eval()
         return m
@@ -232,6 +246,38 @@ def build_benchmark(config: BenchmarkConfig | str = "default", cache_dir: str | 
     write_json(info_path, info)
     return Benchmark(root=root, config=cfg, data_dir=data_dir, tokenizer_dir=tok_dir,
                      finetuned_dir=ft_dir, retain_dir=rt_dir, info=info)
+
+
+def build_retrain(bench: Benchmark, progress: bool = True):
+    """The gold standard of unlearning on this benchmark: a second retain model, trained like the
+    first (same retain data, config and recipe) but from training seed ``recipe.seed +
+    RETRAIN_SEED_OFFSET``, so it differs from the benchmark's retain model only by the randomness
+    of training. Exact retraining is what every unlearning method approximates; scored against the
+    benchmark's retain model, this model shows how high forget quality, utility and fluency get
+    when a model truly never saw the forget authors (bench/sweep.py --stage retrain). Cached in
+    ``bench.retrain_dir`` (published whole, like the other models); returns it loaded."""
+    import torch
+
+    d = bench.retrain_dir
+    if not os.path.isfile(os.path.join(d, "config.json")):
+        cfg = bench.config
+        files = build_corpus(cfg.corpus)
+        tok = bench.tokenizer()
+        forget = files["manifest"]["splits"][cfg.forget_split]
+        _log(progress, f"building the retrain model (cache: {d})")
+        t0 = time.perf_counter()
+        nthreads = torch.get_num_threads()
+        recipe = replace(cfg.recipe, seed=cfg.recipe.seed + RETRAIN_SEED_OFFSET)
+        model = train_lm(tok, training_texts(files, forget), cfg.model, recipe, progress, "retrain")
+        torch.set_num_threads(nthreads)
+        publish_dir(d, lambda p, m=model: (m.save_pretrained(p), tok.save_pretrained(p)))
+        info_path = os.path.join(bench.root, "build_info.json")
+        info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+        info["retrain_train_seconds"] = round(time.perf_counter() - t0, 2)
+        info["retrain_recipe_seed"] = recipe.seed
+        write_json(info_path, info)
+        bench.info.update(info)
+    return bench.load_model("retrain")
 
 
 def with_overrides(cfg: BenchmarkConfig, **kw) -> BenchmarkConfig:

@@ -157,6 +157,41 @@ def test_build_benchmark_tiny_and_cached(tmp_path):
     assert not [f for f in os.listdir(b.root) if f.startswith(".tmp")]
 
 
+def test_build_retrain_second_seed_cached(tmp_path):
+    """The retrain model: the retain model's data and recipe, another training seed; cached."""
+    import torch
+
+    from alter_kernels.synthetic.inject import (RETRAIN_SEED_OFFSET, BenchmarkConfig, ModelConfig, Recipe,
+                                                build_benchmark, build_retrain)
+    cfg = BenchmarkConfig(corpus=CorpusConfig(num_authors=8, forget_fractions=(0.25,)),
+                          model=ModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2),
+                          recipe=Recipe(epochs=1, batch_size=32), forget_split="forget25")
+    b = build_benchmark(cfg, cache_dir=str(tmp_path), progress=False)
+    with pytest.raises(FileNotFoundError, match="build_retrain"):
+        b.load_model("retrain")
+    with pytest.raises(ValueError, match="which must be one of"):
+        b.load_model("retained")
+    rt = build_retrain(b, progress=False)
+    base = b.load_model("retain")
+    w, w0 = rt.get_input_embeddings().weight, base.get_input_embeddings().weight
+    assert w.shape == w0.shape and not torch.equal(w, w0)          # another training seed, same shapes
+    assert b.info["retrain_recipe_seed"] == cfg.recipe.seed + RETRAIN_SEED_OFFSET
+    mtime = os.path.getmtime(os.path.join(b.retrain_dir, "config.json"))
+    again = build_retrain(b, progress=False)                        # cached: not trained again
+    assert os.path.getmtime(os.path.join(b.retrain_dir, "config.json")) == mtime
+    assert torch.equal(again.get_input_embeddings().weight, w)
+    # the same recipe with the retrain seed gives the same model: only the seed differs
+    from alter_kernels.synthetic.corpus import build_corpus, training_texts
+    from alter_kernels.synthetic.inject import train_lm
+    from dataclasses import replace
+    files = build_corpus(cfg.corpus)
+    twin = train_lm(b.tokenizer(), training_texts(files, files["manifest"]["splits"]["forget25"]), cfg.model,
+                    replace(cfg.recipe, seed=cfg.recipe.seed + RETRAIN_SEED_OFFSET), progress=False)
+    assert torch.allclose(twin.get_input_embeddings().weight, w)
+    assert not [f for f in os.listdir(b.root) if f.startswith(".tmp")]
+
+
 # ---------------------------------------------------------------- the demo, with a stand-in engine
 class _FakeResult:
     """The fields of UnlearnResult the demo reads; no router (the double trains no adapter)."""

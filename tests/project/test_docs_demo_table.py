@@ -128,3 +128,22 @@ def test_sweep_selects_by_hm_fluency_and_refuses_cells_without_fluency(monkeypat
     del cells[f"{dev}|alter|{lo}"]["forget_repetition"]
     with pytest.raises(SystemExit, match="--score hm"):
         sweep.select("full", cells)
+
+
+def test_sweep_retrain_row(monkeypatch):
+    """The gold-standard row: mean over the TEST seeds with a retrain cell, scored like a method."""
+    import os
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(DOCS_PATH)), "bench"))
+    import sweep
+    a, b = sweep.TEST_SEEDS[:2]
+    cells = {f"{a}|reference": {"mu_ft": 0.8, "forget_repetition_retain": 0.0},
+             f"{b}|reference": {"mu_ft": 0.5, "forget_repetition_retain": 0.0}}
+    assert sweep.retrain_line(cells, "hm") is None
+    cells[f"{a}|retrain"] = {"fq": 0.8, "mu": 0.8, "hm": 0.0, "forget_repetition": 0.0}
+    cells[f"{b}|retrain"] = {"fq": 0.4, "mu": 0.25, "hm": 0.0, "forget_repetition": 0.5}
+    row = [x.strip() for x in sweep.retrain_line(cells, "hm_fluency").strip("|").split("|")]
+    assert row[0] == sweep.RETRAIN_ROW and row[2] == "2"
+    assert row[3].startswith("0.600 ±") and row[5].startswith("0.750 ±")       # FQ, MU / finetuned
+    hmf_a = 2 * 0.8 * 1.0 / (0.8 + 1.0)                                        # HM(FQ, MU ratio), fluent
+    hmf_b = 2 * 0.4 * 0.5 / (0.4 + 0.5) * 0.5                                  # halved by the repetition
+    assert row[7].startswith(f"{(hmf_a + hmf_b) / 2:.3f} ±")
