@@ -99,11 +99,22 @@ def epoch_metrics(run, metrics: list, history: list, epoch: int, evaluate: bool 
 
 
 def warn_degenerate_routing(run, history: list) -> None:
-    """ALTER: warn when every answer token of the run was on one side of theta."""
+    """ALTER: warn when every token theta splits was on one side of it: the answer tokens of the
+    run's steps, or, with the key-token router, the forget entity's tokens (the only ones it sends
+    to a forget expert, and those theta is chosen from: its answer tokens all on the low side say
+    nothing about its routing)."""
     cfg = run.cfg
-    share = [h["high_entropy_share"] for h in history if not math.isnan(h.get("high_entropy_share", math.nan))]
+    if cfg.router_input == "key_tokens":
+        from .caches import _scored, key_token_positions
+        d = run.data
+        vals = _scored(d.forget, d.forget_cache[0], key_token_positions(d.forget, d.retain, [d.pad_id]))
+        share = [float((vals > cfg.threshold).double().mean())] if vals.numel() else []
+        what = "entity (key) token"
+    else:
+        share = [h["high_entropy_share"] for h in history if not math.isnan(h.get("high_entropy_share", math.nan))]
+        what = "answer token"
     if share and (max(share) == 0.0 or min(share) == 1.0):
-        warnings.warn(f"unlearn[alter]: every answer token was {'high' if min(share) == 1.0 else 'low'}-entropy "
+        warnings.warn(f"unlearn[alter]: every {what} was {'high' if min(share) == 1.0 else 'low'}-entropy "
                       f"(threshold {cfg.threshold} with q_route {cfg.q_route}); ALTER degrades into "
                       f"{'plain multi-expert LoRA' if min(share) == 1.0 else 'AsymLoRA'}. Pick a threshold "
                       "inside the range of the base model's entropies for this q (spec 3).")

@@ -182,3 +182,32 @@ def test_options_refuse_what_the_generic_loss_cannot_do():
     d = prepare_alter(model, FORGET, RETAIN, TOK, batch_size=2)
     with pytest.raises(UnlearnError, match="generic targets"):
         M.alter_loss(model, d.batch([0, 1], [0]), UnlearnOptions(forget_loss="generic"))
+
+
+def test_degenerate_routing_warning_reads_the_key_tokens_for_the_key_token_router():
+    """The key-token router sends only the entity's tokens to a forget expert and theta is chosen
+    from them: the warning judges those, not the answer tokens (all low here, which would say
+    'ALTER degrades into AsymLoRA' while the key tokens straddle theta)."""
+    import warnings
+    from types import SimpleNamespace
+
+    from alter_kernels.unlearn.data import Example
+    from alter_kernels.unlearn.evaluation import warn_degenerate_routing
+    # prompt [1, 7, 8 | answer 3, 4]; 7 and 8 occur in no retain row: the key tokens
+    forget = [Example([1, 7, 8, 3, 4], [-100, -100, -100, 3, 4])]
+    retain = [Example([1, 2, 3, 4], [-100, -100, 3, 4])]
+    ents = [torch.tensor([0.1, 0.5, 2.0, 0.2, 0.1])]         # key tokens 0.5 (low) and 2.0 (high) at theta 1
+    history = [{"high_entropy_share": 0.0}]                   # every answer token low
+    data = SimpleNamespace(forget=forget, retain=retain, forget_cache=(ents,), pad_id=0)
+
+    def run(router, theta):
+        return SimpleNamespace(cfg=SimpleNamespace(router_input=router, threshold=theta, q_route=1.5), data=data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_degenerate_routing(run("key_tokens", 1.0), history)        # straddles: no warning
+    with pytest.warns(UserWarning, match="every entity \\(key\\) token was low-entropy"):
+        warn_degenerate_routing(run("key_tokens", 3.0), history)
+    with pytest.warns(UserWarning, match="every entity \\(key\\) token was high-entropy"):
+        warn_degenerate_routing(run("key_tokens", 0.3), history)
+    with pytest.warns(UserWarning, match="every answer token was low-entropy"):   # other routers: the answer tokens
+        warn_degenerate_routing(run("prefix_match", 1.0), history)
